@@ -1,0 +1,172 @@
+//! The types the kernel programs and the agent share, one definition each.
+//! Everything here is `#[repr(C)]` with explicit padding, so both sides agree byte for byte.
+#![no_std]
+
+/// Length of a task's `comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Class id 0 means "no data class".
+pub const CLASS_NONE: u32 = 0;
+
+/// Deepest cgroup level the kernel walks when it looks for a classified ancestor.
+/// Level 0 is the cgroup v2 root; a socket whose cgroup sits deeper is still matched
+/// on its first `MAX_CGROUP_DEPTH` levels.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// Address families as stored in [`FlowKey::family`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Direction of a socket's connection, stored in [`SockInfo::direction`] and [`FlowValue::direction`].
+pub const DIRECTION_UNKNOWN: u8 = 0;
+/// The local side opened the connection (connect, or sendto first).
+pub const DIRECTION_OUTBOUND: u8 = 1;
+/// The remote side opened it (accepted TCP connection, or UDP socket that received first).
+pub const DIRECTION_INBOUND: u8 = 2;
+
+/// [`SockInfo::flags`]: the process fields are filled.
+pub const SOCK_HAS_PROCESS: u8 = 1;
+/// [`SockInfo::flags`]: the socket is (or was cloned from) a TCP listener.
+pub const SOCK_LISTENER: u8 = 2;
+
+/// Identity of a flow in the kernel's flow map: the sending socket's cgroup and the 5-tuple
+/// of the packet as it leaves. IPv4 addresses occupy the first 4 bytes (network order), the
+/// rest is zero. Ports are in host order; 0 for protocols without ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Process that owns a socket, as seen by the hook that ran in its context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Thread group id (what userspace calls the pid).
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+impl ProcessInfo {
+    pub const EMPTY: Self = Self { tgid: 0, pid: 0, uid: 0, _pad: 0, comm: [0; COMM_LEN] };
+}
+
+/// Counters and attributes of one flow. `packets` and `bytes` are updated with atomic adds,
+/// so counts are exact when several CPUs send on the same flow. Everything else is written
+/// when the flow is created, except `last_seen_ns` (each packet) and `class_id` (when the
+/// socket's class changes because the agent's class maps changed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowValue {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` of the first packet.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` of the latest packet.
+    pub last_seen_ns: u64,
+    /// Socket cookie of the sending socket (0 when the packet had no full socket).
+    pub cookie: u64,
+    pub class_id: u32,
+    pub direction: u8,
+    /// `SOCK_*` flags copied from the socket when the flow was created.
+    pub sock_flags: u8,
+    pub _pad: [u8; 2],
+    /// Owner uid of the socket (`sk_uid`), known even when the process is not.
+    pub sock_uid: u32,
+    pub _pad2: u32,
+    pub process: ProcessInfo,
+}
+
+/// Socket-local storage (BPF_MAP_TYPE_SK_STORAGE): the socket's class, cached once per
+/// configuration generation, its direction and the process that opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockInfo {
+    /// Configuration generation the class was computed for; 0 = never classified.
+    pub generation: u32,
+    pub class_id: u32,
+    pub direction: u8,
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    pub process: ProcessInfo,
+}
+
+/// Ring-buffer records. Every record starts with a `u32` kind.
+pub const EVENT_NEW_FLOW: u32 = 1;
+/// A process connected a socket, or sent its first datagram with sendto.
+pub const EVENT_CONNECT: u32 = 2;
+/// A socket was released (closed by its last owner).
+pub const EVENT_SOCK_CLOSED: u32 = 3;
+
+/// A flow's first packet: its key and the value as created.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NewFlowEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+
+/// Process attribution of one socket, from connect/sendmsg (kind `EVENT_CONNECT`) or its
+/// release (kind `EVENT_SOCK_CLOSED`, only `cookie` set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub daddr: [u8; 16],
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad2: u32,
+    pub process: ProcessInfo,
+}
+
+/// Indexes of the per-CPU `STATS` counters the agent reads and reports.
+pub mod stat {
+    /// Ring-buffer reservations that failed (event lost; the flow is still found by the sweep).
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// Flows that could not be inserted into the flow map (insert failed): packets uncounted.
+    pub const FLOW_INSERT_FAILED: u32 = 1;
+    /// Socket storage that could not be created (the socket is classified per packet instead).
+    pub const SOCK_STORAGE_FAILED: u32 = 2;
+    /// Packets whose headers could not be parsed (not IPv4/IPv6, truncated).
+    pub const UNPARSED_PACKETS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Index of the configuration generation in the `CONFIG` array.
+pub const CONFIG_GENERATION: u32 = 0;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ProcessInfo {}
+    unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for NewFlowEvent {}
+    unsafe impl aya::Pod for SockEvent {}
+}
+
+// Layout guards: both sides compile these, so a field change that shifts bytes fails the build.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+const _: () = assert!(core::mem::size_of::<ProcessInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<NewFlowEvent>() == 144);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);

@@ -1,0 +1,69 @@
+//! Socket lifecycle: listen (sock_ops, in the listening process's context) marks a socket as a
+//! listener and records its process, which accepted sockets inherit through BPF_F_CLONE storage;
+//! release (cgroup_sock) tells the agent a socket is gone, so its flows can end promptly.
+
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_LISTEN_CB},
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_sock, sock_ops},
+    programs::{SockContext, SockOpsContext},
+};
+use monitor_common::{
+    DIRECTION_INBOUND, EVENT_SOCK_CLOSED, ProcessInfo, SOCK_HAS_PROCESS, SOCK_LISTENER, SockEvent, stat,
+};
+
+use crate::{
+    maps::{EVENTS, count},
+    sock,
+};
+
+/// Always returns 1: sock_ops in observe mode changes nothing.
+#[sock_ops]
+pub fn sock_lifecycle(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_TCP_LISTEN_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: ops->sk is a full socket for these callbacks (nullable to the verifier).
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    let Some(info) = sock::storage(sk) else { return 1 };
+    if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        // listen() runs in the process's context.
+        info.flags |= SOCK_LISTENER | SOCK_HAS_PROCESS;
+        info.process = sock::current_process();
+    } else {
+        // An accepted connection: inbound, whatever it inherited.
+        info.direction = DIRECTION_INBOUND;
+    }
+    1
+}
+
+/// A socket was released by its last owner. Its flows may still send a few packets (FIN,
+/// retransmissions), so the agent ends them after a grace period, not at once.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    let event = SockEvent {
+        kind: EVENT_SOCK_CLOSED,
+        _pad: 0,
+        // SAFETY: helper on the program's context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock.cast()) },
+        cgroup_id: 0,
+        daddr: [0; 16],
+        dport: 0,
+        family: 0,
+        proto: 0,
+        _pad2: 0,
+        process: ProcessInfo::EMPTY,
+    };
+    match EVENTS.reserve::<SockEvent>(0) {
+        Some(mut e) => {
+            e.write(event);
+            e.submit(0);
+        }
+        None => count(stat::RINGBUF_DROPS),
+    }
+    1
+}

@@ -1,0 +1,81 @@
+//! Every map the kernel programs share with the agent, named for what it holds.
+//! Sizes here are defaults; the agent resizes FLOWS and EVENTS from its config at load time.
+
+use aya_ebpf::{
+    bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use monitor_common::{FlowKey, FlowValue, SockInfo, stat};
+
+/// Per-flow counters: one entry per (cgroup, 5-tuple). The agent sweeps and expires it.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// cgroup id -> class id, for every configured cgroup that exists (filled by the agent).
+#[map]
+pub static CGROUP_CLASSES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// socket uid -> class id (filled by the agent).
+#[map]
+pub static UID_CLASSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// `CONFIG[CONFIG_GENERATION]`: bumped by the agent whenever the class maps change, so
+/// sockets whose cached class is older are classified again.
+#[map]
+pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU drop and failure counters, indexed by `monitor_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// New-flow, connect and close events for the agent.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Socket-local storage with `BPF_F_CLONE`, so an accepted socket starts with a copy of its
+/// listener's storage (class, process). aya-ebpf's own `SkStorage` fixes the flags to
+/// `BPF_F_NO_PREALLOC` alone, hence this definition in the same BTF layout.
+#[btf_map]
+pub static SOCKS: SockStorage = SockStorage::new();
+
+const SOCK_STORAGE_FLAGS: usize = (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize;
+
+#[repr(C)]
+pub struct SockStorage {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockInfo,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; SOCK_STORAGE_FLAGS],
+}
+
+// SAFETY: the fields are placeholders the loader patches; they are never dereferenced.
+unsafe impl Sync for SockStorage {}
+
+impl SockStorage {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+/// Adds one to a `STATS` counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        // SAFETY: live per-CPU slot. Atomic because a softirq run can nest over a
+        // process-context run on the same CPU.
+        unsafe { crate::atomic::add(c, 1) };
+    }
+}

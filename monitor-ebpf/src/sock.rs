@@ -1,0 +1,82 @@
+//! Socket-level state shared by every hook: the socket-local storage, the process that owns a
+//! socket, and the class of a socket (cgroup ancestors first, then uid).
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_socket_uid, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id},
+    },
+};
+use monitor_common::{CLASS_NONE, CONFIG_GENERATION, MAX_CGROUP_DEPTH, ProcessInfo, SockInfo, stat};
+
+use crate::maps::{CGROUP_CLASSES, CONFIG, SOCKS, UID_CLASSES, count};
+
+/// The socket's storage, created (zeroed) when it does not exist yet. `sk` must be a full socket.
+#[inline(always)]
+pub fn storage(sk: *mut bpf_sock) -> Option<&'static mut SockInfo> {
+    // SAFETY: `sk` comes from the kernel (context or bpf_sk_fullsock); the helper checks it.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            SOCKS.as_ptr(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut SockInfo;
+    if p.is_null() {
+        count(stat::SOCK_STORAGE_FAILED);
+        None
+    } else {
+        // SAFETY: non-null storage returned by the kernel, valid while the program runs.
+        Some(unsafe { &mut *p })
+    }
+}
+
+/// The task running this hook (only meaningful in hooks that run in process context).
+#[inline(always)]
+pub fn current_process() -> ProcessInfo {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ProcessInfo {
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Current configuration generation (0 until the agent has filled the class maps).
+#[inline(always)]
+pub fn generation() -> u32 {
+    CONFIG.get(CONFIG_GENERATION).copied().unwrap_or(0)
+}
+
+/// Class of the socket that sent `skb`: the deepest configured ancestor cgroup of the
+/// socket's cgroup, else its uid, else none. Runs once per socket and configuration
+/// generation; the answer is cached in the socket's storage.
+#[inline(always)]
+pub fn classify(skb: *mut __sk_buff) -> u32 {
+    let mut class = CLASS_NONE;
+    let mut level = 0;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: skb is the program's context.
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            break; // deeper than the socket's own cgroup
+        }
+        // SAFETY: plain value read from a hash map entry.
+        if let Some(c) = unsafe { CGROUP_CLASSES.get(&id) } {
+            class = *c;
+        }
+        level += 1;
+    }
+    if class == CLASS_NONE {
+        // SAFETY: skb is the program's context.
+        let uid = unsafe { bpf_get_socket_uid(skb) };
+        if let Some(c) = unsafe { UID_CLASSES.get(&uid) } {
+            class = *c;
+        }
+    }
+    class
+}

@@ -1,0 +1,84 @@
+//! Data classes: their ids, and their selectors (cgroups, uids) resolved into the kernel's class
+//! maps. Cgroups that do not exist yet are looked for again on every rescan, so a class covers
+//! a cgroup created after the agent started.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
+
+use tracing::{info, warn};
+
+use crate::{
+    cgroup,
+    config::{CgroupPath, Config},
+};
+
+/// Class ids are 1-based positions in the config (0 means "no class" in the kernel).
+pub fn class_id(index: usize) -> u32 {
+    index as u32 + 1
+}
+
+pub struct ClassSelectors {
+    root: PathBuf,
+    /// (path relative to the root, class id, class name)
+    cgroups: Vec<(CgroupPath, u32, String)>,
+    uids: HashMap<u32, u32>,
+    resolved: HashMap<u64, u32>,
+    missing: HashSet<String>,
+}
+
+impl ClassSelectors {
+    pub fn new(config: &Config, root: &Path) -> Self {
+        let mut cgroups = Vec::new();
+        let mut uids = HashMap::new();
+        for (i, class) in config.classes.iter().enumerate() {
+            let name = class.name.get_ref().0.clone();
+            for cg in &class.cgroups {
+                cgroups.push((cg.get_ref().clone(), class_id(i), name.clone()));
+            }
+            for uid in &class.uids {
+                uids.insert(*uid.get_ref(), class_id(i));
+            }
+        }
+        Self { root: root.to_owned(), cgroups, uids, resolved: HashMap::new(), missing: HashSet::new() }
+    }
+
+    pub fn uids(&self) -> &HashMap<u32, u32> {
+        &self.uids
+    }
+
+    /// Looks every configured cgroup up again. Returns the new cgroup-id map when it differs
+    /// from the last one (a cgroup appeared, vanished or was re-created).
+    pub fn rescan(&mut self) -> Option<&HashMap<u64, u32>> {
+        let mut now = HashMap::new();
+        for (path, class, name) in &self.cgroups {
+            let dir = path.under(&self.root);
+            let path = &path.0;
+            match cgroup::id_of(&dir) {
+                Ok(Some(id)) => {
+                    if self.missing.remove(path) {
+                        info!(class = %name, cgroup = %path, id, "cgroup now exists; its sockets carry the class");
+                    }
+                    now.insert(id, *class);
+                }
+                Ok(None) => {
+                    if self.missing.insert(path.clone()) {
+                        warn!(class = %name, cgroup = %path, dir = %dir.display(),
+                            "cgroup does not exist (yet); it is classified as soon as it is created");
+                    }
+                }
+                Err(e) => {
+                    if self.missing.insert(path.clone()) {
+                        warn!(class = %name, cgroup = %path, dir = %dir.display(), error = %e, "cannot read cgroup");
+                    }
+                }
+            }
+        }
+        if now == self.resolved {
+            return None;
+        }
+        self.resolved = now;
+        Some(&self.resolved)
+    }
+}

@@ -1,0 +1,200 @@
+//! `egress-monitor run`: load and attach the kernel programs, then turn kernel events and
+//! sweeps into records until SIGINT/SIGTERM, and detach everything on the way out.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup::{self, CgroupNames},
+    classes::ClassSelectors,
+    config::Config,
+    flows::{
+        FlowTable, FlowUpdate, TableCounters, TableSettings,
+        record::{Clock, LossRecord, RecordContext, Timestamp, monotonic_ns},
+    },
+    probe::{KernelStats, Probe, ProbeOptions},
+    sinks::{Output, Sinks},
+};
+
+/// How often configured cgroups that do not exist yet are looked for.
+const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(agent(config))
+}
+
+async fn agent(config: Config) -> anyhow::Result<()> {
+    let root = match &config.agent.cgroup_root {
+        Some(p) => p.clone(),
+        None => cgroup::detect_root()?,
+    };
+    let mut probe = Probe::load(&ProbeOptions {
+        max_flows: config.agent.max_flows(),
+        ring_buffer_size: config.agent.ring_buffer_size.0,
+    })?;
+
+    // Fill the class maps before attaching, so the first packets are already classified.
+    let mut selectors = ClassSelectors::new(&config, &root);
+    let cgroups = selectors.rescan().cloned().unwrap_or_default();
+    probe.classes.replace(&cgroups, selectors.uids())?;
+
+    // Register signals before attaching: a signal during attach still detaches cleanly.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    probe.attach(&root)?;
+    for p in probe.attached() {
+        info!(program = p.name, hook = p.hook, id = p.id, cgroup = %root.display(), "attached");
+    }
+    let mut events = probe.take_events()?;
+
+    let sinks = Sinks::build(&config.effective_sinks());
+    let mut ctx = RecordContext {
+        host: host_name(&config).into(),
+        classes: config.class_names().into_iter().map(Arc::from).collect(),
+        cgroups: CgroupNames::new(&root)?,
+    };
+    let a = &config.agent;
+    let mut table = FlowTable::new(TableSettings {
+        flush_interval: a.flush_interval(),
+        idle_timeout: a.idle_timeout.0,
+        close_grace: a.close_grace.0,
+    });
+    let mut losses = LossReporter::default();
+    let mut sweep = interval(a.sweep_interval.0);
+    sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut rescan = interval(RESCAN_INTERVAL);
+    rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    info!(classes = config.classes.len(), host = %ctx.host, "agent running; stop with SIGINT or SIGTERM");
+
+    let mut updates: Vec<FlowUpdate> = Vec::new();
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                batch = events.next_batch() => {
+                    let (batch, malformed) = batch?;
+                    if malformed > 0 {
+                        warn!(malformed, "malformed ring-buffer records: agent and kernel object disagree");
+                    }
+                    let now = Instant::now();
+                    for e in batch {
+                        table.on_event(e, now, &mut updates);
+                    }
+                }
+                _ = sweep.tick() => {
+                    let started = Instant::now();
+                    table.sweep(&mut probe.flows, started, monotonic_ns(), &mut updates)
+                        .context("reading the kernel flow map")?;
+                    debug!(flows = table.len(), took = ?started.elapsed(), "sweep");
+                    if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &ctx) {
+                        sinks.send(Output::Loss(loss)).await;
+                    }
+                }
+                _ = rescan.tick() => {
+                    if let Some(cgroups) = selectors.rescan().cloned() {
+                        probe.classes.replace(&cgroups, selectors.uids())?;
+                    }
+                }
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
+                _ = sigint.recv() => { info!("SIGINT: stopping"); break }
+            }
+            emit(&mut updates, &mut ctx, &sinks).await;
+        }
+        // Report what was counted up to now, so nothing is left unsaid.
+        let now = Instant::now();
+        table.sweep(&mut probe.flows, now, monotonic_ns(), &mut updates)?;
+        table.flush_all(now, &mut updates);
+        emit(&mut updates, &mut ctx, &sinks).await;
+        if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &ctx) {
+            sinks.send(Output::Loss(loss)).await;
+        }
+        Ok(())
+    }
+    .await;
+
+    let detached = probe.detach();
+    info!(programs = detached, "detached");
+    let c = table.counters;
+    info!(
+        new_flow_events = c.new_flow_events,
+        connect_events = c.connect_events,
+        close_events = c.close_events,
+        found_by_sweep = c.found_by_sweep,
+        flows_evicted = c.flows_evicted,
+        ringbuf_drops = losses.last.ringbuf_drops,
+        "totals"
+    );
+    sinks.close().await.context("flushing the sinks")?;
+    result
+}
+
+async fn emit(updates: &mut Vec<FlowUpdate>, ctx: &mut RecordContext, sinks: &Sinks) {
+    if updates.is_empty() {
+        return;
+    }
+    let clock = Clock::sample();
+    let time = Timestamp::now();
+    for u in updates.drain(..) {
+        sinks.send(Output::Flow(ctx.flow_record(&u, &clock, time))).await;
+    }
+}
+
+fn host_name(config: &Config) -> String {
+    if let Some(h) = &config.agent.host {
+        return h.clone();
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and its length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        return String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    "localhost".into()
+}
+
+/// Turns growing loss counters into a warning and a `loss` record.
+#[derive(Default)]
+struct LossReporter {
+    last: KernelStats,
+    last_evicted: u64,
+}
+
+impl LossReporter {
+    fn check(&mut self, k: KernelStats, t: TableCounters, ctx: &RecordContext) -> Option<LossRecord> {
+        if k == self.last && t.flows_evicted == self.last_evicted {
+            return None;
+        }
+        warn!(
+            ringbuf_drops = k.ringbuf_drops - self.last.ringbuf_drops,
+            flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
+            sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
+            unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
+            flows_evicted = t.flows_evicted - self.last_evicted,
+            "losses since the last report (ring-buffer drops are recovered by the sweep; \
+             evictions mean agent.max_flows is too small)"
+        );
+        self.last = k;
+        self.last_evicted = t.flows_evicted;
+        Some(LossRecord {
+            kind: "loss",
+            time: Timestamp::now(),
+            host: ctx.host.clone(),
+            ringbuf_drops: k.ringbuf_drops,
+            flow_insert_failed: k.flow_insert_failed,
+            sock_storage_failed: k.sock_storage_failed,
+            unparsed_packets: k.unparsed_packets,
+            flows_evicted: t.flows_evicted,
+        })
+    }
+}

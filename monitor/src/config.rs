@@ -1,0 +1,363 @@
+//! The TOML configuration: schema, defaults and validation. Every error names the file, the
+//! line and column, the key and the offending value, and says what was expected.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+use toml::Spanned;
+
+/// Where `run` and the other commands look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/egress-monitor/egress-monitor.toml";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub classes: Vec<ClassConfig>,
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Mount point of the cgroup v2 hierarchy; detected from /proc/self/mountinfo when absent.
+    pub cgroup_root: Option<PathBuf>,
+    /// Name reported in the `host` field; the system host name when absent.
+    pub host: Option<String>,
+    /// An active flow is reported at least this often.
+    pub flush_interval: Spanned<Interval>,
+    /// How often the kernel flow map is read.
+    pub sweep_interval: Interval,
+    /// A flow with no packet for this long has ended.
+    pub idle_timeout: Interval,
+    /// After its socket is closed, a flow ends once it has sent nothing for this long
+    /// (the FIN exchange and retransmissions still count).
+    pub close_grace: Interval,
+    /// Capacity of the kernel flow map (entries). The least recently used flows are evicted
+    /// when it is full; evictions are counted and reported.
+    pub max_flows: Spanned<u32>,
+    /// Size of the kernel-to-agent ring buffer in bytes: a power of two, at least 4096.
+    pub ring_buffer_size: RingBufferSize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_root: None,
+            host: None,
+            flush_interval: Spanned::new(0..0, Interval(Duration::from_secs(10))),
+            sweep_interval: Interval(Duration::from_secs(1)),
+            idle_timeout: Interval(Duration::from_secs(60)),
+            close_grace: Interval(Duration::from_secs(2)),
+            max_flows: Spanned::new(0..0, 65536),
+            ring_buffer_size: RingBufferSize(1 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    pub name: Spanned<ClassName>,
+    /// cgroup paths relative to the cgroup v2 root; each covers its descendants.
+    #[serde(default)]
+    pub cgroups: Vec<Spanned<CgroupPath>>,
+    /// Socket owner uids whose traffic carries this class.
+    #[serde(default)]
+    pub uids: Vec<Spanned<u32>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Every flow record (and alert) as a JSON line on standard output.
+    Stdout {},
+}
+
+/// A duration written like "10s", "500ms", "2m", "1h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number and a unit, like \"500ms\", \"10s\", \"5m\""
+            ))
+        })?;
+        if parsed.is_zero() {
+            return Err(de::Error::custom(format!("invalid duration {text:?}: must be greater than zero")));
+        }
+        Ok(Interval(parsed))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingBufferSize(pub u32);
+
+impl<'de> Deserialize<'de> for RingBufferSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if n < 4096 || !n.is_power_of_two() || n > 1 << 30 {
+            return Err(de::Error::custom(format!(
+                "invalid ring buffer size {n}: expected a power of two between 4096 and 1073741824 bytes"
+            )));
+        }
+        Ok(RingBufferSize(n as u32))
+    }
+}
+
+/// A class name: what alerts and records call the data (`us-user-data`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClassName(pub String);
+
+impl<'de> Deserialize<'de> for ClassName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(de::Error::custom(format!(
+                "invalid class name {name:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        Ok(ClassName(name))
+    }
+}
+
+/// A cgroup path relative to the cgroup v2 root, written absolute: "/payments/userdata".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CgroupPath(pub String);
+
+impl CgroupPath {
+    /// The directory of this cgroup under the given cgroup v2 mount point.
+    pub fn under(&self, root: &Path) -> PathBuf {
+        root.join(self.0.trim_start_matches('/'))
+    }
+}
+
+impl<'de> Deserialize<'de> for CgroupPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path = String::deserialize(d)?;
+        if !path.starts_with('/') {
+            return Err(de::Error::custom(format!(
+                "invalid cgroup path {path:?}: expected a path from the cgroup v2 root, starting with '/' (like \"/payments/userdata\")"
+            )));
+        }
+        if path.split('/').any(|c| c == ".." || c == ".") {
+            return Err(de::Error::custom(format!(
+                "invalid cgroup path {path:?}: '.' and '..' are not allowed"
+            )));
+        }
+        // Normalise: no trailing or doubled slashes.
+        let normal: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        Ok(CgroupPath(format!("/{}", normal.join("/"))))
+    }
+}
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Embedded => f.write_str("<embedded defaults>"),
+        }
+    }
+}
+
+/// A configuration error: where (file, line, column, key), what is wrong, and the line itself.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path such as `classes[0].cgroups[1]`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+    pub source_line: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if self.line > 0 {
+            write!(f, "\n{:>5} | {}", self.line, self.source_line)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How `run` and friends find their configuration.
+pub enum ConfigSource<'a> {
+    /// `--config FILE`: the file must exist.
+    Explicit(&'a Path),
+    /// No flag: the default path if it exists, else the embedded defaults.
+    Default,
+}
+
+impl Config {
+    /// Loads a configuration the way the CLI does.
+    pub fn load(source: ConfigSource<'_>) -> Result<Config, ConfigError> {
+        match source {
+            ConfigSource::Explicit(p) => Config::from_file(p),
+            ConfigSource::Default if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Config::from_file(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            ConfigSource::Default => Config::parse("", Origin::Embedded),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let origin = Origin::File(path.to_owned());
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+            source_line: String::new(),
+        })?;
+        Config::parse(&text, origin)
+    }
+
+    /// Parses and validates a configuration.
+    pub fn parse(text: &str, origin: Origin) -> Result<Config, ConfigError> {
+        let at = |span: Option<Range<usize>>, key: String, message: String| {
+            let (line, column, source_line) = locate(text, span);
+            ConfigError { origin: origin.clone(), line, column, key, message, source_line }
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let inner = e.into_inner();
+            at(inner.span(), key, inner.message().to_owned())
+        })?;
+        config.validate().map_err(|(span, key, message)| at(Some(span), key, message))?;
+        Ok(config)
+    }
+
+    /// Checks that need the whole document: names and selectors used twice.
+    fn validate(&self) -> Result<(), (Range<usize>, String, String)> {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut cgroups: HashMap<&str, &str> = HashMap::new();
+        let mut uids: HashMap<u32, &str> = HashMap::new();
+        for (i, class) in self.classes.iter().enumerate() {
+            let name = class.name.get_ref().0.as_str();
+            if let Some(first) = names.insert(name, i) {
+                return Err((
+                    class.name.span(),
+                    format!("classes[{i}].name"),
+                    format!("class name {name:?} is already used by classes[{first}]"),
+                ));
+            }
+            if class.cgroups.is_empty() && class.uids.is_empty() {
+                return Err((
+                    class.name.span(),
+                    format!("classes[{i}]"),
+                    format!("class {name:?} selects nothing: give it `cgroups` or `uids`"),
+                ));
+            }
+            for (j, cg) in class.cgroups.iter().enumerate() {
+                if let Some(other) = cgroups.insert(cg.get_ref().0.as_str(), name) {
+                    return Err((
+                        cg.span(),
+                        format!("classes[{i}].cgroups[{j}]"),
+                        format!("cgroup {:?} is already selected by class {other:?}", cg.get_ref().0),
+                    ));
+                }
+            }
+            for (j, uid) in class.uids.iter().enumerate() {
+                if let Some(other) = uids.insert(*uid.get_ref(), name) {
+                    return Err((
+                        uid.span(),
+                        format!("classes[{i}].uids[{j}]"),
+                        format!("uid {} is already selected by class {other:?}", uid.get_ref()),
+                    ));
+                }
+            }
+        }
+        let a = &self.agent;
+        if a.flush_interval() < a.sweep_interval.0 {
+            return Err((
+                a.flush_interval.span(),
+                "agent.flush_interval".into(),
+                format!(
+                    "{} is shorter than agent.sweep_interval ({}): flows are read once per sweep",
+                    humantime::format_duration(a.flush_interval()),
+                    humantime::format_duration(a.sweep_interval.0)
+                ),
+            ));
+        }
+        if a.max_flows() < 1024 {
+            return Err((
+                a.max_flows.span(),
+                "agent.max_flows".into(),
+                format!("{} is too small: expected at least 1024", a.max_flows()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Class names in class-id order: class id `i + 1` is `class_names()[i]`.
+    pub fn class_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.name.get_ref().0.clone()).collect()
+    }
+
+    /// The sinks to build; stdout when none is configured.
+    pub fn effective_sinks(&self) -> Vec<SinkConfig> {
+        if self.sinks.is_empty() { vec![SinkConfig::Stdout {}] } else { self.sinks.clone() }
+    }
+}
+
+impl AgentConfig {
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval.get_ref().0
+    }
+
+    pub fn max_flows(&self) -> u32 {
+        *self.max_flows.get_ref()
+    }
+}
+
+/// 1-based line and column of a byte span, and the text of that line.
+fn locate(text: &str, span: Option<Range<usize>>) -> (usize, usize, String) {
+    let Some(span) = span.filter(|s| s.start > 0 || s.end > 0) else { return (0, 0, String::new()) };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    (line, column, text[line_start..line_end].trim_end_matches('\r').to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,298 @@
+//! The flow table: kernel events and periodic sweeps of the kernel flow map become flow
+//! updates (new, active, ended). Ending a flow removes it from the kernel map too.
+
+pub mod record;
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use monitor_common::{FlowKey, FlowValue, ProcessInfo, SOCK_HAS_PROCESS, SockEvent};
+
+use crate::probe::{FlowMap, KernelEvent};
+
+/// Lifecycle stage a record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    /// First time the agent reports this flow.
+    New,
+    /// Periodic report of a flow that is still sending.
+    Active,
+    /// Final report: the socket closed or the flow went idle.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TableSettings {
+    pub flush_interval: Duration,
+    pub idle_timeout: Duration,
+    pub close_grace: Duration,
+}
+
+/// A flow as the agent knows it. Counts are totals over every incarnation of the kernel entry
+/// (an entry evicted and re-created is continued, not restarted).
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub class_id: u32,
+    pub direction: u8,
+    pub cookie: u64,
+    pub sock_uid: u32,
+    pub process: Option<ProcessInfo>,
+    /// `first_seen_ns` of the kernel entry currently tracked, and its counters when last read.
+    entry_id: u64,
+    entry_packets: u64,
+    entry_bytes: u64,
+    emitted_packets: u64,
+    emitted_bytes: u64,
+    emitted_class: u32,
+    last_emit: Instant,
+    closed_at: Option<Instant>,
+    seen_sweep: u64,
+}
+
+/// What the table hands on: a flow and the stage it reached.
+#[derive(Debug, Clone)]
+pub struct FlowUpdate {
+    pub key: FlowKey,
+    pub flow: Flow,
+    pub state: FlowState,
+}
+
+/// Things the agent noticed that mean data was lost or could be wrong.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableCounters {
+    /// Kernel entries that disappeared or restarted without the agent removing them: the LRU
+    /// map was full. Packets sent between the last sweep and the eviction are not reported.
+    pub flows_evicted: u64,
+    pub new_flow_events: u64,
+    pub connect_events: u64,
+    pub close_events: u64,
+    /// Flows first found by a sweep rather than by their new-flow event (event lost or late).
+    pub found_by_sweep: u64,
+}
+
+pub struct FlowTable {
+    settings: TableSettings,
+    flows: HashMap<FlowKey, Flow>,
+    by_cookie: HashMap<u64, Vec<FlowKey>>,
+    /// Process per socket cookie from connect events, for flows whose entry lacks it.
+    processes: HashMap<u64, ProcessInfo>,
+    /// Sockets closed recently, for flows a sweep finds after their close event.
+    closed: HashMap<u64, Instant>,
+    sweep: u64,
+    pub counters: TableCounters,
+}
+
+/// Bound on the cookie -> process cache; cleared when exceeded (entries also leave on close).
+const PROCESS_CACHE_LIMIT: usize = 1 << 17;
+
+impl FlowTable {
+    pub fn new(settings: TableSettings) -> Self {
+        Self {
+            settings,
+            flows: HashMap::new(),
+            by_cookie: HashMap::new(),
+            processes: HashMap::new(),
+            closed: HashMap::new(),
+            sweep: 0,
+            counters: TableCounters::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Applies one kernel event; a new flow is reported at once.
+    pub fn on_event(&mut self, event: KernelEvent, now: Instant, out: &mut Vec<FlowUpdate>) {
+        match event {
+            KernelEvent::NewFlow(e) => {
+                self.counters.new_flow_events += 1;
+                self.observe(&e.key, &e.value, now, out);
+            }
+            KernelEvent::Connect(e) => {
+                self.counters.connect_events += 1;
+                self.on_connect(&e);
+            }
+            KernelEvent::SockClosed { cookie } => {
+                self.counters.close_events += 1;
+                self.processes.remove(&cookie);
+                self.closed.insert(cookie, now);
+                for key in self.by_cookie.get(&cookie).into_iter().flatten() {
+                    if let Some(f) = self.flows.get_mut(key) {
+                        f.closed_at.get_or_insert(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_connect(&mut self, e: &SockEvent) {
+        if self.processes.len() >= PROCESS_CACHE_LIMIT {
+            self.processes.clear();
+        }
+        self.processes.insert(e.cookie, e.process);
+    }
+
+    /// Merges the kernel's view of one flow into the table.
+    fn observe(&mut self, key: &FlowKey, v: &FlowValue, now: Instant, out: &mut Vec<FlowUpdate>) -> bool {
+        let sweep = self.sweep;
+        if let Some(f) = self.flows.get_mut(key) {
+            if v.first_seen_ns != f.entry_id {
+                // A new incarnation of the entry: the old one was evicted (or ended and a late
+                // packet re-created it before we forgot the flow). Continue from its totals.
+                if v.first_seen_ns > f.entry_id {
+                    self.counters.flows_evicted += 1;
+                    f.entry_id = v.first_seen_ns;
+                    f.entry_packets = 0;
+                    f.entry_bytes = 0;
+                } else {
+                    return true; // a stale event for an incarnation we already replaced
+                }
+            }
+            if v.packets >= f.entry_packets {
+                f.packets += v.packets - f.entry_packets;
+                f.bytes += v.bytes.saturating_sub(f.entry_bytes);
+                f.entry_packets = v.packets;
+                f.entry_bytes = v.bytes;
+            }
+            f.last_seen_ns = f.last_seen_ns.max(v.last_seen_ns);
+            f.class_id = v.class_id;
+            f.seen_sweep = sweep;
+            return true;
+        }
+        let process = if v.sock_flags & SOCK_HAS_PROCESS != 0 && v.process.tgid != 0 {
+            Some(v.process)
+        } else {
+            self.processes.get(&v.cookie).copied()
+        };
+        let flow = Flow {
+            first_seen_ns: v.first_seen_ns,
+            last_seen_ns: v.last_seen_ns,
+            packets: v.packets,
+            bytes: v.bytes,
+            class_id: v.class_id,
+            direction: v.direction,
+            cookie: v.cookie,
+            sock_uid: v.sock_uid,
+            process,
+            entry_id: v.first_seen_ns,
+            entry_packets: v.packets,
+            entry_bytes: v.bytes,
+            emitted_packets: v.packets,
+            emitted_bytes: v.bytes,
+            emitted_class: v.class_id,
+            last_emit: now,
+            closed_at: self.closed.get(&v.cookie).copied(),
+            seen_sweep: sweep,
+        };
+        if v.cookie != 0 {
+            self.by_cookie.entry(v.cookie).or_default().push(*key);
+        }
+        out.push(FlowUpdate { key: *key, flow: flow.clone(), state: FlowState::New });
+        self.flows.insert(*key, flow);
+        false
+    }
+
+    /// Reads the whole kernel map, reports new, changed and ended flows, and removes ended
+    /// flows from the kernel map. `now_ns` is CLOCK_MONOTONIC, the kernel programs' clock.
+    pub fn sweep(
+        &mut self,
+        map: &mut FlowMap,
+        now: Instant,
+        now_ns: u64,
+        out: &mut Vec<FlowUpdate>,
+    ) -> std::io::Result<()> {
+        self.sweep += 1;
+        let mut found_by_sweep = 0;
+        let mut seen: Vec<(FlowKey, FlowValue)> = Vec::new();
+        map.for_each(|k, v| seen.push((*k, *v)))?;
+        for (k, v) in &seen {
+            if !self.observe(k, v, now, out) {
+                found_by_sweep += 1;
+            }
+        }
+        self.counters.found_by_sweep += found_by_sweep;
+
+        let s = self.settings;
+        let sweep = self.sweep;
+        let mut ended: Vec<FlowKey> = Vec::new();
+        for (key, f) in self.flows.iter_mut() {
+            let quiet_ns = now_ns.saturating_sub(f.last_seen_ns);
+            if f.seen_sweep != sweep {
+                // Gone from the kernel map without us removing it: evicted by the LRU.
+                self.counters.flows_evicted += 1;
+                ended.push(*key);
+            } else if quiet_ns >= s.idle_timeout.as_nanos() as u64 {
+                ended.push(*key);
+            } else if let Some(closed) = f.closed_at
+                && now.duration_since(closed) >= s.close_grace
+                && quiet_ns >= s.close_grace.as_nanos() as u64
+            {
+                ended.push(*key);
+            } else if (f.packets != f.emitted_packets || f.class_id != f.emitted_class)
+                && now.duration_since(f.last_emit) >= s.flush_interval
+            {
+                f.mark_emitted(now);
+                out.push(FlowUpdate { key: *key, flow: f.clone(), state: FlowState::Active });
+            }
+        }
+        for key in ended {
+            self.end(map, &key, now, out)?;
+        }
+        self.closed.retain(|_, at| now.duration_since(*at) < s.idle_timeout + s.close_grace);
+        Ok(())
+    }
+
+    /// Reports the final state of a flow and forgets it, in the kernel too.
+    fn end(
+        &mut self,
+        map: &mut FlowMap,
+        key: &FlowKey,
+        now: Instant,
+        out: &mut Vec<FlowUpdate>,
+    ) -> std::io::Result<()> {
+        if let Some(last) = map.take(key)? {
+            self.observe(key, &last, now, out);
+        }
+        let Some(mut f) = self.flows.remove(key) else { return Ok(()) };
+        if let Some(keys) = self.by_cookie.get_mut(&f.cookie) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_cookie.remove(&f.cookie);
+            }
+        }
+        f.mark_emitted(now);
+        out.push(FlowUpdate { key: *key, flow: f, state: FlowState::Ended });
+        Ok(())
+    }
+
+    /// Reports every flow whose counts changed since its last report (used at shutdown, so
+    /// that nothing counted is left unreported).
+    pub fn flush_all(&mut self, now: Instant, out: &mut Vec<FlowUpdate>) {
+        for (key, f) in self.flows.iter_mut() {
+            if f.packets != f.emitted_packets || f.class_id != f.emitted_class {
+                f.mark_emitted(now);
+                out.push(FlowUpdate { key: *key, flow: f.clone(), state: FlowState::Active });
+            }
+        }
+    }
+}
+
+impl Flow {
+    fn mark_emitted(&mut self, now: Instant) {
+        self.emitted_packets = self.packets;
+        self.emitted_bytes = self.bytes;
+        self.emitted_class = self.class_id;
+        self.last_emit = now;
+    }
+}
+
+#[cfg(test)]
+mod tests;

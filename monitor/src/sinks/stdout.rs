@@ -1,0 +1,28 @@
+//! The stdout sink: every record as one JSON line, flushed whenever the queue runs dry.
+
+use std::sync::Arc;
+
+use tokio::{
+    io::{AsyncWriteExt, BufWriter},
+    sync::mpsc,
+};
+
+use super::Output;
+
+pub async fn run(mut rx: mpsc::Receiver<Arc<Output>>) -> anyhow::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 16, tokio::io::stdout());
+    let mut line = Vec::with_capacity(512);
+    while let Some(record) = rx.recv().await {
+        let mut next = Some(record);
+        while let Some(record) = next {
+            line.clear();
+            serde_json::to_writer(&mut line, &*record)?;
+            line.push(b'\n');
+            out.write_all(&line).await?;
+            next = rx.try_recv().ok();
+        }
+        out.flush().await?;
+    }
+    out.flush().await?;
+    Ok(())
+}
