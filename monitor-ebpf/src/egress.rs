@@ -56,16 +56,17 @@ fn count_packet(ctx: &SkBuffContext) {
         family: 0,
         _pad: [0; 2],
     };
-    let Some(tcp_flags) = parse(ctx, &mut key) else {
+    let Some(headers) = parse(ctx, &mut key) else {
         count(stat::UNPARSED_PACKETS);
         return;
     };
     // SAFETY: skb is the program's context.
     key.cgroup_id = unsafe { aya_ebpf::helpers::generated::bpf_skb_cgroup_id(skb) };
-    let owner = owner(skb, &key, tcp_flags);
+    let owner = owner(skb, &key, headers.tcp_flags);
     // SAFETY: plain context field reads.
     let (len, segs) = unsafe { ((*skb).len as u64, (*skb).gso_segs as u64) };
     let packets = if segs > 1 { segs } else { 1 };
+    let len = wire_bytes(ctx, &key, &headers, len, segs);
 
     if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: v points at a live map value; counters use atomic adds.
@@ -178,10 +179,18 @@ fn owner(skb: *mut __sk_buff, key: &FlowKey, tcp_flags: u8) -> Owner {
     owner
 }
 
-/// Fills the 5-tuple of `key` from the packet (network header at offset 0). Returns the TCP
-/// flags (0 for other protocols), or None when the packet is neither IPv4 nor IPv6.
+/// What the flow key does not hold but counting needs.
+struct Headers {
+    /// TCP flags (0 for other protocols).
+    tcp_flags: u8,
+    /// Offset of the transport header (the network header's length).
+    l4: usize,
+}
+
+/// Fills the 5-tuple of `key` from the packet (network header at offset 0). None when the
+/// packet is neither IPv4 nor IPv6.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<u8> {
+fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
     let b0: u8 = ctx.load(0).ok()?;
     let l4: usize;
     match b0 >> 4 {
@@ -202,16 +211,32 @@ fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<u8> {
         }
         _ => return None,
     }
-    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
-        return Some(0);
-    }
     // Bounded for the verifier: an IPv4 header is at most 60 bytes.
     let l4 = l4 & 0x3f;
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        return Some(Headers { tcp_flags: 0, l4 });
+    }
     let ports: [u8; 4] = ctx.load(l4).ok()?;
     key.sport = u16::from_be_bytes([ports[0], ports[1]]);
     key.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    if key.proto == IPPROTO_TCP {
-        return Some(ctx.load::<u8>(l4 + 13).unwrap_or(0));
+    let tcp_flags = if key.proto == IPPROTO_TCP { ctx.load::<u8>(l4 + 13).unwrap_or(0) } else { 0 };
+    Some(Headers { tcp_flags, l4 })
+}
+
+/// Bytes on the wire at L3. A GSO packet is one skb holding several segments; each segment
+/// carries its own network and transport headers, which `skb->len` holds only once.
+#[inline(always)]
+fn wire_bytes(ctx: &SkBuffContext, key: &FlowKey, h: &Headers, len: u64, segs: u64) -> u64 {
+    if segs <= 1 {
+        return len;
     }
-    Some(0)
+    let transport = match key.proto {
+        IPPROTO_TCP => match ctx.load::<u8>(h.l4 + 12) {
+            Ok(off) => ((off >> 4) as u64) * 4,
+            Err(_) => return len,
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    len + (segs - 1) * (h.l4 as u64 + transport)
 }

@@ -44,6 +44,18 @@ impl ClassSelectors {
         Self { root: root.to_owned(), cgroups, uids, resolved: HashMap::new(), missing: HashSet::new() }
     }
 
+    /// Class of a cgroup path by its deepest configured ancestor (or itself), the rule the
+    /// kernel applies. Used to correct flows the kernel saw before a cgroup was known to it.
+    pub fn class_of_path(&self, path: &str) -> Option<u32> {
+        self.cgroups
+            .iter()
+            .filter(|(p, _, _)| {
+                path == p.0 || (path.starts_with(&p.0) && path.as_bytes().get(p.0.len()) == Some(&b'/'))
+            })
+            .max_by_key(|(p, _, _)| p.0.len())
+            .map(|(_, class, _)| *class)
+    }
+
     pub fn uids(&self) -> &HashMap<u32, u32> {
         &self.uids
     }

@@ -256,7 +256,8 @@ impl Config {
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // Spanned<T> adds a private segment to the path; it is not a key the user wrote.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { String::new() } else { key };
             let inner = e.into_inner();
             at(inner.span(), key, inner.message().to_owned())

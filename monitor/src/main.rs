@@ -1,16 +1,9 @@
 //! egress-monitor: parse the command line and hand off to a command.
 
-mod cgroup;
-mod classes;
-mod cli;
-mod config;
-mod flows;
-mod probe;
-mod sinks;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use monitor::cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -22,9 +22,6 @@ use crate::{
     sinks::{Output, Sinks},
 };
 
-/// How often configured cgroups that do not exist yet are looked for.
-const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub fn run(config: Config) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -74,8 +71,6 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut losses = LossReporter::default();
     let mut sweep = interval(a.sweep_interval.0);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut rescan = interval(RESCAN_INTERVAL);
-    rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
     info!(classes = config.classes.len(), host = %ctx.host, "agent running; stop with SIGINT or SIGTERM");
 
     let mut updates: Vec<FlowUpdate> = Vec::new();
@@ -93,17 +88,18 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     }
                 }
                 _ = sweep.tick() => {
+                    // Cgroups first: a flow ends at least one sweep after its socket closed, so
+                    // a cgroup created while it ran is known before its final record.
+                    if let Some(cgroups) = selectors.rescan().cloned() {
+                        probe.classes.replace(&cgroups, selectors.uids())?;
+                        table.reclassify(|id| ctx.cgroups.path(id).and_then(|p| selectors.class_of_path(&p)));
+                    }
                     let started = Instant::now();
                     table.sweep(&mut probe.flows, started, monotonic_ns(), &mut updates)
                         .context("reading the kernel flow map")?;
                     debug!(flows = table.len(), took = ?started.elapsed(), "sweep");
                     if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &ctx) {
                         sinks.send(Output::Loss(loss)).await;
-                    }
-                }
-                _ = rescan.tick() => {
-                    if let Some(cgroups) = selectors.rescan().cloned() {
-                        probe.classes.replace(&cgroups, selectors.uids())?;
                     }
                 }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }

@@ -1,1 +1,199 @@
 use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Origin::File("/etc/egress-monitor/test.toml".into()))
+}
+
+fn err(text: &str) -> ConfigError {
+    parse(text).expect_err("config should be rejected")
+}
+
+#[test]
+fn empty_config_gives_defaults_and_a_stdout_sink() {
+    let c = parse("").unwrap();
+    assert_eq!(c.agent.flush_interval(), Duration::from_secs(10));
+    assert_eq!(c.agent.sweep_interval.0, Duration::from_secs(1));
+    assert_eq!(c.agent.max_flows(), 65536);
+    assert_eq!(c.agent.ring_buffer_size.0, 1 << 20);
+    assert!(c.agent.cgroup_root.is_none());
+    assert!(c.classes.is_empty());
+    assert_eq!(c.effective_sinks(), vec![SinkConfig::Stdout {}]);
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = include_str!("../../../examples/egress-monitor.toml");
+    let c = Config::parse(text, Origin::File("examples/egress-monitor.toml".into())).unwrap();
+    assert_eq!(c.class_names(), vec!["us-user-data".to_string()]);
+    assert_eq!(c.classes[0].cgroups[0].get_ref().0, "/payments/userdata");
+}
+
+#[test]
+fn full_config_parses() {
+    let c = parse(
+        r#"
+[agent]
+cgroup_root = "/sys/fs/cgroup"
+host = "h1"
+flush_interval = "30s"
+idle_timeout = "2m"
+close_grace = "500ms"
+max_flows = 131072
+ring_buffer_size = 4194304
+
+[[classes]]
+name = "us-user-data"
+cgroups = ["/payments/userdata/", "//billing"]
+uids = [1001, 1002]
+
+[[classes]]
+name = "eu.pii"
+uids = [2001]
+
+[[sinks]]
+type = "stdout"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.agent.cgroup_root.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+    assert_eq!(c.agent.host.as_deref(), Some("h1"));
+    assert_eq!(c.agent.idle_timeout.0, Duration::from_secs(120));
+    assert_eq!(c.agent.close_grace.0, Duration::from_millis(500));
+    assert_eq!(c.class_names(), vec!["us-user-data".to_string(), "eu.pii".to_string()]);
+    // Paths are normalised.
+    let cgroups: Vec<&str> = c.classes[0].cgroups.iter().map(|p| p.get_ref().0.as_str()).collect();
+    assert_eq!(cgroups, vec!["/payments/userdata", "/billing"]);
+    assert_eq!(c.classes[0].uids.iter().map(|u| *u.get_ref()).collect::<Vec<_>>(), vec![1001, 1002]);
+    assert_eq!(c.sinks, vec![SinkConfig::Stdout {}]);
+}
+
+#[test]
+fn bad_duration_names_file_line_key_and_value() {
+    let e = err("[agent]\nflush_interval = \"10 seconds please\"\n");
+    assert_eq!(e.line, 2);
+    assert_eq!(e.column, 18);
+    assert_eq!(e.key, "agent.flush_interval");
+    assert!(e.message.contains("\"10 seconds please\""), "{e}");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("/etc/egress-monitor/test.toml:2:18: agent.flush_interval: invalid duration"),
+        "{shown}"
+    );
+    assert!(shown.contains("flush_interval = \"10 seconds please\""), "the line is quoted: {shown}");
+}
+
+#[test]
+fn zero_duration_is_rejected() {
+    let e = err("[agent]\nsweep_interval = \"0s\"\n");
+    assert_eq!(e.key, "agent.sweep_interval");
+    assert!(e.message.contains("greater than zero"), "{e}");
+}
+
+#[test]
+fn relative_cgroup_path_is_rejected_with_its_index() {
+    let e = err("[[classes]]\nname = \"a\"\ncgroups = [\"/ok\", \"payments\"]\n");
+    assert_eq!(e.line, 3);
+    assert_eq!(e.key, "classes[0].cgroups[1]");
+    assert!(e.message.contains("\"payments\"") && e.message.contains("starting with '/'"), "{e}");
+}
+
+#[test]
+fn dotdot_in_cgroup_path_is_rejected() {
+    let e = err("[[classes]]\nname = \"a\"\ncgroups = [\"/a/../b\"]\n");
+    assert_eq!(e.key, "classes[0].cgroups[0]");
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    let e = err("[agent]\nflush_intervall = \"10s\"\n");
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("unknown field `flush_intervall`"), "{e}");
+    assert!(e.message.contains("flush_interval"), "the valid keys are listed: {e}");
+}
+
+#[test]
+fn unknown_sink_type_is_rejected() {
+    let e = err("[[sinks]]\ntype = \"carrier-pigeon\"\n");
+    assert_eq!(e.key, "sinks[0].type");
+    assert!(e.message.contains("carrier-pigeon"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let e = err("[[classes]]\nname = \"a\"\nuids = [\"root\"]\n");
+    assert_eq!(e.key, "classes[0].uids[0]");
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = err("[agent\nhost = 1\n");
+    assert_eq!(e.line, 1);
+    assert!(e.key.is_empty());
+}
+
+#[test]
+fn duplicate_class_name_is_rejected() {
+    let e = err("[[classes]]\nname = \"a\"\nuids = [1]\n\n[[classes]]\nname = \"a\"\nuids = [2]\n");
+    assert_eq!(e.line, 6);
+    assert_eq!(e.key, "classes[1].name");
+    assert!(e.message.contains("already used by classes[0]"), "{e}");
+}
+
+#[test]
+fn invalid_class_name_is_rejected() {
+    let e = err("[[classes]]\nname = \"us user data\"\nuids = [1]\n");
+    assert_eq!(e.key, "classes[0].name");
+    assert!(e.message.contains("\"us user data\""), "{e}");
+}
+
+#[test]
+fn class_without_selectors_is_rejected() {
+    let e = err("[[classes]]\nname = \"empty\"\n");
+    assert_eq!(e.key, "classes[0]");
+    assert!(e.message.contains("selects nothing"), "{e}");
+}
+
+#[test]
+fn cgroup_in_two_classes_is_rejected() {
+    let e = err(
+        "[[classes]]\nname = \"a\"\ncgroups = [\"/x\"]\n[[classes]]\nname = \"b\"\ncgroups = [\"/x/\"]\n",
+    );
+    assert_eq!(e.line, 6);
+    assert_eq!(e.key, "classes[1].cgroups[0]");
+    assert!(e.message.contains("already selected by class \"a\""), "{e}");
+}
+
+#[test]
+fn uid_in_two_classes_is_rejected() {
+    let e = err("[[classes]]\nname = \"a\"\nuids = [7]\n[[classes]]\nname = \"b\"\nuids = [8, 7]\n");
+    assert_eq!(e.key, "classes[1].uids[1]");
+    assert_eq!(e.line, 6);
+}
+
+#[test]
+fn flush_shorter_than_sweep_is_rejected() {
+    let e = err("[agent]\nsweep_interval = \"5s\"\nflush_interval = \"1s\"\n");
+    assert_eq!(e.key, "agent.flush_interval");
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn ring_buffer_size_must_be_a_power_of_two() {
+    let e = err("[agent]\nring_buffer_size = 5000\n");
+    assert_eq!(e.key, "agent.ring_buffer_size");
+    assert!(e.message.contains("5000") && e.message.contains("power of two"), "{e}");
+}
+
+#[test]
+fn max_flows_too_small_is_rejected() {
+    let e = err("[agent]\nmax_flows = 10\n");
+    assert_eq!(e.key, "agent.max_flows");
+    assert_eq!(e.line, 2);
+}
+
+#[test]
+fn unreadable_file_names_the_file() {
+    let e = Config::from_file(Path::new("/nonexistent/egress.toml")).unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/egress.toml: cannot read"), "{e}");
+}

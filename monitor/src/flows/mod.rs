@@ -10,7 +10,15 @@ use std::{
 
 use monitor_common::{FlowKey, FlowValue, ProcessInfo, SOCK_HAS_PROCESS, SockEvent};
 
-use crate::probe::{FlowMap, KernelEvent};
+use crate::probe::KernelEvent;
+
+/// The kernel's flow map, as the table uses it (the probe's map; a fake in tests).
+pub trait KernelFlows {
+    /// Calls `f` for every flow in the map.
+    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()>;
+    /// Removes a flow and returns its final value (None if it was already gone).
+    fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>>;
+}
 
 /// Lifecycle stage a record reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -44,6 +52,9 @@ pub struct Flow {
     pub cookie: u64,
     pub sock_uid: u32,
     pub process: Option<ProcessInfo>,
+    /// The class was corrected by the agent (see [`FlowTable::reclassify`]); the kernel's
+    /// stale value no longer overrides it.
+    class_pinned: bool,
     /// `first_seen_ns` of the kernel entry currently tracked, and its counters when last read.
     entry_id: u64,
     entry_packets: u64,
@@ -109,6 +120,10 @@ impl FlowTable {
         self.flows.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     /// Applies one kernel event; a new flow is reported at once.
     pub fn on_event(&mut self, event: KernelEvent, now: Instant, out: &mut Vec<FlowUpdate>) {
         match event {
@@ -163,7 +178,9 @@ impl FlowTable {
                 f.entry_bytes = v.bytes;
             }
             f.last_seen_ns = f.last_seen_ns.max(v.last_seen_ns);
-            f.class_id = v.class_id;
+            if !f.class_pinned {
+                f.class_id = v.class_id;
+            }
             f.seen_sweep = sweep;
             return true;
         }
@@ -182,6 +199,7 @@ impl FlowTable {
             cookie: v.cookie,
             sock_uid: v.sock_uid,
             process,
+            class_pinned: false,
             entry_id: v.first_seen_ns,
             entry_packets: v.packets,
             entry_bytes: v.bytes,
@@ -200,11 +218,25 @@ impl FlowTable {
         false
     }
 
+    /// Corrects the class of known flows after the class maps changed: a socket is classified
+    /// again on its next packet, but a flow that sends nothing more would keep the class it had
+    /// before its cgroup was known. `class_of` maps a cgroup id to its configured class.
+    pub fn reclassify(&mut self, mut class_of: impl FnMut(u64) -> Option<u32>) {
+        for (key, f) in self.flows.iter_mut() {
+            if let Some(class) = class_of(key.cgroup_id)
+                && class != f.class_id
+            {
+                f.class_id = class;
+                f.class_pinned = true;
+            }
+        }
+    }
+
     /// Reads the whole kernel map, reports new, changed and ended flows, and removes ended
     /// flows from the kernel map. `now_ns` is CLOCK_MONOTONIC, the kernel programs' clock.
     pub fn sweep(
         &mut self,
-        map: &mut FlowMap,
+        map: &mut dyn KernelFlows,
         now: Instant,
         now_ns: u64,
         out: &mut Vec<FlowUpdate>,
@@ -212,7 +244,7 @@ impl FlowTable {
         self.sweep += 1;
         let mut found_by_sweep = 0;
         let mut seen: Vec<(FlowKey, FlowValue)> = Vec::new();
-        map.for_each(|k, v| seen.push((*k, *v)))?;
+        map.for_each(&mut |k, v| seen.push((*k, *v)))?;
         for (k, v) in &seen {
             if !self.observe(k, v, now, out) {
                 found_by_sweep += 1;
@@ -253,7 +285,7 @@ impl FlowTable {
     /// Reports the final state of a flow and forgets it, in the kernel too.
     fn end(
         &mut self,
-        map: &mut FlowMap,
+        map: &mut dyn KernelFlows,
         key: &FlowKey,
         now: Instant,
         out: &mut Vec<FlowUpdate>,

@@ -10,6 +10,8 @@ use std::{
 use aya::maps::MapData;
 use monitor_common::{FlowKey, FlowValue};
 
+use crate::flows::KernelFlows;
+
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -59,9 +61,10 @@ impl FlowMap {
     fn fd(&self) -> u32 {
         self.map.fd().as_fd().as_raw_fd() as u32
     }
+}
 
-    /// Calls `f` for every flow in the map.
-    pub fn for_each(&mut self, mut f: impl FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
+impl KernelFlows for FlowMap {
+    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
         let zero_key = FlowKey {
             cgroup_id: 0,
             saddr: [0; 16],
@@ -103,8 +106,7 @@ impl FlowMap {
         }
     }
 
-    /// Removes a flow and returns its final value (None if it was already gone).
-    pub fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
         // SAFETY: plain old data, filled by the kernel on success.
         let mut value: FlowValue = unsafe { std::mem::zeroed() };
         let mut attr = ElemAttr {
