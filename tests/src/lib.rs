@@ -1,1 +1,65 @@
+//! The integration-test harness. Each test builds its own world and tears it down on drop,
+//! also when the test fails: network namespaces joined by a veth pair, a cgroup under the
+//! cgroup v2 root, the real agent binary, and traffic processes placed in both.
 
+pub mod agent;
+pub mod cgroups;
+pub mod netns;
+pub mod traffic;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+pub use agent::Agent;
+pub use cgroups::TestCgroup;
+pub use netns::Topology;
+
+/// A name unique to this test process and call: "em<pid>x<n>".
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A small number unique within this test process (for addresses and uids).
+pub fn unique_index() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The integration tests load eBPF programs and create namespaces: they need root. Not being
+/// root is a failure, never a skip.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests need root: run `cargo xtask test` as root"
+    );
+}
+
+/// A binary built by cargo next to the test executable (target/<profile>/<name>).
+pub fn built_binary(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is not built: `cargo xtask test` builds it before the tests", bin.display());
+    bin
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

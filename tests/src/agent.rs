@@ -1,0 +1,176 @@
+//! The real agent binary, started with a configuration the test writes, its JSON records
+//! collected as they arrive. Stopped with SIGTERM on drop (SIGKILL if it does not stop).
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::built_binary;
+
+#[derive(Default)]
+struct Shared {
+    records: Vec<Value>,
+    stderr: String,
+}
+
+pub struct Agent {
+    child: Child,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    _dir: tempfile::TempDir,
+    pub config_path: std::path::PathBuf,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Agent {
+    /// Starts `egress-monitor run` on this configuration and waits until it is running.
+    pub fn start(config: &str) -> Agent {
+        crate::require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("egress-monitor.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(built_binary("egress-monitor"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn egress-monitor");
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("agent printed {line:?}: {e}"));
+                s.0.lock().unwrap().records.push(v);
+                s.1.notify_all();
+            }
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(err);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.0.lock().unwrap().stderr.push_str(&String::from_utf8_lossy(&buf[..n]));
+                s.1.notify_all();
+            }
+        });
+        let mut agent = Agent { child, shared, _dir: dir, config_path };
+        agent.wait_stderr("agent running", START_TIMEOUT);
+        agent
+    }
+
+    /// Waits until the agent's log contains `text`.
+    pub fn wait_stderr(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.shared;
+        let mut g = lock.lock().unwrap();
+        while !g.stderr.contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited ({status}) before logging {text:?}:\n{}", g.stderr);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the agent did not log {text:?} within {timeout:?}:\n{}", g.stderr);
+            g = cond.wait_timeout(g, left.min(Duration::from_millis(200))).unwrap().0;
+        }
+    }
+
+    /// Waits for the first record that satisfies `pred`; panics with `what` and the agent's
+    /// log after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.shared;
+        let mut g = lock.lock().unwrap();
+        loop {
+            if let Some(v) = g.records.iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no record {what} within {timeout:?}; {} records; agent log:\n{}",
+                    g.records.len(),
+                    g.stderr
+                );
+            }
+            g = cond.wait_timeout(g, left).unwrap().0;
+        }
+    }
+
+    /// Every record so far that satisfies `pred`.
+    pub fn records(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.shared.0.lock().unwrap().records.iter().filter(|v| pred(v)).cloned().collect()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.shared.0.lock().unwrap().stderr.clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kernel program ids the agent logged as attached.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.contains("attached") && l.contains("program="))
+            .filter_map(|l| {
+                l.split_whitespace().find_map(|w| w.strip_prefix("id=")).and_then(|id| id.parse().ok())
+            })
+            .collect()
+    }
+
+    /// Sends `signal` and waits for the agent to exit.
+    pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait agent") {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the agent did not stop within 20 s of signal {signal}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

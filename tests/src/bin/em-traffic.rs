@@ -1,0 +1,143 @@
+//! Test traffic with known sizes. The integration tests start it inside a network namespace and
+//! a cgroup; it prints one JSON line saying what it did (pid, local and remote endpoints), so
+//! the test can compare the agent's records with the facts.
+//!
+//!   em-traffic tcp-serve  LISTEN_ADDR REPLY_BYTES CONNECTIONS
+//!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork]
+//!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
+//!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let num = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
+    match args.first().map(String::as_str) {
+        Some("tcp-serve") => tcp_serve(addr, num(2, 0), num(3, 1)),
+        Some("tcp-send") => {
+            if flag("--fork") {
+                fork_then(|| tcp_send(addr, num(2, 0), num(3, 1)))
+            } else {
+                tcp_send(addr, num(2, 0), num(3, 1))
+            }
+        }
+        Some("udp-serve") => udp_serve(addr, num(2, 0), num(3, 1)),
+        Some("udp-send") => {
+            let ports = args.iter().position(|a| a == "--ports").map_or(1, |i| num(i + 1, 1));
+            udp_send(addr, num(2, 0), num(3, 1), flag("--connect"), ports)
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: em-traffic tcp-serve|tcp-send|udp-serve|udp-send ADDR ... (see the source)");
+    std::process::exit(2)
+}
+
+fn report(fields: &[(&str, serde_json::Value)]) {
+    let mut obj = serde_json::Map::new();
+    obj.insert("pid".into(), std::process::id().into());
+    for (k, v) in fields {
+        obj.insert((*k).into(), v.clone());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::Value::Object(obj)).unwrap();
+    out.flush().unwrap();
+}
+
+/// Runs `f` in a forked child and waits for it; the child reports its own pid.
+fn fork_then(f: impl FnOnce()) {
+    // SAFETY: single-threaded program; the child runs `f` and exits.
+    match unsafe { libc::fork() } {
+        0 => {
+            f();
+            std::process::exit(0);
+        }
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            report(&[("event", "parent".into()), ("child", child.into())]);
+        }
+    }
+}
+
+/// Accepts CONNECTIONS connections; for each reads to EOF, replies REPLY_BYTES, closes.
+fn tcp_serve(addr: SocketAddr, reply: usize, connections: usize) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    report(&[("event", "ready".into())]);
+    for _ in 0..connections {
+        let (mut s, peer) = listener.accept().expect("accept");
+        s.set_nodelay(true).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        s.write_all(&vec![b'r'; reply]).expect("write");
+        drop(s);
+        report(&[
+            ("event", "served".into()),
+            ("peer", peer.to_string().into()),
+            ("received", got.len().into()),
+        ]);
+    }
+}
+
+/// Opens CONNECTIONS connections one after the other; each sends BYTES, half-closes, reads the
+/// reply to EOF and closes.
+fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize) {
+    let mut locals = Vec::new();
+    for _ in 0..connections {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).unwrap();
+        locals.push(serde_json::Value::from(s.local_addr().unwrap().to_string()));
+        s.write_all(&vec![b's'; bytes]).expect("write");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).expect("read");
+    }
+    report(&[("event", "sent".into()), ("locals", locals.into())]);
+}
+
+/// Receives DATAGRAMS datagrams and answers each with REPLY_BYTES.
+fn udp_serve(addr: SocketAddr, reply: usize, datagrams: usize) {
+    let s = UdpSocket::bind(addr).expect("bind");
+    report(&[("event", "ready".into())]);
+    let mut buf = vec![0u8; 65536];
+    let mut peer = None;
+    for _ in 0..datagrams {
+        let (_, from) = s.recv_from(&mut buf).expect("recv");
+        s.send_to(&vec![b'r'; reply], from).expect("send");
+        peer = Some(from);
+    }
+    report(&[("event", "served".into()), ("peer", peer.map(|p| p.to_string()).into())]);
+}
+
+/// Sends COUNT datagrams of BYTES to each of PORTS consecutive ports from one socket:
+/// with sendto (default) or connect + send.
+fn udp_send(addr: SocketAddr, bytes: usize, count: usize, connect: bool, ports: usize) {
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let s = UdpSocket::bind(bind).expect("bind");
+    let payload = vec![b'u'; bytes];
+    for p in 0..ports {
+        let mut to = addr;
+        to.set_port(addr.port() + p as u16);
+        if connect {
+            s.connect(to).expect("connect");
+        }
+        for _ in 0..count {
+            if connect {
+                s.send(&payload).expect("send");
+            } else {
+                s.send_to(&payload, to).expect("send_to");
+            }
+        }
+    }
+    report(&[("event", "sent".into()), ("local", s.local_addr().unwrap().to_string().into())]);
+}

@@ -1,0 +1,117 @@
+//! Traffic processes (the em-traffic helper) placed in a test cgroup, a network namespace and
+//! optionally under another uid, before they exec. Killed on drop.
+
+use std::{
+    fs::OpenOptions,
+    io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{built_binary, netns::Netns};
+
+/// Where a traffic process runs.
+pub struct Placement<'a> {
+    pub netns: &'a Netns,
+    /// Directory of the cgroup to join.
+    pub cgroup: &'a Path,
+    /// Run under this uid (and gid), not root.
+    pub uid: Option<u32>,
+}
+
+pub struct Traffic {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    args: Vec<String>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Traffic {
+    /// Starts `em-traffic ARGS` in the placement.
+    pub fn start(place: &Placement<'_>, args: &[&str]) -> Traffic {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(place.cgroup.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", place.cgroup.display()));
+        let ns = place.netns.file();
+        let uid = place.uid;
+        let mut cmd = Command::new(built_binary("em-traffic"));
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let (procs_fd, ns_fd) = (procs.as_raw_fd(), ns.as_raw_fd());
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the cgroup first ("0" = the writing process), then the namespace.
+                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(uid) = uid
+                    && (libc::setgid(uid) != 0 || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn em-traffic");
+        drop((procs, ns));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Traffic { child, lines, args: args.iter().map(|s| s.to_string()).collect() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next JSON line the process printed.
+    pub fn next_report(&mut self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("em-traffic {:?} printed nothing within {TIMEOUT:?}", self.args));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("em-traffic printed {line:?}: {e}"))
+    }
+
+    /// Waits for the process to exit successfully and returns the last line it printed.
+    pub fn finish(mut self) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait em-traffic") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "em-traffic {:?} still running after {TIMEOUT:?}", self.args);
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "em-traffic {:?} failed: {status}", self.args);
+        // The reader thread ends at EOF; take everything it still holds.
+        let last =
+            self.lines.iter().last().unwrap_or_else(|| panic!("em-traffic {:?} printed nothing", self.args));
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("em-traffic printed {last:?}: {e}"))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

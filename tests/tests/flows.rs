@@ -1,0 +1,398 @@
+//! Flow tagging end to end: the real agent and kernel programs, real traffic between network
+//! namespaces, and exact facts in the records (bytes, packets, pid, comm, class, direction).
+
+use std::time::Duration;
+
+use integration_tests::{
+    Agent, TestCgroup, Topology,
+    traffic::{Placement, Traffic},
+    unique, unique_index,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+type Class<'a> = (&'a str, &'a [String], &'a [u32]);
+
+/// Agent settings that make tests quick: flows end 300 ms after their socket closes.
+fn config(classes: &[Class<'_>]) -> String {
+    config_with("", classes)
+}
+
+/// As [`config`], with more `[agent]` settings.
+fn config_with(agent: &str, classes: &[Class<'_>]) -> String {
+    let mut c = format!(
+        "[agent]\nflush_interval = \"1s\"\nsweep_interval = \"200ms\"\nclose_grace = \"300ms\"\nidle_timeout = \"30s\"\n{agent}"
+    );
+    for (name, cgroups, uids) in classes {
+        c += &format!("\n[[classes]]\nname = {name:?}\ncgroups = {cgroups:?}\nuids = {uids:?}\n");
+    }
+    c
+}
+
+/// Matches flow records of one test (by its cgroup), protocol, and ports.
+fn flow<'a>(cg: &'a TestCgroup, proto: &'a str, sport: u16, dport: u16) -> impl Fn(&Value) -> bool + 'a {
+    move |v: &Value| {
+        v["type"] == "flow"
+            && v["protocol"] == proto
+            && v["source"]["port"] == sport
+            && v["destination"]["port"] == dport
+            && v["process"]["cgroup"].as_str().is_some_and(|c| c.starts_with(&cg.rel))
+    }
+}
+
+fn ended<'a>(cg: &'a TestCgroup, proto: &'a str, sport: u16, dport: u16) -> impl Fn(&Value) -> bool + 'a {
+    let f = flow(cg, proto, sport, dport);
+    move |v: &Value| f(v) && v["state"] == "ended"
+}
+
+/// Port of an "ip:port" string.
+fn port(endpoint: &Value) -> u16 {
+    endpoint.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// TCP bytes at L3 as the kernel counts them: every packet carries IP + TCP headers with the
+/// timestamp option (52 bytes on IPv4, 72 on IPv6), and the SYN (or SYN-ACK) 8 more option bytes.
+fn assert_tcp_bytes(rec: &Value, payload: u64, ipv6: bool) {
+    let packets = rec["packets"].as_u64().unwrap();
+    let header = if ipv6 { 72 } else { 52 };
+    assert_eq!(rec["bytes"].as_u64().unwrap(), payload + header * packets + 8, "byte count of {rec}");
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn tcp_ipv4_classified_and_unclassified_clients() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (classified, plain, server_cg) = (cg.create("classified"), cg.create("plain"), cg.create("server"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("classified")], &[])]));
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "10.99.0.2:8080", "100", "2"],
+    );
+    server.next_report();
+    let server_pid = server.pid();
+    let c1 = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &classified, uid: None },
+        &["tcp-send", "10.99.0.2:8080", "1000"],
+    );
+    let c1_pid = c1.pid();
+    let p1 = port(&c1.finish()["locals"][0]);
+    let c2 = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &plain, uid: None },
+        &["tcp-send", "10.99.0.2:8080", "700"],
+    );
+    let c2_pid = c2.pid();
+    let p2 = port(&c2.finish()["locals"][0]);
+    server.finish();
+
+    let r1 = agent.wait_for("for the classified client", WAIT, ended(&cg, "tcp", p1, 8080));
+    assert_eq!(r1["class"], class.as_str());
+    assert_eq!(r1["direction"], "outbound");
+    assert_eq!(r1["source"]["ip"], "10.99.0.1");
+    assert_eq!(r1["destination"]["ip"], "10.99.0.2");
+    assert_eq!(u64_of(&r1["process"]["pid"]), c1_pid as u64);
+    assert_eq!(r1["process"]["comm"], "em-traffic");
+    assert_eq!(r1["process"]["uid"], 0);
+    assert_eq!(r1["process"]["cgroup"], cg.child_rel("classified"));
+    assert_tcp_bytes(&r1, 1000, false);
+    // SYN, ACK, data, FIN, and the ACKs of the reply: at least 5 packets.
+    assert!((5..=7).contains(&u64_of(&r1["packets"])), "{r1}");
+
+    let r2 = agent.wait_for("for the unclassified client", WAIT, ended(&cg, "tcp", p2, 8080));
+    assert_eq!(r2["class"], Value::Null);
+    assert_eq!(r2["direction"], "outbound");
+    assert_eq!(u64_of(&r2["process"]["pid"]), c2_pid as u64);
+    assert_eq!(r2["process"]["cgroup"], cg.child_rel("plain"));
+    assert_tcp_bytes(&r2, 700, false);
+
+    // The server's answers: accepted connections, attributed to the listening process.
+    for p in [p1, p2] {
+        let s = agent.wait_for("for the server side", WAIT, ended(&cg, "tcp", 8080, p));
+        assert_eq!(s["direction"], "inbound");
+        assert_eq!(s["class"], Value::Null);
+        assert_eq!(u64_of(&s["process"]["pid"]), server_pid as u64);
+        assert_eq!(s["process"]["cgroup"], cg.child_rel("server"));
+        assert_tcp_bytes(&s, 100, false);
+    }
+    // A flow is reported as new first, then ended: exactly one of each for the client.
+    let states: Vec<Value> =
+        agent.records(flow(&cg, "tcp", p1, 8080)).iter().map(|r| r["state"].clone()).collect();
+    assert_eq!(states.first(), Some(&Value::from("new")), "{states:?}");
+    assert_eq!(states.iter().filter(|s| *s == "ended").count(), 1, "{states:?}");
+}
+
+#[test]
+fn tcp_ipv6_accepted_flow_of_a_classified_server_is_inbound() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (server_cg, client_cg) = (cg.create("api"), cg.create("client"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("api")], &[])]));
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "[fd99::2]:9443", "5000", "1"],
+    );
+    server.next_report();
+    let client = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &client_cg, uid: None },
+        &["tcp-send", "[fd99::2]:9443", "300"],
+    );
+    let cport = port(&client.finish()["locals"][0]);
+    let server_pid = server.pid();
+    server.finish();
+
+    let s = agent.wait_for("for the server's answer", WAIT, ended(&cg, "tcp", 9443, cport));
+    assert_eq!(s["class"], class.as_str());
+    assert_eq!(s["direction"], "inbound");
+    assert_eq!(s["source"]["ip"], "fd99::2");
+    assert_eq!(s["destination"]["ip"], "fd99::1");
+    assert_eq!(u64_of(&s["process"]["pid"]), server_pid as u64);
+    assert_eq!(s["process"]["comm"], "em-traffic");
+    assert_tcp_bytes(&s, 5000, true);
+
+    let c = agent.wait_for("for the client", WAIT, ended(&cg, "tcp", cport, 9443));
+    assert_eq!(c["class"], Value::Null);
+    assert_eq!(c["direction"], "outbound");
+    assert_tcp_bytes(&c, 300, true);
+}
+
+#[test]
+fn udp_sendto_and_connected_send_classified_by_uid() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let app = cg.create("app");
+    let uid = 61000 + unique_index();
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[], &[uid])]));
+
+    // Unconnected sendto over IPv4: 5 datagrams of 200 bytes, 28 bytes of headers each.
+    let sendto = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: Some(uid) },
+        &["udp-send", "10.99.0.2:5353", "200", "5"],
+    );
+    let sendto_pid = sendto.pid();
+    let p1 = port(&sendto.finish()["local"]);
+    // Connected send over IPv6: 3 datagrams of 100 bytes, 48 bytes of headers each.
+    let connected = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: Some(uid) },
+        &["udp-send", "[fd99::2]:5354", "100", "3", "--connect"],
+    );
+    let connected_pid = connected.pid();
+    let p2 = port(&connected.finish()["local"]);
+
+    let r = agent.wait_for("for the sendto flow", WAIT, ended(&cg, "udp", p1, 5353));
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["direction"], "outbound");
+    assert_eq!(r["destination"]["ip"], "10.99.0.2");
+    assert_eq!(u64_of(&r["packets"]), 5);
+    assert_eq!(u64_of(&r["bytes"]), 5 * 228);
+    assert_eq!(u64_of(&r["process"]["pid"]), sendto_pid as u64);
+    assert_eq!(u64_of(&r["process"]["uid"]), uid as u64);
+    assert_eq!(r["process"]["comm"], "em-traffic");
+
+    let r = agent.wait_for("for the connected flow", WAIT, ended(&cg, "udp", p2, 5354));
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["destination"]["ip"], "fd99::2");
+    assert_eq!(u64_of(&r["packets"]), 3);
+    assert_eq!(u64_of(&r["bytes"]), 3 * 148);
+    assert_eq!(u64_of(&r["process"]["pid"]), connected_pid as u64);
+}
+
+#[test]
+fn udp_server_answering_a_client_is_inbound() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (server_cg, client_cg) = (cg.create("dns"), cg.create("client"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("dns")], &[])]));
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["udp-serve", "10.99.0.2:5300", "400", "2"],
+    );
+    server.next_report();
+    let client = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &client_cg, uid: None },
+        &["udp-send", "10.99.0.2:5300", "20", "2"],
+    );
+    let cport = port(&client.finish()["local"]);
+    let server_pid = server.pid();
+    server.finish();
+
+    let r = agent.wait_for("for the server's answers", WAIT, ended(&cg, "udp", 5300, cport));
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["direction"], "inbound");
+    assert_eq!(u64_of(&r["packets"]), 2);
+    assert_eq!(u64_of(&r["bytes"]), 2 * 428);
+    assert_eq!(u64_of(&r["process"]["pid"]), server_pid as u64);
+}
+
+#[test]
+fn forked_child_in_a_classified_cgroup_is_attributed_to_itself() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (app, server_cg) = (cg.create("app"), cg.create("server"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("app")], &[])]));
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "10.99.0.2:8000", "0", "1"],
+    );
+    server.next_report();
+    // The parent forks; the child connects and sends, then reports; the parent reports last.
+    let mut parent = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["tcp-send", "10.99.0.2:8000", "64", "1", "--fork"],
+    );
+    let parent_pid = parent.pid();
+    let child_report = parent.next_report();
+    let child_pid = u64_of(&child_report["pid"]);
+    let cport = port(&child_report["locals"][0]);
+    let parent_report = parent.finish();
+    assert_eq!(u64_of(&parent_report["child"]), child_pid);
+    assert_ne!(child_pid, parent_pid as u64);
+    server.finish();
+
+    let r = agent.wait_for("for the child's flow", WAIT, ended(&cg, "tcp", cport, 8000));
+    assert_eq!(u64_of(&r["process"]["pid"]), child_pid);
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["process"]["cgroup"], cg.child_rel("app"));
+    assert_tcp_bytes(&r, 64, false);
+}
+
+#[test]
+fn cgroup_created_after_the_agent_started_is_classified() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let server_cg = cg.create("server");
+    let class = unique("class");
+    // "late" does not exist when the agent starts.
+    let mut agent = Agent::start(&config(&[(&class, &[cg.child_rel("late")], &[])]));
+    agent.wait_stderr("does not exist (yet)", WAIT);
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "10.99.0.2:8001", "0", "1"],
+    );
+    server.next_report();
+    // Created now, with a descendant; the client runs in the descendant right away.
+    let app = cg.create("late/app");
+    let client = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["tcp-send", "10.99.0.2:8001", "2000"],
+    );
+    let cport = port(&client.finish()["locals"][0]);
+    server.finish();
+
+    let r = agent.wait_for("for the client in the late cgroup", WAIT, ended(&cg, "tcp", cport, 8001));
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["process"]["cgroup"], cg.child_rel("late/app"));
+    assert_tcp_bytes(&r, 2000, false);
+}
+
+#[test]
+fn short_lived_connections_are_each_reported_exactly() {
+    const N: usize = 25;
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (app, server_cg) = (cg.create("app"), cg.create("server"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("app")], &[])]));
+
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "10.99.0.2:8002", "10", &N.to_string()],
+    );
+    server.next_report();
+    let client = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["tcp-send", "10.99.0.2:8002", "150", &N.to_string()],
+    );
+    let client_pid = client.pid();
+    let report = client.finish();
+    server.finish();
+    let ports: Vec<u16> = report["locals"].as_array().unwrap().iter().map(port).collect();
+    assert_eq!(ports.len(), N);
+
+    for p in ports {
+        let r = agent.wait_for("for a short connection", WAIT, ended(&cg, "tcp", p, 8002));
+        assert_eq!(r["class"], class.as_str());
+        assert_eq!(u64_of(&r["process"]["pid"]), client_pid as u64);
+        assert_tcp_bytes(&r, 150, false);
+        assert_eq!(agent.records(ended(&cg, "tcp", p, 8002)).len(), 1, "one end per connection");
+    }
+}
+
+#[test]
+fn ring_buffer_losses_are_counted_and_every_flow_is_still_reported() {
+    const PORTS: usize = 600;
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let app = cg.create("app");
+    let class = unique("class");
+    // The smallest ring buffer: room for a few dozen events.
+    let agent =
+        Agent::start(&config_with("ring_buffer_size = 4096\n", &[(&class, &[cg.child_rel("app")], &[])]));
+    // Stall the agent (as a busy host would) while a burst of new flows arrives.
+    // SAFETY: signalling the agent we started.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    let burst = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["udp-send", "10.99.0.2:20000", "10", "1", "--ports", &PORTS.to_string()],
+    );
+    let sport = port(&burst.finish()["local"]);
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+
+    let loss = agent.wait_for("reporting ring-buffer drops", WAIT, |v| {
+        v["type"] == "loss" && v["ringbuf_drops"].as_u64().is_some_and(|d| d > 0)
+    });
+    // At most ~28 events of 144 bytes fit in 4096 bytes; the rest of the burst was dropped.
+    assert!(u64_of(&loss["ringbuf_drops"]) >= (PORTS - 30) as u64, "{loss}");
+    for i in 0..PORTS {
+        let dport = 20000 + i as u16;
+        let r = agent.wait_for("for every flow of the burst", WAIT, flow(&cg, "udp", sport, dport));
+        assert_eq!(r["class"], class.as_str());
+        assert_eq!(u64_of(&r["bytes"]), 38);
+    }
+}
+
+#[test]
+fn agent_detaches_every_program_on_sigterm_and_sigint() {
+    let cg_root = monitor::cgroup::detect_root().unwrap();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut agent = Agent::start(&config(&[]));
+        let ids = agent.program_ids();
+        assert_eq!(ids.len(), 9, "programs attached:\n{}", agent.stderr());
+        let attached = attached_ids(&cg_root);
+        for id in &ids {
+            assert!(attached.contains(id), "program {id} not attached to the cgroup root: {attached:?}");
+        }
+        let status = agent.stop_with(signal);
+        assert!(status.success(), "agent exit status {status} after signal {signal}");
+        assert!(agent.stderr().contains("detached programs=9"), "{}", agent.stderr());
+        let attached = attached_ids(&cg_root);
+        for id in &ids {
+            assert!(!attached.contains(id), "program {id} still attached after signal {signal}");
+            let shown = std::process::Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string()])
+                .output()
+                .unwrap();
+            assert!(!shown.status.success(), "program {id} still loaded after signal {signal}");
+        }
+    }
+}
+
+/// Ids of the programs attached to the cgroup v2 root, as bpftool reports them.
+fn attached_ids(root: &std::path::Path) -> Vec<u32> {
+    let out = integration_tests::run("bpftool", &["cgroup", "show", root.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    v.as_array().unwrap().iter().map(|p| u64_of(&p["id"]) as u32).collect()
+}
