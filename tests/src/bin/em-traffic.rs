@@ -132,10 +132,15 @@ fn udp_send(addr: SocketAddr, bytes: usize, count: usize, connect: bool, ports: 
             s.connect(to).expect("connect");
         }
         for _ in 0..count {
-            if connect {
-                s.send(&payload).expect("send");
-            } else {
-                s.send_to(&payload, to).expect("send_to");
+            // A connected socket reports the ICMP port-unreachable of an earlier datagram on
+            // a later send, which then sends nothing: send again so COUNT datagrams leave.
+            loop {
+                let sent = if connect { s.send(&payload) } else { s.send_to(&payload, to) };
+                match sent {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => panic!("send to {to}: {e}"),
+                }
             }
         }
     }
