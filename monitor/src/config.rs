@@ -9,8 +9,14 @@ use std::{
     time::Duration,
 };
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
+
+use crate::{
+    enrich::countries,
+    policy::{ApprovedEntry, Decision, Severity},
+};
 
 /// Where `run` and the other commands look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/egress-monitor/egress-monitor.toml";
@@ -18,12 +24,72 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/egress-monitor/egress-monitor.toml";
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file this configuration was read from, for messages about what it names.
+    #[serde(skip)]
+    pub origin: Origin,
     #[serde(default)]
     pub agent: AgentConfig,
     #[serde(default)]
+    pub geoip: GeoipConfig,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+    #[serde(default)]
     pub classes: Vec<ClassConfig>,
     #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+}
+
+/// Where destinations are placed on the map.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoipConfig {
+    /// MaxMind-format country database (GeoIP2/GeoLite2 or DB-IP schema); the embedded DB-IP
+    /// Lite database when absent.
+    pub country_db: Option<Spanned<PathBuf>>,
+    /// City database: adds the subdivision (`US-VA`).
+    pub city_db: Option<Spanned<PathBuf>>,
+    /// ASN database: autonomous system number and organisation.
+    pub asn_db: Option<Spanned<PathBuf>>,
+    /// Cloud providers' published range files (Oracle, AWS, Google Cloud, Azure).
+    pub cloud_ranges: Vec<Spanned<PathBuf>>,
+    /// How often database and range files are checked for replacement.
+    pub reload_interval: Interval,
+}
+
+impl Default for GeoipConfig {
+    fn default() -> Self {
+        Self {
+            country_db: None,
+            city_db: None,
+            asn_db: None,
+            cloud_ranges: Vec::new(),
+            reload_interval: Interval(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// One of the company's own sites: datacenters and private links, by CIDR.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: Spanned<SiteName>,
+    pub country: Spanned<CountryCode>,
+    pub cidrs: Vec<Spanned<Cidr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// One alert per (class, workload, destination address, port) per window this long.
+    pub cooldown: Interval,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { cooldown: Interval(Duration::from_secs(600)) }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +140,17 @@ pub struct ClassConfig {
     /// Socket owner uids whose traffic carries this class.
     #[serde(default)]
     pub uids: Vec<Spanned<u32>>,
+    /// Where this class may go: countries, subdivisions, cloud regions, sites, ASNs.
+    #[serde(default)]
+    pub approved: Vec<Spanned<ApprovedEntry>>,
+    /// Destinations with no geolocation data at all.
+    #[serde(default = "Decision::violation")]
+    pub unknown: Decision,
+    /// Private, loopback and link-local destinations that match no site.
+    #[serde(default = "Decision::allow")]
+    pub internal: Decision,
+    #[serde(default)]
+    pub severity: Severity,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -123,17 +200,21 @@ pub struct ClassName(pub String);
 
 impl<'de> Deserialize<'de> for ClassName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
-            return Err(de::Error::custom(format!(
-                "invalid class name {name:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
-            )));
-        }
-        Ok(ClassName(name))
+        Ok(ClassName(name::<D>(String::deserialize(d)?, "class")?))
     }
+}
+
+/// Checks a name that records and alerts carry: 1 to 64 letters, digits, '-', '_' or '.'.
+fn name<'de, D: Deserializer<'de>>(name: String, what: &str) -> Result<String, D::Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(de::Error::custom(format!(
+            "invalid {what} name {name:?}: expected 1 to 64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(name)
 }
 
 /// A cgroup path relative to the cgroup v2 root, written absolute: "/payments/userdata".
@@ -166,10 +247,72 @@ impl<'de> Deserialize<'de> for CgroupPath {
     }
 }
 
+/// An ISO 3166-1 alpha-2 country code, upper case ("US").
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CountryCode(pub String);
+
+impl<'de> Deserialize<'de> for CountryCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        if !countries::is_known(&code) {
+            return Err(de::Error::custom(format!(
+                "unknown country code {code:?}: expected an ISO 3166-1 alpha-2 code in upper case, like \"US\", \"DE\", \"SG\""
+            )));
+        }
+        Ok(CountryCode(code))
+    }
+}
+
+/// A site name; it must not look like any other kind of approved entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SiteName(pub String);
+
+impl<'de> Deserialize<'de> for SiteName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = name::<D>(String::deserialize(d)?, "site")?;
+        if let Ok(other) = ApprovedEntry::parse(&name)
+            && !matches!(other, ApprovedEntry::Site(_))
+        {
+            return Err(de::Error::custom(format!(
+                "invalid site name {name:?}: it reads as {}, so `approved` could not name it; choose a name like \"dc-us-east\"",
+                other.kind()
+            )));
+        }
+        Ok(SiteName(name))
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR notation ("10.60.0.0/16"); a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let net = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid CIDR {text:?}: expected an address and a prefix length, like \"10.60.0.0/16\" or \"2001:db8::/32\""
+                ))
+            })?;
+        if net.trunc() != net {
+            return Err(de::Error::custom(format!(
+                "invalid CIDR {text:?}: host bits are set below the /{} prefix (did you mean \"{}\"?)",
+                net.prefix_len(),
+                net.trunc()
+            )));
+        }
+        Ok(Cidr(net))
+    }
+}
+
 /// Where a configuration came from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Origin {
     File(PathBuf),
+    #[default]
     Embedded,
 }
 
@@ -255,7 +398,7 @@ impl Config {
         };
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| at(e.span(), String::new(), e.message().to_owned()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             // Spanned<T> adds a private segment to the path; it is not a key the user wrote.
             let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { String::new() } else { key };
@@ -263,11 +406,30 @@ impl Config {
             at(inner.span(), key, inner.message().to_owned())
         })?;
         config.validate().map_err(|(span, key, message)| at(Some(span), key, message))?;
+        config.origin = origin;
         Ok(config)
     }
 
     /// Checks that need the whole document: names and selectors used twice.
     fn validate(&self) -> Result<(), (Range<usize>, String, String)> {
+        let mut sites: HashMap<&str, usize> = HashMap::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let name = site.name.get_ref().0.as_str();
+            if let Some(first) = sites.insert(name, i) {
+                return Err((
+                    site.name.span(),
+                    format!("sites[{i}].name"),
+                    format!("site name {name:?} is already used by sites[{first}]"),
+                ));
+            }
+            if site.cidrs.is_empty() {
+                return Err((
+                    site.name.span(),
+                    format!("sites[{i}].cidrs"),
+                    format!("site {name:?} has no CIDRs: list its networks, like cidrs = [\"10.60.0.0/16\"]"),
+                ));
+            }
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut cgroups: HashMap<&str, &str> = HashMap::new();
         let mut uids: HashMap<u32, &str> = HashMap::new();
@@ -293,6 +455,21 @@ impl Config {
                         cg.span(),
                         format!("classes[{i}].cgroups[{j}]"),
                         format!("cgroup {:?} is already selected by class {other:?}", cg.get_ref().0),
+                    ));
+                }
+            }
+            for (j, entry) in class.approved.iter().enumerate() {
+                if let ApprovedEntry::Site(site) = entry.get_ref()
+                    && !sites.contains_key(site.as_str())
+                {
+                    let known: Vec<&str> = self.sites.iter().map(|s| s.name.get_ref().0.as_str()).collect();
+                    return Err((
+                        entry.span(),
+                        format!("classes[{i}].approved[{j}]"),
+                        format!(
+                            "{site:?} is not a country, subdivision, cloud region or ASN, and no [[sites]] entry has that name (sites: {})",
+                            if known.is_empty() { "none configured".to_owned() } else { known.join(", ") }
+                        ),
                     ));
                 }
             }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cgroups;
 pub mod netns;
+pub mod records;
 pub mod traffic;
 
 use std::{

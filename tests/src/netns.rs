@@ -74,6 +74,25 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Gives host `b` one more address (/32 or /128) and routes everything from `a` over the
+    /// veth, so `a` reaches it: a stand-in for a host anywhere on the map. The address exists
+    /// only inside this test's namespaces.
+    pub fn add_remote_address(&self, ip: &str) {
+        let v6 = ip.contains(':');
+        let prefix = if v6 { "128" } else { "32" };
+        let mut args = vec!["-n", &self.b.name, "addr", "add"];
+        let addr = format!("{ip}/{prefix}");
+        args.extend([addr.as_str(), "dev", "veth0"]);
+        if v6 {
+            args.push("nodad");
+        }
+        run("ip", &args);
+        let family = if v6 { "-6" } else { "-4" };
+        run("ip", &["-n", &self.a.name, family, "route", "replace", "default", "dev", "veth0"]);
+    }
+}
+
 impl Default for Topology {
     fn default() -> Self {
         Self::new()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use integration_tests::{
     Agent, TestCgroup, Topology,
+    records::{assert_tcp_bytes, ended, flow, port, u64_of},
     traffic::{Placement, Traffic},
     unique, unique_index,
 };
@@ -28,39 +29,6 @@ fn config_with(agent: &str, classes: &[Class<'_>]) -> String {
         c += &format!("\n[[classes]]\nname = {name:?}\ncgroups = {cgroups:?}\nuids = {uids:?}\n");
     }
     c
-}
-
-/// Matches flow records of one test (by its cgroup), protocol, and ports.
-fn flow<'a>(cg: &'a TestCgroup, proto: &'a str, sport: u16, dport: u16) -> impl Fn(&Value) -> bool + 'a {
-    move |v: &Value| {
-        v["type"] == "flow"
-            && v["protocol"] == proto
-            && v["source"]["port"] == sport
-            && v["destination"]["port"] == dport
-            && v["process"]["cgroup"].as_str().is_some_and(|c| c.starts_with(&cg.rel))
-    }
-}
-
-fn ended<'a>(cg: &'a TestCgroup, proto: &'a str, sport: u16, dport: u16) -> impl Fn(&Value) -> bool + 'a {
-    let f = flow(cg, proto, sport, dport);
-    move |v: &Value| f(v) && v["state"] == "ended"
-}
-
-/// Port of an "ip:port" string.
-fn port(endpoint: &Value) -> u16 {
-    endpoint.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// TCP bytes at L3 as the kernel counts them: every packet carries IP + TCP headers with the
-/// timestamp option (52 bytes on IPv4, 72 on IPv6), and the SYN (or SYN-ACK) 8 more option bytes.
-fn assert_tcp_bytes(rec: &Value, payload: u64, ipv6: bool) {
-    let packets = rec["packets"].as_u64().unwrap();
-    let header = if ipv6 { 72 } else { 52 };
-    assert_eq!(rec["bytes"].as_u64().unwrap(), payload + header * packets + 8, "byte count of {rec}");
-}
-
-fn u64_of(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 #[test]

@@ -3,29 +3,38 @@
 use std::process::ExitCode;
 
 use super::ConfigArg;
-use crate::config::Origin;
 
 pub(super) fn check(arg: &ConfigArg) -> ExitCode {
-    match arg.load() {
+    let checked = arg.load().map_err(anyhow::Error::from).and_then(|config| {
+        // The files it names must load too (databases, range files).
+        crate::enrich::Enricher::from_config(&config)?;
+        Ok(config)
+    });
+    match checked {
         Ok(config) => {
-            let origin = match &arg.config {
-                Some(p) => Origin::File(p.clone()),
-                None if std::path::Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => {
-                    Origin::File(crate::config::DEFAULT_CONFIG_PATH.into())
-                }
-                None => Origin::Embedded,
+            let origin = &config.origin;
+            let n = |count: usize, one: &str, many: &str| {
+                format!("{count} {}", if count == 1 { one } else { many })
             };
             println!(
-                "{origin}: ok ({} class{}, {} sink{})",
-                config.classes.len(),
-                if config.classes.len() == 1 { "" } else { "es" },
-                config.effective_sinks().len(),
-                if config.effective_sinks().len() == 1 { "" } else { "s" },
+                "{origin}: ok ({}, {}, {}, {})",
+                n(config.classes.len(), "class", "classes"),
+                n(config.sites.len(), "site", "sites"),
+                n(config.geoip.cloud_ranges.len(), "cloud range file", "cloud range files"),
+                n(config.effective_sinks().len(), "sink", "sinks"),
             );
+            for (i, class) in config.classes.iter().enumerate() {
+                if class.approved.is_empty() {
+                    println!(
+                        "note: classes[{i}] ({}) approves no destination: every flow of it to a public address is a violation",
+                        class.name.get_ref().0
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,9 +1,10 @@
 //! The command line: one file per subcommand.
 
 mod check_config;
+mod lookup;
 mod run;
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -15,8 +16,9 @@ use crate::config::{Config, ConfigError, ConfigSource};
     version,
     about = "Proves with the kernel where classified data goes",
     long_about = "egress-monitor counts every outbound flow in the kernel (eBPF on the cgroup v2 hierarchy), \
-tags it with the data class of the workload that sent it, attributes it to its process, and reports \
-flow records as JSON lines.\n\nLogging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change its level.",
+tags it with the data class of the workload that sent it, attributes it to its process, places its \
+destination on the map (country, autonomous system, cloud region, company site), and raises an alert \
+when a class's data leaves its approved regions.\n\nLogging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change its level.",
     after_help = "Run `egress-monitor <COMMAND> --help` for the options of each command."
 )]
 pub struct Cli {
@@ -30,6 +32,23 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration file; exits 1 and names the line, key and value on error
     CheckConfig(ConfigArg),
+    /// Where is an address, and may each class send there? (no daemon needed)
+    #[command(
+        after_help = "Examples:\n  egress-monitor lookup 175.16.199.1 2001:db8::1 --config /etc/egress-monitor/egress-monitor.toml\n  egress-monitor lookup 8.8.8.8 --json | jq .destination.country"
+    )]
+    Lookup(LookupArgs),
+}
+
+#[derive(Args)]
+struct LookupArgs {
+    /// IPv4 or IPv6 addresses to place
+    #[arg(value_name = "ADDRESS", required = true)]
+    addresses: Vec<IpAddr>,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// One JSON object per address (destination fields and each class's verdict)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -68,5 +87,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),
+        Command::Lookup(args) => lookup::lookup(&args.config.load()?, &args.addresses, args.json),
     }
 }

@@ -11,13 +11,16 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    alerts::AlertBook,
     cgroup::{self, CgroupNames},
     classes::ClassSelectors,
     config::Config,
+    enrich::Enricher,
     flows::{
         FlowTable, FlowUpdate, TableCounters, TableSettings,
-        record::{Clock, LossRecord, RecordContext, Timestamp, monotonic_ns},
+        record::{Clock, LossRecord, RecordContext, Timestamp, ip_of, monotonic_ns},
     },
+    policy::{Policy, VerdictKind},
     probe::{KernelStats, Probe, ProbeOptions},
     sinks::{Output, Sinks},
 };
@@ -36,6 +39,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => cgroup::detect_root()?,
     };
+    // Open the databases and range files first: a bad file stops the agent before it attaches.
+    let enricher = Enricher::from_config(&config)?;
+    for (kind, source) in enricher.sources() {
+        info!(kind, %source, "geolocation source");
+    }
     let mut probe = Probe::load(&ProbeOptions {
         max_flows: config.agent.max_flows(),
         ring_buffer_size: config.agent.ring_buffer_size.0,
@@ -57,12 +65,17 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut events = probe.take_events()?;
 
     let sinks = Sinks::build(&config.effective_sinks());
-    let mut ctx = RecordContext {
-        host: host_name(&config).into(),
-        classes: config.class_names().into_iter().map(Arc::from).collect(),
-        cgroups: CgroupNames::new(&root)?,
-    };
     let a = &config.agent;
+    let mut stages = Stages {
+        ctx: RecordContext {
+            host: host_name(&config).into(),
+            classes: config.class_names().into_iter().map(Arc::from).collect(),
+            cgroups: CgroupNames::new(&root)?,
+        },
+        enricher,
+        policy: Policy::from_config(&config),
+        alerts: AlertBook::new(config.alerts.cooldown.0, a.flush_interval()),
+    };
     let mut table = FlowTable::new(TableSettings {
         flush_interval: a.flush_interval(),
         idle_timeout: a.idle_timeout.0,
@@ -71,7 +84,10 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut losses = LossReporter::default();
     let mut sweep = interval(a.sweep_interval.0);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    info!(classes = config.classes.len(), host = %ctx.host, "agent running; stop with SIGINT or SIGTERM");
+    let mut reload = interval(config.geoip.reload_interval.0);
+    reload.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    reload.tick().await; // the first tick is immediate; the files were just loaded
+    info!(classes = config.classes.len(), host = %stages.ctx.host, "agent running; stop with SIGINT or SIGTERM");
 
     let mut updates: Vec<FlowUpdate> = Vec::new();
     let result: anyhow::Result<()> = async {
@@ -92,27 +108,38 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     // a cgroup created while it ran is known before its final record.
                     if let Some(cgroups) = selectors.rescan().cloned() {
                         probe.classes.replace(&cgroups, selectors.uids())?;
-                        table.reclassify(|id| ctx.cgroups.path(id).and_then(|p| selectors.class_of_path(&p)));
+                        let names = &mut stages.ctx.cgroups;
+                        table.reclassify(|id| names.path(id).and_then(|p| selectors.class_of_path(&p)));
                     }
                     let started = Instant::now();
                     table.sweep(&mut probe.flows, started, monotonic_ns(), &mut updates)
                         .context("reading the kernel flow map")?;
                     debug!(flows = table.len(), took = ?started.elapsed(), "sweep");
-                    if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &ctx) {
+                    stages.emit(&mut updates, &sinks).await;
+                    for u in stages.alerts.updates(&stages.ctx.host, Instant::now(), false) {
+                        sinks.send(Output::AlertUpdate(u)).await;
+                    }
+                    if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &stages.ctx) {
                         sinks.send(Output::Loss(loss)).await;
                     }
+                }
+                _ = reload.tick() => {
+                    stages.enricher.reload_replaced();
                 }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break }
             }
-            emit(&mut updates, &mut ctx, &sinks).await;
+            stages.emit(&mut updates, &sinks).await;
         }
         // Report what was counted up to now, so nothing is left unsaid.
         let now = Instant::now();
         table.sweep(&mut probe.flows, now, monotonic_ns(), &mut updates)?;
         table.flush_all(now, &mut updates);
-        emit(&mut updates, &mut ctx, &sinks).await;
-        if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &ctx) {
+        stages.emit(&mut updates, &sinks).await;
+        for u in stages.alerts.updates(&stages.ctx.host, now, true) {
+            sinks.send(Output::AlertUpdate(u)).await;
+        }
+        if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &stages.ctx) {
             sinks.send(Output::Loss(loss)).await;
         }
         Ok(())
@@ -129,20 +156,47 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         found_by_sweep = c.found_by_sweep,
         flows_evicted = c.flows_evicted,
         ringbuf_drops = losses.last.ringbuf_drops,
+        alerts_raised = stages.alerts.counters.raised,
+        lookups = stages.enricher.counters.lookups,
+        lookup_cache_hits = stages.enricher.counters.cache_hits,
         "totals"
     );
     sinks.close().await.context("flushing the sinks")?;
     result
 }
 
-async fn emit(updates: &mut Vec<FlowUpdate>, ctx: &mut RecordContext, sinks: &Sinks) {
-    if updates.is_empty() {
-        return;
-    }
-    let clock = Clock::sample();
-    let time = Timestamp::now();
-    for u in updates.drain(..) {
-        sinks.send(Output::Flow(ctx.flow_record(&u, &clock, time))).await;
+/// Flow updates on their way to the sinks: placed on the map, judged, and alerted on.
+struct Stages {
+    ctx: RecordContext,
+    enricher: Enricher,
+    policy: Policy,
+    alerts: AlertBook,
+}
+
+impl Stages {
+    async fn emit(&mut self, updates: &mut Vec<FlowUpdate>, sinks: &Sinks) {
+        if updates.is_empty() {
+            return;
+        }
+        let clock = Clock::sample();
+        let time = Timestamp::now();
+        let now = Instant::now();
+        for u in updates.drain(..) {
+            let ip = ip_of(&u.key, &u.key.daddr);
+            let place = self.enricher.locate(ip);
+            let verdict = self.policy.evaluate(u.flow.class_id, ip, &place);
+            let record = self.ctx.flow_record(&u, place, verdict.kind, &clock, time);
+            let alert = match self.policy.class(u.flow.class_id) {
+                Some(class) if verdict.kind == VerdictKind::Violation => {
+                    self.alerts.observe(&u.key, &record, class, &verdict, now)
+                }
+                _ => None,
+            };
+            sinks.send(Output::Flow(record)).await;
+            if let Some(alert) = alert {
+                sinks.send(Output::Alert(alert)).await;
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::{Decision, Severity};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Origin::File("/etc/egress-monitor/test.toml".into()))
@@ -196,4 +197,94 @@ fn max_flows_too_small_is_rejected() {
 fn unreadable_file_names_the_file() {
     let e = Config::from_file(Path::new("/nonexistent/egress.toml")).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/egress.toml: cannot read"), "{e}");
+}
+
+const SITE: &str =
+    "[[sites]]\nname = \"dc-us-east\"\ncountry = \"US\"\ncidrs = [\"10.20.0.0/16\", \"2001:db8:20::/48\"]\n";
+
+#[test]
+fn residency_config_parses() {
+    let c = parse(&format!(
+        "[geoip]\ncountry_db = \"/usr/share/GeoIP/GeoLite2-Country.mmdb\"\ncloud_ranges = [\"/etc/egress-monitor/oci.json\"]\n\
+         reload_interval = \"5m\"\n{SITE}\
+         [[classes]]\nname = \"us-user-data\"\ncgroups = [\"/payments/userdata\"]\n\
+         approved = [\"US\", \"US-VA\", \"oci:us-*\", \"dc-us-east\", \"AS31898\"]\n\
+         unknown = \"allow\"\ninternal = \"violation\"\nseverity = \"critical\"\n\
+         [alerts]\ncooldown = \"15m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.geoip.cloud_ranges.len(), 1);
+    assert_eq!(c.geoip.reload_interval.0, Duration::from_secs(300));
+    assert_eq!(c.sites[0].cidrs.len(), 2);
+    let class = &c.classes[0];
+    assert_eq!(class.approved.len(), 5);
+    assert_eq!(
+        (class.unknown, class.internal, class.severity),
+        (Decision::Allow, Decision::Violation, Severity::Critical)
+    );
+    assert_eq!(c.alerts.cooldown.0, Duration::from_secs(900));
+}
+
+#[test]
+fn residency_defaults() {
+    let c = parse("[[classes]]\nname = \"a\"\nuids = [1]\n").unwrap();
+    let class = &c.classes[0];
+    assert_eq!(
+        (class.unknown, class.internal, class.severity),
+        (Decision::Violation, Decision::Allow, Severity::High)
+    );
+    assert_eq!(c.alerts.cooldown.0, Duration::from_secs(600));
+    assert!(c.geoip.country_db.is_none());
+}
+
+#[test]
+fn bad_approved_entries_are_named() {
+    for (entry, expect) in [
+        ("\"XX\"", "unknown country code \"XX\""),
+        ("\"oci:us-**\"", "'**' is not allowed"),
+        ("\"US*\"", "'*' is only allowed in cloud regions"),
+        ("\"ibm:us-south\"", "unknown provider \"ibm\""),
+    ] {
+        let e = err(&format!("[[classes]]\nname = \"a\"\nuids = [1]\napproved = [\"US\", {entry}]\n"));
+        assert_eq!((e.key.as_str(), e.line), ("classes[0].approved[1]", 4), "{e}");
+        assert!(e.message.contains(expect), "{entry}: {e}");
+    }
+}
+
+#[test]
+fn unknown_site_name_in_approved_is_rejected() {
+    let e = err(&format!("{SITE}[[classes]]\nname = \"a\"\nuids = [1]\napproved = [\"dc-us-west\"]\n"));
+    assert_eq!(e.key, "classes[0].approved[0]");
+    assert_eq!(e.line, 8);
+    assert!(e.message.contains("\"dc-us-west\"") && e.message.contains("sites: dc-us-east"), "{e}");
+}
+
+#[test]
+fn malformed_site_cidr_is_rejected() {
+    let e = err("[[sites]]\nname = \"dc\"\ncountry = \"SG\"\ncidrs = [\"10.60.0.0/16\", \"10.60.0.0/33\"]\n");
+    assert_eq!((e.key.as_str(), e.line), ("sites[0].cidrs[1]", 4));
+    assert!(e.message.contains("invalid CIDR \"10.60.0.0/33\""), "{e}");
+    let e = err("[[sites]]\nname = \"dc\"\ncountry = \"SG\"\ncidrs = [\"10.60.1.0/16\"]\n");
+    assert!(e.message.contains("did you mean \"10.60.0.0/16\""), "{e}");
+}
+
+#[test]
+fn site_country_and_name_are_checked() {
+    let e = err("[[sites]]\nname = \"dc\"\ncountry = \"XX\"\ncidrs = [\"10.60.0.0/16\"]\n");
+    assert_eq!(e.key, "sites[0].country");
+    assert!(e.message.contains("unknown country code \"XX\""), "{e}");
+    let e = err("[[sites]]\nname = \"SG\"\ncountry = \"SG\"\ncidrs = [\"10.60.0.0/16\"]\n");
+    assert_eq!(e.key, "sites[0].name");
+    assert!(e.message.contains("reads as a country code"), "{e}");
+    let e = err("[[sites]]\nname = \"dc\"\ncountry = \"SG\"\ncidrs = []\n");
+    assert_eq!(e.key, "sites[0].cidrs");
+}
+
+#[test]
+fn bad_severity_and_decision_are_rejected() {
+    let e = err("[[classes]]\nname = \"a\"\nuids = [1]\nseverity = \"urgent\"\n");
+    assert_eq!(e.key, "classes[0].severity");
+    assert!(e.message.contains("urgent") && e.message.contains("critical"), "{e}");
+    let e = err("[[classes]]\nname = \"a\"\nuids = [1]\nunknown = \"deny\"\n");
+    assert_eq!(e.key, "classes[0].unknown");
 }

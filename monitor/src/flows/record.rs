@@ -12,7 +12,7 @@ use monitor_common::{DIRECTION_INBOUND, DIRECTION_OUTBOUND, FAMILY_V4, FlowKey, 
 use serde::{Serialize, Serializer};
 
 use super::{FlowState, FlowUpdate};
-use crate::cgroup::CgroupNames;
+use crate::{cgroup::CgroupNames, enrich::Destination, policy::VerdictKind};
 
 /// A point in time, printed as RFC 3339 UTC with milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +83,15 @@ pub struct Endpoint {
     pub port: Option<u16>,
 }
 
+/// The destination of a flow: its endpoint and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationRecord {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+    #[serde(flatten)]
+    pub place: Arc<Destination>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Process {
     /// Process id (thread group id); None when the socket predates the agent.
@@ -108,7 +117,9 @@ pub struct FlowRecord {
     pub direction: Direction,
     pub protocol: Protocol,
     pub source: Endpoint,
-    pub destination: Endpoint,
+    pub destination: DestinationRecord,
+    /// `allowed`, `violation` or `unclassified`.
+    pub verdict: VerdictKind,
     pub process: Process,
     pub bytes: u64,
     pub packets: u64,
@@ -155,7 +166,15 @@ impl RecordContext {
         id.checked_sub(1).and_then(|i| self.classes.get(i as usize)).cloned()
     }
 
-    pub fn flow_record(&mut self, u: &FlowUpdate, clock: &Clock, time: Timestamp) -> FlowRecord {
+    /// The record of a flow update, placed at `place` with `verdict`.
+    pub fn flow_record(
+        &mut self,
+        u: &FlowUpdate,
+        place: Arc<Destination>,
+        verdict: VerdictKind,
+        clock: &Clock,
+        time: Timestamp,
+    ) -> FlowRecord {
         let k = &u.key;
         let f = &u.flow;
         let has_ports = matches!(k.proto, 6 | 17 | 132);
@@ -168,7 +187,12 @@ impl RecordContext {
             direction: Direction::from_kernel(f.direction),
             protocol: Protocol(k.proto),
             source: Endpoint { ip: ip_of(k, &k.saddr), port: has_ports.then_some(k.sport) },
-            destination: Endpoint { ip: ip_of(k, &k.daddr), port: has_ports.then_some(k.dport) },
+            destination: DestinationRecord {
+                ip: ip_of(k, &k.daddr),
+                port: has_ports.then_some(k.dport),
+                place,
+            },
+            verdict,
             process: process(f.process.as_ref(), f.sock_uid, k.cgroup_id, self.cgroups.path(k.cgroup_id)),
             bytes: f.bytes,
             packets: f.packets,

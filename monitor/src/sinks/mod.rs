@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
+    alerts::{Alert, AlertUpdate},
     config::SinkConfig,
     flows::record::{FlowRecord, LossRecord},
 };
@@ -19,6 +20,8 @@ use crate::{
 #[serde(untagged)]
 pub enum Output {
     Flow(FlowRecord),
+    Alert(Alert),
+    AlertUpdate(AlertUpdate),
     Loss(LossRecord),
 }
 

@@ -1,0 +1,158 @@
+use std::net::IpAddr;
+
+use monitor_common::FAMILY_V4;
+
+use super::*;
+use crate::{
+    enrich::Destination,
+    flows::{FlowState, record::Endpoint},
+    policy::{Decision, VerdictKind},
+};
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn class() -> ClassPolicy {
+    ClassPolicy {
+        name: "us-user-data".into(),
+        approved: vec![],
+        unknown: Decision::Violation,
+        internal: Decision::Allow,
+        severity: Severity::Critical,
+    }
+}
+
+fn verdict() -> Verdict {
+    Verdict {
+        kind: VerdictKind::Violation,
+        reason: "destination country CN is not approved for class us-user-data".into(),
+    }
+}
+
+fn key(sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        cgroup_id: 9,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport,
+        dport,
+        proto: 6,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+fn record(dst: &str, dport: u16, pid: u32, comm: &str, bytes: u64) -> FlowRecord {
+    let t = Timestamp::now();
+    FlowRecord {
+        kind: "flow",
+        time: t,
+        host: "h1".into(),
+        state: FlowState::New,
+        class: Some("us-user-data".into()),
+        direction: Direction::Outbound,
+        protocol: Protocol(6),
+        source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
+        destination: DestinationRecord {
+            ip: dst.parse::<IpAddr>().unwrap(),
+            port: Some(dport),
+            place: Arc::new(Destination { country: Some("CN".into()), ..Default::default() }),
+        },
+        verdict: VerdictKind::Violation,
+        process: Process {
+            pid: Some(pid),
+            tid: Some(pid),
+            comm: Some(comm.into()),
+            uid: 1001,
+            cgroup: Some("/payments/userdata".into()),
+            cgroup_id: 9,
+        },
+        bytes,
+        packets: bytes / 500,
+        first_seen: t,
+        last_seen: t,
+    }
+}
+
+#[test]
+fn one_alert_per_key_per_cooldown_with_totals_as_updates() {
+    let mut book = AlertBook::new(10 * MIN, MIN);
+    let t0 = Instant::now();
+    let c = class();
+    let a = book
+        .observe(&key(41000, 443), &record("175.16.199.1", 443, 100, "api", 5000), &c, &verdict(), t0)
+        .unwrap();
+    assert_eq!(
+        (a.kind, a.class.as_ref(), a.severity, a.bytes),
+        ("alert", "us-user-data", Severity::Critical, 5000)
+    );
+    assert_eq!(a.reason, verdict().reason);
+    assert_eq!(a.destination.place.country.as_deref(), Some("CN"));
+    assert_eq!(a.id.len(), 32);
+
+    // The same flow grows, and another process run (new pid, same program) opens a second flow.
+    let later = t0 + Duration::from_secs(30);
+    assert!(
+        book.observe(&key(41000, 443), &record("175.16.199.1", 443, 100, "api", 9000), &c, &verdict(), later)
+            .is_none()
+    );
+    assert!(
+        book.observe(&key(41001, 443), &record("175.16.199.1", 443, 101, "api", 1000), &c, &verdict(), later)
+            .is_none()
+    );
+    assert_eq!((book.counters.raised, book.counters.folded), (1, 2));
+    assert!(book.updates(&"h1".into(), later, false).is_empty(), "at most one update per interval");
+    let ups = book.updates(&"h1".into(), t0 + 2 * MIN, false);
+    assert_eq!(ups.len(), 1);
+    assert_eq!((ups[0].id.as_str(), ups[0].bytes, ups[0].flows), (a.id.as_str(), 10000, 2));
+    assert!(book.updates(&"h1".into(), t0 + 3 * MIN, false).is_empty(), "no change, no update");
+
+    // After the cooldown the window closes; the next violation raises a new alert.
+    assert!(book.updates(&"h1".into(), t0 + 10 * MIN, false).is_empty());
+    assert_eq!(book.open_alerts(), 0);
+    let b = book.observe(
+        &key(41000, 443),
+        &record("175.16.199.1", 443, 100, "api", 9500),
+        &c,
+        &verdict(),
+        t0 + 11 * MIN,
+    );
+    assert!(b.is_some_and(|b| b.id != a.id));
+}
+
+#[test]
+fn different_port_address_or_workload_is_a_different_alert() {
+    let mut book = AlertBook::new(10 * MIN, MIN);
+    let t0 = Instant::now();
+    let c = class();
+    let v = verdict();
+    assert!(book.observe(&key(1, 443), &record("175.16.199.1", 443, 1, "api", 1), &c, &v, t0).is_some());
+    assert!(book.observe(&key(2, 8443), &record("175.16.199.1", 8443, 1, "api", 1), &c, &v, t0).is_some());
+    assert!(book.observe(&key(3, 443), &record("175.16.199.2", 443, 1, "api", 1), &c, &v, t0).is_some());
+    assert!(book.observe(&key(4, 443), &record("175.16.199.1", 443, 1, "curl", 1), &c, &v, t0).is_some());
+    assert_eq!(book.counters.raised, 4);
+}
+
+#[test]
+fn ids_are_deterministic() {
+    let k = AlertKey {
+        class: "c".into(),
+        cgroup: "/a".into(),
+        comm: Some("api".into()),
+        ip: "175.16.199.1".parse().unwrap(),
+        port: Some(443),
+    };
+    let t = Timestamp::now();
+    assert_eq!(alert_id("h1", &k, t), alert_id("h1", &k, t));
+    assert_ne!(alert_id("h1", &k, t), alert_id("h2", &k, t));
+}
+
+#[test]
+fn pending_totals_are_reported_at_shutdown() {
+    let mut book = AlertBook::new(10 * MIN, MIN);
+    let t0 = Instant::now();
+    let c = class();
+    book.observe(&key(1, 443), &record("175.16.199.1", 443, 1, "api", 100), &c, &verdict(), t0);
+    book.observe(&key(1, 443), &record("175.16.199.1", 443, 1, "api", 700), &c, &verdict(), t0);
+    let ups = book.updates(&"h1".into(), t0, true);
+    assert_eq!(ups.iter().map(|u| u.bytes).collect::<Vec<_>>(), vec![700]);
+}

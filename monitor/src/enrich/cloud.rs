@@ -1,0 +1,155 @@
+//! Cloud provider regions from the providers' own published range files, read as published:
+//! Oracle `public_ip_ranges.json`, AWS `ip-ranges.json`, Google Cloud `cloud.json` and Azure
+//! Service Tags JSON. The provider is recognised from the file's content.
+
+use std::{path::Path, sync::Arc};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudProvider {
+    Oci,
+    Aws,
+    Gcp,
+    Azure,
+}
+
+impl CloudProvider {
+    pub const ALL: [CloudProvider; 4] =
+        [CloudProvider::Oci, CloudProvider::Aws, CloudProvider::Gcp, CloudProvider::Azure];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloudProvider::Oci => "oci",
+            CloudProvider::Aws => "aws",
+            CloudProvider::Gcp => "gcp",
+            CloudProvider::Azure => "azure",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<CloudProvider> {
+        CloudProvider::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    fn file_kind(self) -> &'static str {
+        match self {
+            CloudProvider::Oci => "Oracle public_ip_ranges.json",
+            CloudProvider::Aws => "AWS ip-ranges.json",
+            CloudProvider::Gcp => "Google Cloud cloud.json",
+            CloudProvider::Azure => "Azure Service Tags JSON",
+        }
+    }
+}
+
+/// A provider's region, as one entry of the longest-prefix-match table names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CloudRegion {
+    pub provider: CloudProvider,
+    /// Region as the provider spells it, lower case ("us-ashburn-1", "eastus").
+    pub region: Arc<str>,
+}
+
+/// The networks of one range file.
+#[derive(Debug)]
+pub struct RangeFile {
+    pub provider: CloudProvider,
+    pub networks: Vec<(IpNet, CloudRegion)>,
+}
+
+impl RangeFile {
+    pub fn describe(&self) -> String {
+        format!("{} ({} networks)", self.provider.file_kind(), self.networks.len())
+    }
+
+    /// Reads and parses a range file; the error names the file and the entry at fault.
+    pub fn load(path: &Path) -> Result<RangeFile, String> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+        RangeFile::parse(&text).map_err(|e| format!("{shown}: {e}"))
+    }
+
+    pub fn parse(text: &str) -> Result<RangeFile, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let provider = recognise(&v).ok_or_else(|| {
+            "not a recognised cloud range file: expected Oracle public_ip_ranges.json (\"regions\"), \
+             AWS ip-ranges.json (\"prefixes\" with \"ip_prefix\"), Google Cloud cloud.json \
+             (\"prefixes\" with \"ipv4Prefix\"/\"ipv6Prefix\" and \"scope\") or Azure Service Tags \
+             JSON (\"values\" with \"properties.addressPrefixes\")"
+                .to_string()
+        })?;
+        let mut networks = Vec::new();
+        let mut add = |cidr: &Value, region: &Value, at: String| -> Result<(), String> {
+            let (Some(cidr), Some(region)) = (cidr.as_str(), region.as_str()) else {
+                return Err(format!("{at}: missing network or region"));
+            };
+            let net: IpNet = cidr.parse().map_err(|_| format!("{at}: invalid CIDR {cidr:?}"))?;
+            if !region.is_empty() {
+                let region = Arc::from(region.to_ascii_lowercase().as_str());
+                networks.push((net.trunc(), CloudRegion { provider, region }));
+            }
+            Ok(())
+        };
+        match provider {
+            CloudProvider::Oci => {
+                for (i, r) in array(&v["regions"]).iter().enumerate() {
+                    for (j, c) in array(&r["cidrs"]).iter().enumerate() {
+                        add(&c["cidr"], &r["region"], format!("regions[{i}].cidrs[{j}]"))?;
+                    }
+                }
+            }
+            CloudProvider::Aws => {
+                for (i, p) in array(&v["prefixes"]).iter().enumerate() {
+                    add(&p["ip_prefix"], &p["region"], format!("prefixes[{i}]"))?;
+                }
+                for (i, p) in array(&v["ipv6_prefixes"]).iter().enumerate() {
+                    add(&p["ipv6_prefix"], &p["region"], format!("ipv6_prefixes[{i}]"))?;
+                }
+            }
+            CloudProvider::Gcp => {
+                for (i, p) in array(&v["prefixes"]).iter().enumerate() {
+                    let cidr = if p["ipv4Prefix"].is_string() { &p["ipv4Prefix"] } else { &p["ipv6Prefix"] };
+                    add(cidr, &p["scope"], format!("prefixes[{i}]"))?;
+                }
+            }
+            CloudProvider::Azure => {
+                // Service tags without a region (global services) name no region: skipped.
+                for (i, t) in array(&v["values"]).iter().enumerate() {
+                    let props = &t["properties"];
+                    for (j, c) in array(&props["addressPrefixes"]).iter().enumerate() {
+                        add(c, &props["region"], format!("values[{i}].properties.addressPrefixes[{j}]"))?;
+                    }
+                }
+            }
+        }
+        Ok(RangeFile { provider, networks })
+    }
+}
+
+fn array(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn recognise(v: &Value) -> Option<CloudProvider> {
+    let first = |key: &str| v[key].as_array().and_then(|a| a.first());
+    if v["regions"].is_array() {
+        return Some(CloudProvider::Oci);
+    }
+    if v["values"].is_array() && (v.get("changeNumber").is_some() || v.get("cloud").is_some()) {
+        return Some(CloudProvider::Azure);
+    }
+    if let Some(p) = first("prefixes") {
+        if p.get("ip_prefix").is_some() {
+            return Some(CloudProvider::Aws);
+        }
+        if p.get("scope").is_some() && (p.get("ipv4Prefix").is_some() || p.get("ipv6Prefix").is_some()) {
+            return Some(CloudProvider::Gcp);
+        }
+    }
+    if v["ipv6_prefixes"].is_array() && v.get("syncToken").is_some() {
+        return Some(CloudProvider::Aws);
+    }
+    None
+}
