@@ -163,7 +163,7 @@ impl AlertBook {
             host: rec.host.clone(),
             class: class.name.clone(),
             severity: class.severity,
-            reason: verdict.reason.clone(),
+            reason: class.explain(verdict, rec.destination.ip, &rec.destination.place),
             direction: rec.direction,
             protocol: rec.protocol,
             process: rec.process.clone(),

@@ -21,11 +21,12 @@ fn class() -> ClassPolicy {
     }
 }
 
+const REASON: &str = "destination country CN is not approved for class us-user-data";
+
 fn verdict() -> Verdict {
-    Verdict {
-        kind: VerdictKind::Violation,
-        reason: "destination country CN is not approved for class us-user-data".into(),
-    }
+    let v = class().evaluate(&Destination { country: Some("CN".into()), ..Default::default() });
+    assert_eq!(v.kind, VerdictKind::Violation);
+    v
 }
 
 fn key(sport: u16, dport: u16) -> FlowKey {
@@ -85,7 +86,7 @@ fn one_alert_per_key_per_cooldown_with_totals_as_updates() {
         (a.kind, a.class.as_ref(), a.severity, a.bytes),
         ("alert", "us-user-data", Severity::Critical, 5000)
     );
-    assert_eq!(a.reason, verdict().reason);
+    assert_eq!(a.reason, REASON);
     assert_eq!(a.destination.place.country.as_deref(), Some("CN"));
     assert_eq!(a.id.len(), 32);
 

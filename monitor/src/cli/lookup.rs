@@ -40,8 +40,8 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], json: bool) -> anyho
                 .classes()
                 .iter()
                 .map(|c| {
-                    let v = c.evaluate(*ip, d);
-                    ClassAnswer { class: &c.name, verdict: v.kind, reason: v.reason }
+                    let v = c.evaluate(d);
+                    ClassAnswer { class: &c.name, verdict: v.kind, reason: c.explain(&v, *ip, d) }
                 })
                 .collect(),
         })

@@ -184,7 +184,7 @@ impl Stages {
         for u in updates.drain(..) {
             let ip = ip_of(&u.key, &u.key.daddr);
             let place = self.enricher.locate(ip);
-            let verdict = self.policy.evaluate(u.flow.class_id, ip, &place);
+            let verdict = self.policy.evaluate(u.flow.class_id, &place);
             let record = self.ctx.flow_record(&u, place, verdict.kind, &clock, time);
             let alert = match self.policy.class(u.flow.class_id) {
                 Some(class) if verdict.kind == VerdictKind::Violation => {

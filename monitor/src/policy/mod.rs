@@ -1,5 +1,5 @@
 //! Residency policy: each data class lists where it may go; a flow of that class to anywhere
-//! else is a violation. Turns (class, destination) into a verdict with a reason a person can read.
+//! else is a violation. Turns (class, destination) into a verdict, and explains it on request.
 
 mod approved;
 
@@ -57,19 +57,36 @@ pub enum VerdictKind {
     Unclassified,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A verdict and what decided it. The sentence for people is written only when asked for
+/// ([`ClassPolicy::explain`]): verdicts are computed for every flow record, reasons are read
+/// for alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub kind: VerdictKind,
-    /// Why: for a violation, what is not approved; for an allowed flow, what approved it.
-    pub reason: String,
+    pub because: Because,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Because {
+    /// The flow carries no data class.
+    Unclassified,
+    /// An internal destination, judged by the class's `internal` setting.
+    Internal,
+    /// The class's `approved` entry at this index matches.
+    Approved(usize),
+    /// No geolocation data at all, judged by the class's `unknown` setting.
+    Unknown,
+    /// Placed, and no approved entry matches.
+    NotApproved,
 }
 
 impl Verdict {
-    fn allowed(reason: String) -> Self {
-        Verdict { kind: VerdictKind::Allowed, reason }
-    }
-    fn violation(reason: String) -> Self {
-        Verdict { kind: VerdictKind::Violation, reason }
+    fn new(because: Because, decision: Decision) -> Self {
+        let kind = match decision {
+            Decision::Allow => VerdictKind::Allowed,
+            Decision::Violation => VerdictKind::Violation,
+        };
+        Verdict { kind, because }
     }
 }
 
@@ -113,44 +130,53 @@ impl Policy {
         &self.classes
     }
 
-    /// The verdict for a flow of `class_id` (0 = unclassified) to `ip`, placed at `d`.
-    pub fn evaluate(&self, class_id: u32, ip: IpAddr, d: &Destination) -> Verdict {
+    /// The verdict for a flow of `class_id` (0 = unclassified) to a destination placed at `d`.
+    pub fn evaluate(&self, class_id: u32, d: &Destination) -> Verdict {
         match self.class(class_id) {
-            None => {
-                Verdict { kind: VerdictKind::Unclassified, reason: "the flow carries no data class".into() }
-            }
-            Some(c) => c.evaluate(ip, d),
+            None => Verdict { kind: VerdictKind::Unclassified, because: Because::Unclassified },
+            Some(c) => c.evaluate(d),
         }
     }
 }
 
 impl ClassPolicy {
-    pub fn evaluate(&self, ip: IpAddr, d: &Destination) -> Verdict {
-        let class = &self.name;
+    pub fn evaluate(&self, d: &Destination) -> Verdict {
         if d.internal {
-            return match self.internal {
-                Decision::Allow => {
-                    Verdict::allowed(format!("destination {ip} is internal (internal = \"allow\")"))
-                }
-                Decision::Violation => Verdict::violation(format!(
-                    "destination {ip} is an internal address outside every configured site, and class {class} has internal = \"violation\""
-                )),
-            };
+            return Verdict::new(Because::Internal, self.internal);
         }
-        if let Some(entry) = self.approved.iter().find(|e| e.matches(d)) {
-            return Verdict::allowed(format!("{} {entry} is approved for class {class}", noun(entry)));
+        if let Some(i) = self.approved.iter().position(|e| e.matches(d)) {
+            return Verdict::new(Because::Approved(i), Decision::Allow);
         }
         if !d.has_location() {
-            return match self.unknown {
-                Decision::Allow => Verdict::allowed(format!(
-                    "no geolocation data for destination {ip} (unknown = \"allow\")"
-                )),
-                Decision::Violation => Verdict::violation(format!(
-                    "no geolocation data for destination {ip}, and class {class} has unknown = \"violation\""
-                )),
-            };
+            return Verdict::new(Because::Unknown, self.unknown);
         }
-        Verdict::violation(format!("{} is not approved for class {class}", describe(d)))
+        Verdict::new(Because::NotApproved, Decision::Violation)
+    }
+
+    /// Why this class got `verdict` for a flow to `ip`, placed at `d`, in one sentence.
+    pub fn explain(&self, verdict: &Verdict, ip: IpAddr, d: &Destination) -> String {
+        let class = &self.name;
+        let allowed = verdict.kind == VerdictKind::Allowed;
+        match verdict.because {
+            Because::Unclassified => "the flow carries no data class".into(),
+            Because::Internal if allowed => format!("destination {ip} is internal (internal = \"allow\")"),
+            Because::Internal => format!(
+                "destination {ip} is an internal address outside every configured site, and class {class} has internal = \"violation\""
+            ),
+            Because::Approved(i) => match self.approved.get(i) {
+                Some(entry) => format!("{} {entry} is approved for class {class}", noun(entry)),
+                None => format!("approved for class {class}"),
+            },
+            Because::Unknown if allowed => {
+                format!("no geolocation data for destination {ip} (unknown = \"allow\")")
+            }
+            Because::Unknown => {
+                format!(
+                    "no geolocation data for destination {ip}, and class {class} has unknown = \"violation\""
+                )
+            }
+            Because::NotApproved => format!("{} is not approved for class {class}", describe(d)),
+        }
     }
 }
 

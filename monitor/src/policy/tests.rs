@@ -24,8 +24,16 @@ fn cloud(provider: CloudProvider, region: &str, c: &str) -> Destination {
 
 const IP: &str = "175.16.199.1";
 
-fn verdict(p: &Policy, d: &Destination) -> Verdict {
-    p.evaluate(1, IP.parse().unwrap(), d)
+/// The verdict for class 1, with its explanation.
+struct Judged {
+    kind: VerdictKind,
+    reason: String,
+}
+
+fn verdict(p: &Policy, d: &Destination) -> Judged {
+    let ip = IP.parse().unwrap();
+    let v = p.evaluate(1, d);
+    Judged { kind: v.kind, reason: p.class(1).unwrap().explain(&v, ip, d) }
 }
 
 #[test]
@@ -107,8 +115,8 @@ fn unknown_and_internal_follow_the_class_settings() {
 #[test]
 fn unclassified_flows_are_not_judged() {
     let p = class(r#"["US"]"#);
-    assert_eq!(p.evaluate(0, IP.parse().unwrap(), &country("CN")).kind, VerdictKind::Unclassified);
-    assert_eq!(p.evaluate(7, IP.parse().unwrap(), &country("CN")).kind, VerdictKind::Unclassified);
+    assert_eq!(p.evaluate(0, &country("CN")).kind, VerdictKind::Unclassified);
+    assert_eq!(p.evaluate(7, &country("CN")).kind, VerdictKind::Unclassified);
 }
 
 #[test]
