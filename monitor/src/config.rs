@@ -13,6 +13,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
+mod sinks;
+
+pub use sinks::{
+    AlertFilter, Facility, RetryConfig, SinkConfig, SinkEntry, SinkKind, SyslogAddress, SyslogConfig,
+    SyslogFormat, WebhookConfig, WebhookFormat, WebhookUrl,
+};
+
 use crate::{
     enrich::countries,
     policy::{ApprovedEntry, Decision, Severity},
@@ -37,7 +44,10 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
     #[serde(default)]
     pub alerts: AlertsConfig,
-    #[serde(default)]
+    /// The `[[sinks]]` tables as written; [`Config::sinks`] holds them checked.
+    #[serde(default, rename = "sinks")]
+    pub sink_entries: Vec<SinkEntry>,
+    #[serde(skip)]
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -84,11 +94,14 @@ pub struct SiteConfig {
 pub struct AlertsConfig {
     /// One alert per (class, workload, destination address, port) per window this long.
     pub cooldown: Interval,
+    /// Alerts kept in the outbox awaiting delivery; when full, the oldest is dropped (counted
+    /// and logged).
+    pub outbox_max: Spanned<u32>,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self { cooldown: Interval(Duration::from_secs(600)) }
+        Self { cooldown: Interval(Duration::from_secs(600)), outbox_max: Spanned::new(0..0, 10_000) }
     }
 }
 
@@ -113,6 +126,8 @@ pub struct AgentConfig {
     pub max_flows: Spanned<u32>,
     /// Size of the kernel-to-agent ring buffer in bytes: a power of two, at least 4096.
     pub ring_buffer_size: RingBufferSize,
+    /// Where the agent keeps what must survive a restart (the alert outbox).
+    pub state_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -126,6 +141,7 @@ impl Default for AgentConfig {
             close_grace: Interval(Duration::from_secs(2)),
             max_flows: Spanned::new(0..0, 65536),
             ring_buffer_size: RingBufferSize(1 << 20),
+            state_dir: PathBuf::from("/var/lib/egress-monitor"),
         }
     }
 }
@@ -151,13 +167,6 @@ pub struct ClassConfig {
     pub internal: Decision,
     #[serde(default)]
     pub severity: Severity,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// Every flow record (and alert) as a JSON line on standard output.
-    Stdout {},
 }
 
 /// A duration written like "10s", "500ms", "2m", "1h".
@@ -406,6 +415,17 @@ impl Config {
             at(inner.span(), key, inner.message().to_owned())
         })?;
         config.validate().map_err(|(span, key, message)| at(Some(span), key, message))?;
+        config.sinks = config
+            .sink_entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                entry
+                    .check()
+                    .map_err(|(span, key, message)| at(Some(span), format!("sinks[{i}].{key}"), message))
+            })
+            .collect::<Result<_, _>>()?;
+        config.validate_sinks().map_err(|(span, key, message)| at(Some(span), key, message))?;
         config.origin = origin;
         Ok(config)
     }
@@ -483,6 +503,25 @@ impl Config {
                 }
             }
         }
+        for (i, sink) in self.sink_entries.iter().enumerate() {
+            for (j, class) in sink.classes.iter().enumerate() {
+                if !names.contains_key(class.get_ref().0.as_str()) {
+                    let known: Vec<&str> = names.keys().copied().collect();
+                    return Err((
+                        class.span(),
+                        format!("sinks[{i}].classes[{j}]"),
+                        format!("no class is named {:?} (classes: {})", class.get_ref().0, known.join(", ")),
+                    ));
+                }
+            }
+        }
+        if *self.alerts.outbox_max.get_ref() == 0 {
+            return Err((
+                self.alerts.outbox_max.span(),
+                "alerts.outbox_max".into(),
+                "must be at least 1".into(),
+            ));
+        }
         let a = &self.agent;
         if a.flush_interval() < a.sweep_interval.0 {
             return Err((
@@ -501,6 +540,24 @@ impl Config {
                 "agent.max_flows".into(),
                 format!("{} is too small: expected at least 1024", a.max_flows()),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks across the typed sinks: names are unique (the outbox keeps deliveries by name).
+    fn validate_sinks(&self) -> Result<(), (Range<usize>, String, String)> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Some(first) = seen.insert(sink.name(), i) {
+                return Err((
+                    self.sink_entries[i].kind.span(),
+                    format!("sinks[{i}]"),
+                    format!(
+                        "sink {:?} is the same as sinks[{first}]: give one of them a different `name`",
+                        sink.name()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

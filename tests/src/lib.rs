@@ -4,9 +4,12 @@
 
 pub mod agent;
 pub mod cgroups;
+pub mod http;
 pub mod netns;
 pub mod records;
+pub mod rsyslog;
 pub mod traffic;
+pub mod world;
 
 use std::{
     path::PathBuf,
@@ -63,4 +66,9 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a free port").port()
 }

@@ -191,3 +191,29 @@ fn check_config_names_file_line_key_and_value() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok (2 classes"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn check_config_refuses_bad_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sinks.toml");
+    let check = |config: &str| {
+        std::fs::write(&path, config).unwrap();
+        let out = egress_monitor(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        text(&out.stderr)
+    };
+    let err = check("[[sinks]]\ntype = \"syslog\"\naddress = \"syslog.internal:514\"\n");
+    assert!(err.contains(":3:11: sinks[0].address: invalid syslog address \"syslog.internal:514\""), "{err}");
+    let secret = dir.path().join("missing.secret");
+    let err = check(&format!(
+        "[[sinks]]\ntype = \"webhook\"\nurl = \"https://hooks.example/egress\"\nsecret_file = {:?}\n",
+        secret.to_str().unwrap()
+    ));
+    assert!(err.contains(&format!("sinks[0].secret_file: {}: cannot read it", secret.display())), "{err}");
+    std::fs::write(&secret, "\n").unwrap();
+    let err = check(&format!(
+        "[[sinks]]\ntype = \"webhook\"\nurl = \"https://hooks.example/egress\"\nsecret_file = {:?}\n",
+        secret.to_str().unwrap()
+    ));
+    assert!(err.contains("the file is empty"), "{err}");
+}

@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "bpf-linker's LLVM 22 link dependency"),
     ("bpftool", "tests check that the agent leaves no program attached"),
     ("iproute2", "tests build network namespaces joined by veth pairs"),
+    ("rsyslog", "tests deliver alerts to a real rsyslogd (started on loopback by the tests)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

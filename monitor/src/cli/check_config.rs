@@ -8,6 +8,7 @@ pub(super) fn check(arg: &ConfigArg) -> ExitCode {
     let checked = arg.load().map_err(anyhow::Error::from).and_then(|config| {
         // The files it names must load too (databases, range files).
         crate::enrich::Enricher::from_config(&config)?;
+        crate::sinks::prepare(&config)?;
         Ok(config)
     });
     match checked {

@@ -22,7 +22,7 @@ use crate::{
     },
     policy::{Policy, VerdictKind},
     probe::{KernelStats, Probe, ProbeOptions},
-    sinks::{Output, Sinks},
+    sinks::{self, Output, Sinks},
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -39,8 +39,10 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => cgroup::detect_root()?,
     };
-    // Open the databases and range files first: a bad file stops the agent before it attaches.
+    // Open the databases, range files and sink files first: a bad file stops the agent before
+    // it attaches.
     let enricher = Enricher::from_config(&config)?;
+    let prepared = sinks::prepare(&config)?;
     for (kind, source) in enricher.sources() {
         info!(kind, %source, "geolocation source");
     }
@@ -64,7 +66,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     }
     let mut events = probe.take_events()?;
 
-    let sinks = Sinks::build(&config.effective_sinks());
+    let sinks = Sinks::start(&config, prepared)?;
     let a = &config.agent;
     let mut stages = Stages {
         ctx: RecordContext {

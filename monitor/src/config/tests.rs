@@ -288,3 +288,106 @@ fn bad_severity_and_decision_are_rejected() {
     let e = err("[[classes]]\nname = \"a\"\nuids = [1]\nunknown = \"deny\"\n");
     assert_eq!(e.key, "classes[0].unknown");
 }
+
+#[test]
+fn alert_sinks_parse() {
+    let c = parse(
+        r#"
+[[classes]]
+name = "us-user-data"
+uids = [1]
+
+[[sinks]]
+type = "syslog"
+address = "tls://siem.example:6514"
+format = "rfc3164"
+facility = "local4"
+min_severity = "high"
+classes = ["us-user-data"]
+retry_initial = "2s"
+retry_max = "1m"
+
+[[sinks]]
+type = "webhook"
+url = "https://hooks.example/egress"
+format = "slack"
+secret_file = "/etc/egress-monitor/webhook.secret"
+headers = { "X-Team" = "secops" }
+timeout = "3s"
+
+[[sinks]]
+type = "stdout"
+"#,
+    )
+    .unwrap();
+    let SinkConfig::Syslog(s) = &c.sinks[0] else { panic!("{:?}", c.sinks[0]) };
+    assert_eq!(s.address, SyslogAddress::Tls { host: "siem.example".into(), port: 6514 });
+    assert_eq!((s.format, s.facility), (SyslogFormat::Rfc3164, Facility(20)));
+    assert_eq!(s.retry, RetryConfig { initial: Duration::from_secs(2), max: Duration::from_secs(60) });
+    let f = c.sinks[0].alert_filter().unwrap();
+    assert!(f.accepts("us-user-data", Severity::Critical) && f.accepts("us-user-data", Severity::High));
+    assert!(!f.accepts("us-user-data", Severity::Medium), "below min_severity");
+    assert!(!f.accepts("eu-pii", Severity::Critical), "another class");
+    let SinkConfig::Webhook(wh) = &c.sinks[1] else { panic!("{:?}", c.sinks[1]) };
+    assert_eq!((wh.format, wh.timeout), (WebhookFormat::Slack, Duration::from_secs(3)));
+    assert_eq!(wh.headers.get("X-Team").map(String::as_str), Some("secops"));
+    assert_eq!(c.sinks[1].name(), "webhook:https://hooks.example/egress");
+    assert_eq!(
+        c.sinks[1].retry(),
+        RetryConfig { initial: Duration::from_secs(1), max: Duration::from_secs(300) }
+    );
+    assert!(c.sinks[2].alert_filter().is_none());
+}
+
+#[test]
+fn bad_alert_sinks_are_named() {
+    for (sink, key, expect) in [
+        (
+            "type = \"syslog\"\naddress = \"logs:514\"",
+            "sinks[0].address",
+            "invalid syslog address \"logs:514\"",
+        ),
+        (
+            "type = \"syslog\"\naddress = \"udp://h\"\nurl = \"http://x\"",
+            "sinks[0].url",
+            "`url` is not a key of a syslog sink",
+        ),
+        (
+            "type = \"syslog\"\naddress = \"udp://h\"\nformat = \"json\"",
+            "sinks[0].format",
+            "unknown format \"json\" for a syslog sink",
+        ),
+        (
+            "type = \"syslog\"\naddress = \"udp://h\"\nfacility = \"mail2\"",
+            "sinks[0].facility",
+            "unknown syslog facility",
+        ),
+        ("type = \"syslog\"", "sinks[0].address", "a syslog sink needs `address`"),
+        ("type = \"webhook\"\nurl = \"ftp://x\"", "sinks[0].url", "expected an http:// or https:// URL"),
+        (
+            "type = \"webhook\"\nurl = \"http://x\"\nretry_initial = \"10s\"\nretry_max = \"1s\"",
+            "sinks[0].retry_max",
+            "shorter than",
+        ),
+        ("type = \"stdout\"\naddress = \"udp://h\"", "sinks[0].address", "stdout sinks take no other keys"),
+        (
+            "type = \"webhook\"\nurl = \"http://x\"\nclasses = [\"nope\"]",
+            "sinks[0].classes[0]",
+            "no class is named \"nope\"",
+        ),
+    ] {
+        let e = err(&format!("[[sinks]]\n{sink}\n"));
+        assert_eq!(e.key, key, "{sink}: {e}");
+        assert!(e.message.contains(expect), "{sink}: {e}");
+        assert!(e.line > 0, "{sink}: the line is known: {e}");
+    }
+}
+
+#[test]
+fn two_sinks_with_the_same_name_are_rejected() {
+    let e = err(
+        "[[sinks]]\ntype = \"syslog\"\naddress = \"udp://h\"\n[[sinks]]\ntype = \"syslog\"\naddress = \"udp://h:514\"\n",
+    );
+    assert_eq!((e.key.as_str(), e.line), ("sinks[1]", 5));
+    assert!(e.message.contains("\"syslog:udp://h:514\" is the same as sinks[0]"), "{e}");
+}

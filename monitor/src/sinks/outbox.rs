@@ -1,0 +1,230 @@
+//! The durable outbox every alert is written to before any delivery. An alert leaves it for a
+//! sink only when that sink accepted it (or refused it for good); the agent killed and started
+//! again delivers what was pending. SQLite in WAL mode with synchronous=FULL, so a written alert
+//! survives power loss. Bounded: when full, the oldest alert is dropped, counted and logged.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+use tracing::warn;
+
+/// One alert awaiting delivery to one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: i64,
+    pub id: String,
+    /// The alert's JSON.
+    pub body: String,
+}
+
+pub struct Outbox {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    max: u64,
+    /// Alerts dropped because the outbox was full.
+    pub dropped_full: AtomicU64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS alerts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES alerts(seq) ON DELETE CASCADE,
+    PRIMARY KEY (sink, seq)
+) WITHOUT ROWID;
+";
+
+impl Outbox {
+    /// Opens (or creates) `outbox.sqlite` in `dir`.
+    pub fn open(dir: &Path, max: u64) -> anyhow::Result<Outbox> {
+        let path = dir.join("outbox.sqlite");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("opening the alert outbox {}", path.display()))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .with_context(|| format!("preparing the alert outbox {}", path.display()))?;
+        Ok(Outbox { path, conn: Mutex::new(conn), max: max.max(1), dropped_full: AtomicU64::new(0) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent: keep going.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an alert for `sinks` (durably, before returning). When the outbox holds
+    /// `outbox_max` alerts, the oldest are dropped first; their ids are returned.
+    pub fn push(&self, id: &str, body: &str, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
+        if sinks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let held = tx.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get::<_, i64>(0))? as u64;
+        let mut dropped = Vec::new();
+        if held >= self.max {
+            let excess = held + 1 - self.max;
+            let mut stmt = tx.prepare("SELECT seq, id FROM alerts ORDER BY seq LIMIT ?1")?;
+            let oldest: Vec<(i64, String)> =
+                stmt.query_map([excess as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            drop(stmt);
+            for (seq, old) in oldest {
+                tx.execute("DELETE FROM alerts WHERE seq = ?1", [seq])?;
+                dropped.push(old);
+            }
+        }
+        tx.execute("INSERT INTO alerts (id, body) VALUES (?1, ?2)", params![id, body])?;
+        let seq = tx.last_insert_rowid();
+        for sink in sinks {
+            tx.execute("INSERT INTO pending (sink, seq) VALUES (?1, ?2)", params![sink, seq])?;
+        }
+        tx.commit()?;
+        if !dropped.is_empty() {
+            self.dropped_full.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            warn!(
+                dropped = dropped.len(),
+                ids = %dropped.join(","),
+                outbox_max = self.max,
+                "alert outbox full: dropped the oldest undelivered alerts (raise alerts.outbox_max, or fix the sinks)"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// The oldest alert `sink` has not taken yet.
+    pub fn next(&self, sink: &str) -> rusqlite::Result<Option<Pending>> {
+        self.conn()
+            .query_row(
+                "SELECT a.seq, a.id, a.body FROM pending p JOIN alerts a ON a.seq = p.seq \
+                 WHERE p.sink = ?1 ORDER BY p.seq LIMIT 1",
+                [sink],
+                |r| Ok(Pending { seq: r.get(0)?, id: r.get(1)?, body: r.get(2)? }),
+            )
+            .optional()
+    }
+
+    /// `sink` is done with alert `seq` (delivered, or refused for good). The alert leaves the
+    /// outbox when no sink still needs it.
+    pub fn done(&self, sink: &str, seq: i64) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM pending WHERE sink = ?1 AND seq = ?2", params![sink, seq])?;
+        tx.execute(
+            "DELETE FROM alerts WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM pending WHERE seq = ?1)",
+            [seq],
+        )?;
+        tx.commit()
+    }
+
+    /// Alerts waiting for `sink`.
+    pub fn backlog(&self, sink: &str) -> rusqlite::Result<u64> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM pending WHERE sink = ?1", [sink], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    /// Alerts held in all.
+    pub fn len(&self) -> rusqlite::Result<u64> {
+        self.conn().query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    }
+
+    pub fn is_empty(&self) -> rusqlite::Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Drops pending deliveries of sinks no longer configured (renamed or removed), and
+    /// alerts no sink needs any more. Returns (sink, deliveries dropped) for each such sink.
+    pub fn forget_other_sinks(&self, configured: &[String]) -> rusqlite::Result<Vec<(String, u64)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut stmt = tx.prepare("SELECT sink, COUNT(*) FROM pending GROUP BY sink")?;
+        let all: Vec<(String, u64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect::<Result<_, _>>()?;
+        drop(stmt);
+        let gone: Vec<(String, u64)> = all.into_iter().filter(|(s, _)| !configured.contains(s)).collect();
+        for (sink, _) in &gone {
+            tx.execute("DELETE FROM pending WHERE sink = ?1", [sink])?;
+        }
+        tx.execute(
+            "DELETE FROM alerts WHERE NOT EXISTS (SELECT 1 FROM pending WHERE pending.seq = alerts.seq)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sinks(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn alerts_leave_only_when_every_sink_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), 100).unwrap();
+        o.push("a1", "{\"id\":\"a1\"}", &sinks(&["syslog", "webhook"])).unwrap();
+        o.push("a2", "{\"id\":\"a2\"}", &sinks(&["webhook"])).unwrap();
+        assert_eq!(o.next("syslog").unwrap().map(|p| p.id), Some("a1".into()));
+        assert_eq!((o.backlog("syslog").unwrap(), o.backlog("webhook").unwrap()), (1, 2));
+        let a1 = o.next("webhook").unwrap().unwrap();
+        o.done("webhook", a1.seq).unwrap();
+        assert_eq!(o.next("webhook").unwrap().map(|p| p.id), Some("a2".into()), "in order");
+        assert_eq!(o.len().unwrap(), 2, "a1 still waits for syslog");
+        o.done("syslog", a1.seq).unwrap();
+        assert_eq!(o.len().unwrap(), 1);
+        assert_eq!(o.next("syslog").unwrap(), None);
+    }
+
+    #[test]
+    fn pending_alerts_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = Outbox::open(dir.path(), 100).unwrap();
+            o.push("a1", "body", &sinks(&["webhook"])).unwrap();
+        }
+        let o = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(o.next("webhook").unwrap().map(|p| (p.id, p.body)), Some(("a1".into(), "body".into())));
+    }
+
+    #[test]
+    fn full_outbox_drops_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), 3).unwrap();
+        for i in 0..3 {
+            assert!(o.push(&format!("a{i}"), "b", &sinks(&["w"])).unwrap().is_empty());
+        }
+        assert_eq!(o.push("a3", "b", &sinks(&["w"])).unwrap(), vec!["a0".to_string()]);
+        assert_eq!(o.push("a4", "b", &sinks(&["w"])).unwrap(), vec!["a1".to_string()]);
+        assert_eq!(o.dropped_full.load(Ordering::Relaxed), 2);
+        assert_eq!((o.len().unwrap(), o.backlog("w").unwrap()), (3, 3));
+        assert_eq!(o.next("w").unwrap().map(|p| p.id), Some("a2".into()));
+    }
+
+    #[test]
+    fn deliveries_of_removed_sinks_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), 10).unwrap();
+        o.push("a1", "b", &sinks(&["old", "kept"])).unwrap();
+        o.push("a2", "b", &sinks(&["old"])).unwrap();
+        assert_eq!(o.forget_other_sinks(&sinks(&["kept"])).unwrap(), vec![("old".to_string(), 2)]);
+        assert_eq!((o.len().unwrap(), o.backlog("kept").unwrap()), (1, 1));
+    }
+}

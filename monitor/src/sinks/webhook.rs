@@ -1,0 +1,237 @@
+//! The webhook sink: each alert POSTed as JSON (or as a chat-ready Slack message). With a
+//! secret, each request is signed: HMAC-SHA256 over "<timestamp>.<body>", hex in
+//! `X-Egress-Monitor-Signature: sha256=<hex>`, the Unix timestamp in
+//! `X-Egress-Monitor-Timestamp`, so receivers can verify and refuse replays.
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::{
+    StatusCode,
+    header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
+};
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::{delivery::DeliveryError, outbox::Pending};
+use crate::config::{WebhookConfig, WebhookFormat};
+
+pub const ID_HEADER: &str = "x-egress-monitor-alert-id";
+pub const TIMESTAMP_HEADER: &str = "x-egress-monitor-timestamp";
+pub const SIGNATURE_HEADER: &str = "x-egress-monitor-signature";
+
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    format: WebhookFormat,
+    secret: Option<Vec<u8>>,
+}
+
+impl WebhookSink {
+    /// Builds the client and reads the secret; errors name the file.
+    pub fn new(c: &WebhookConfig) -> anyhow::Result<WebhookSink> {
+        let secret = match &c.secret_file {
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("secret_file: {}: cannot read it: {e}", path.display()))?;
+                let secret = text.trim_ascii().to_vec();
+                if secret.is_empty() {
+                    anyhow::bail!("secret_file: {}: the file is empty", path.display());
+                }
+                Some(secret)
+            }
+            None => None,
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in &c.headers {
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|e| anyhow::anyhow!("headers: {k:?}: {e}"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|e| anyhow::anyhow!("headers: {k:?} = {v:?}: {e}"))?;
+            headers.insert(name, value);
+        }
+        // reqwest is built without a bundled crypto provider: use ring, as the syslog TLS does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .default_headers(headers)
+            .user_agent(concat!("egress-monitor/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_rustls()
+            .build()
+            .map_err(|e| anyhow::anyhow!("url: cannot build an HTTP client: {e}"))?;
+        Ok(WebhookSink { client, url: c.url.0.clone(), format: c.format, secret })
+    }
+
+    pub async fn deliver(&mut self, alert: &Pending) -> Result<(), DeliveryError> {
+        let body = match self.format {
+            WebhookFormat::Json => alert.body.clone(),
+            WebhookFormat::Slack => {
+                let v: Value = serde_json::from_str(&alert.body)
+                    .map_err(|e| DeliveryError::Permanent(format!("the stored alert is not JSON: {e}")))?;
+                serde_json::json!({ "text": slack_text(&v) }).to_string()
+            }
+        };
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ID_HEADER, &alert.id);
+        if let Some(secret) = &self.secret {
+            let timestamp = chrono::Utc::now().timestamp().to_string();
+            req = req
+                .header(TIMESTAMP_HEADER, &timestamp)
+                .header(SIGNATURE_HEADER, signature(secret, &timestamp, &body));
+        }
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_timeout() { "timed out" } else { "failed" };
+                return Err(DeliveryError::Retry {
+                    reason: format!("POST {} {what}: {e}", self.url),
+                    after: None,
+                });
+            }
+        };
+        classify(resp.status(), resp.headers().get(RETRY_AFTER))
+    }
+}
+
+/// What an answer means for the alert: 2xx accepted; 408, 429 and 5xx retried (429 after its
+/// Retry-After); any other answer is a permanent refusal.
+pub fn classify(status: StatusCode, retry_after: Option<&HeaderValue>) -> Result<(), DeliveryError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let reason = format!("answered {status}");
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(DeliveryError::Retry { reason, after: retry_after.and_then(parse_retry_after) });
+    }
+    if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        return Err(DeliveryError::Retry { reason, after: None });
+    }
+    Err(DeliveryError::Permanent(reason))
+}
+
+/// Retry-After as delay-seconds or an HTTP date.
+fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    let text = v.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub fn signature(secret: &[u8], timestamp: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// One line for people: severity, class, destination and place, process, reason, id.
+fn slack_text(v: &Value) -> String {
+    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    let d = &v["destination"];
+    let mut place: Vec<String> = Vec::new();
+    for key in ["site", "country", "subdivision"] {
+        if let Some(x) = d[key].as_str() {
+            place.push(x.to_owned());
+        }
+    }
+    if let (Some(p), Some(r)) = (d["cloud_provider"].as_str(), d["cloud_region"].as_str()) {
+        place.push(format!("{p}:{r}"));
+    }
+    let p = &v["process"];
+    let process = match (p["comm"].as_str(), p["pid"].as_u64()) {
+        (Some(c), Some(pid)) => format!("{c}[{pid}]"),
+        _ => "unknown process".into(),
+    };
+    format!(
+        ":rotating_light: *{}* residency violation on `{}`: class `{}` sent {} bytes to {}:{} ({}) from {} in {}. {}. (alert {})",
+        s(&v["severity"]),
+        s(&v["host"]),
+        s(&v["class"]),
+        s(&v["bytes"]),
+        s(&d["ip"]),
+        s(&d["port"]),
+        if place.is_empty() { "unknown location".into() } else { place.join(", ") },
+        process,
+        s(&p["cgroup"]),
+        s(&v["reason"]),
+        s(&v["id"]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_and_body() {
+        // Computed independently: printf '1764064800.{"id":"a1"}' | openssl dgst -sha256 -hmac s3cret
+        assert_eq!(
+            signature(b"s3cret", "1764064800", r#"{"id":"a1"}"#),
+            "sha256=".to_string() + &hmac_reference(b"s3cret", b"1764064800.{\"id\":\"a1\"}")
+        );
+    }
+
+    /// HMAC-SHA256 from its definition (RFC 2104), to check the crate is used right.
+    fn hmac_reference(key: &[u8], msg: &[u8]) -> String {
+        use sha2::Digest;
+        let mut k = [0u8; 64];
+        k[..key.len()].copy_from_slice(key);
+        let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).chain(msg.iter().copied()).collect();
+        let inner = Sha256::digest(&inner);
+        let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).chain(inner.iter().copied()).collect();
+        Sha256::digest(&outer).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        assert!(classify(StatusCode::OK, None).is_ok());
+        assert!(classify(StatusCode::NO_CONTENT, None).is_ok());
+        for retried in [500, 502, 503, 408] {
+            let s = StatusCode::from_u16(retried).unwrap();
+            assert!(matches!(classify(s, None), Err(DeliveryError::Retry { after: None, .. })), "{retried}");
+        }
+        for refused in [400, 401, 403, 404, 410, 422] {
+            let s = StatusCode::from_u16(refused).unwrap();
+            assert!(matches!(classify(s, None), Err(DeliveryError::Permanent(_))), "{refused}");
+        }
+        let after = HeaderValue::from_static("7");
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(&after)),
+            Err(DeliveryError::Retry { after: Some(d), .. }) if d == Duration::from_secs(7)
+        ));
+        let date = HeaderValue::from_str(&httpdate::fmt_http_date(
+            std::time::SystemTime::now() + Duration::from_secs(30),
+        ))
+        .unwrap();
+        let Err(DeliveryError::Retry { after: Some(d), .. }) =
+            classify(StatusCode::TOO_MANY_REQUESTS, Some(&date))
+        else {
+            panic!("an HTTP date is a Retry-After too")
+        };
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+    }
+
+    #[test]
+    fn slack_text_carries_the_key_fields() {
+        let v = serde_json::json!({
+            "id": "abc", "host": "h1", "class": "us-user-data", "severity": "critical", "bytes": 5120,
+            "reason": "destination country CN is not approved for class us-user-data",
+            "process": {"pid": 1234, "comm": "api", "cgroup": "/payments/userdata"},
+            "destination": {"ip": "175.16.199.1", "port": 443, "country": "CN"}
+        });
+        assert_eq!(
+            slack_text(&v),
+            ":rotating_light: *critical* residency violation on `h1`: class `us-user-data` sent 5120 bytes to \
+             175.16.199.1:443 (CN) from api[1234] in /payments/userdata. destination country CN is not approved \
+             for class us-user-data. (alert abc)"
+        );
+    }
+}
