@@ -45,6 +45,20 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// All fields zero (a starting value to fill in).
+    pub const ZERO: Self = Self {
+        cgroup_id: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        family: 0,
+        _pad: [0; 2],
+    };
+}
+
 /// Process that owns a socket, as seen by the hook that ran in its context.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -46,16 +46,7 @@ struct Owner {
 #[inline(always)]
 fn count_packet(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
-    let mut key = FlowKey {
-        cgroup_id: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        proto: 0,
-        family: 0,
-        _pad: [0; 2],
-    };
+    let mut key = FlowKey::ZERO;
     let Some(headers) = parse(ctx, &mut key) else {
         count(stat::UNPARSED_PACKETS);
         return;

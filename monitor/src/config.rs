@@ -13,7 +13,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
+mod query;
 mod sinks;
+
+pub use query::{ApiConfig, ClickHouseConfig, DEFAULT_API_SOCKET, ExportConfig, StoreConfig};
 
 pub use sinks::{
     AlertFilter, Facility, RetryConfig, SinkConfig, SinkEntry, SinkKind, SyslogAddress, SyslogConfig,
@@ -44,6 +47,12 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub export: ExportConfig,
     /// The `[[sinks]]` tables as written; [`Config::sinks`] holds them checked.
     #[serde(default, rename = "sinks")]
     pub sink_entries: Vec<SinkEntry>,
@@ -514,6 +523,27 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let (Some(listen), None) = (&self.api.listen, &self.api.token_file) {
+            return Err((
+                listen.span(),
+                "api.listen".into(),
+                format!(
+                    "serving the API on TCP ({}) needs api.token_file: requests must carry its bearer token",
+                    listen.get_ref()
+                ),
+            ));
+        }
+        let bucket = self.store.bucket.get_ref().0;
+        if bucket < Duration::from_secs(1) || 86400 % bucket.as_secs() != 0 || bucket.subsec_nanos() != 0 {
+            return Err((
+                self.store.bucket.span(),
+                "store.bucket".into(),
+                format!(
+                    "{} does not divide a day into whole seconds: use a bucket like \"1m\", \"5m\" or \"1h\"",
+                    humantime::format_duration(bucket)
+                ),
+            ));
         }
         if *self.alerts.outbox_max.get_ref() == 0 {
             return Err((

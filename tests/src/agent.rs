@@ -29,10 +29,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Agent {
     /// Starts `egress-monitor run` on this configuration and waits until it is running.
+    /// `{agent_dir}` in the configuration is replaced by a directory of this agent's own (for
+    /// its state directory and API socket).
     pub fn start(config: &str) -> Agent {
         crate::require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("egress-monitor.toml");
+        let config = config.replace("{agent_dir}", dir.path().to_str().unwrap());
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(built_binary("egress-monitor"))
             .arg("run")
@@ -120,6 +123,11 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// This agent's own directory (what `{agent_dir}` stood for).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// Kernel program ids the agent logged as attached.

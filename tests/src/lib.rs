@@ -3,7 +3,9 @@
 //! cgroup v2 root, the real agent binary, and traffic processes placed in both.
 
 pub mod agent;
+pub mod api;
 pub mod cgroups;
+pub mod clickhouse;
 pub mod http;
 pub mod netns;
 pub mod records;
@@ -71,4 +73,11 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind a free port").port()
+}
+
+/// An HTTP client for the harness. reqwest is built without a bundled crypto provider (as the
+/// agent is): install ring's, once.
+pub fn http_client() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
 }

@@ -81,6 +81,9 @@ sweep_interval = "200ms"
 close_grace = "300ms"
 state_dir = "{state}"
 
+[api]
+socket = "{{agent_dir}}/api.sock"
+
 [geoip]
 country_db = "{dir}/country.mmdb"
 cloud_ranges = ["{dir}/oci.json"]

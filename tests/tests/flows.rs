@@ -23,7 +23,8 @@ fn config(classes: &[Class<'_>]) -> String {
 /// As [`config`], with more `[agent]` settings.
 fn config_with(agent: &str, classes: &[Class<'_>]) -> String {
     let mut c = format!(
-        "[agent]\nflush_interval = \"1s\"\nsweep_interval = \"200ms\"\nclose_grace = \"300ms\"\nidle_timeout = \"30s\"\n{agent}"
+        "[agent]\nflush_interval = \"1s\"\nsweep_interval = \"200ms\"\nclose_grace = \"300ms\"\nidle_timeout = \"30s\"\n\
+         state_dir = \"{{agent_dir}}/state\"\n{agent}[api]\nsocket = \"{{agent_dir}}/api.sock\"\n"
     );
     for (name, cgroups, uids) in classes {
         c += &format!("\n[[classes]]\nname = {name:?}\ncgroups = {cgroups:?}\nuids = {uids:?}\n");

@@ -20,6 +20,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "tests check that the agent leaves no program attached"),
     ("iproute2", "tests build network namespaces joined by veth pairs"),
     ("rsyslog", "tests deliver alerts to a real rsyslogd (started on loopback by the tests)"),
+    (
+        "clickhouse-server",
+        "tests export flow summaries to a real ClickHouse (started on loopback by the tests)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

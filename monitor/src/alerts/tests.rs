@@ -1,11 +1,8 @@
-use std::net::IpAddr;
-
 use monitor_common::FAMILY_V4;
 
 use super::*;
 use crate::{
     enrich::Destination,
-    flows::{FlowState, record::Endpoint},
     policy::{Decision, VerdictKind},
 };
 
@@ -43,35 +40,13 @@ fn key(sport: u16, dport: u16) -> FlowKey {
 }
 
 fn record(dst: &str, dport: u16, pid: u32, comm: &str, bytes: u64) -> FlowRecord {
-    let t = Timestamp::now();
-    FlowRecord {
-        kind: "flow",
-        time: t,
-        host: "h1".into(),
-        state: FlowState::New,
-        class: Some("us-user-data".into()),
-        direction: Direction::Outbound,
-        protocol: Protocol(6),
-        source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
-        destination: DestinationRecord {
-            ip: dst.parse::<IpAddr>().unwrap(),
-            port: Some(dport),
-            place: Arc::new(Destination { country: Some("CN".into()), ..Default::default() }),
-        },
-        verdict: VerdictKind::Violation,
-        process: Process {
-            pid: Some(pid),
-            tid: Some(pid),
-            comm: Some(comm.into()),
-            uid: 1001,
-            cgroup: Some("/payments/userdata".into()),
-            cgroup_id: 9,
-        },
-        bytes,
-        packets: bytes / 500,
-        first_seen: t,
-        last_seen: t,
-    }
+    let mut r =
+        FlowRecord::sample(dst, dport, Destination { country: Some("CN".into()), ..Default::default() });
+    r.class = Some("us-user-data".into());
+    r.verdict = VerdictKind::Violation;
+    (r.process.pid, r.process.tid, r.process.comm) = (Some(pid), Some(pid), Some(comm.into()));
+    (r.bytes, r.packets) = (bytes, bytes / 500);
+    r
 }
 
 #[test]

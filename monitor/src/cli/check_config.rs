@@ -9,6 +9,11 @@ pub(super) fn check(arg: &ConfigArg) -> ExitCode {
         // The files it names must load too (databases, range files).
         crate::enrich::Enricher::from_config(&config)?;
         crate::sinks::prepare(&config)?;
+        crate::api::read_token(&config.api).map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
+        if let Some(c) = &config.export.clickhouse {
+            crate::export::clickhouse::ClickHouse::new(c)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
+        }
         Ok(config)
     });
     match checked {

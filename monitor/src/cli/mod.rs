@@ -2,6 +2,7 @@
 
 mod check_config;
 mod lookup;
+mod query;
 mod run;
 
 use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
@@ -37,6 +38,49 @@ enum Command {
         after_help = "Examples:\n  egress-monitor lookup 175.16.199.1 2001:db8::1 --config /etc/egress-monitor/egress-monitor.toml\n  egress-monitor lookup 8.8.8.8 --json | jq .destination.country"
     )]
     Lookup(LookupArgs),
+    /// Flow summaries from a running agent: bytes and packets per flow or per group
+    #[command(
+        after_help = "Examples:\n  egress-monitor flows --since 24h --class us-user-data --verdict violation --group-by country\n  egress-monitor flows --dst 10.60.0.0/16 --group-by process -o csv"
+    )]
+    Flows {
+        #[command(flatten)]
+        filters: query::FlowArgs,
+        #[command(flatten)]
+        api: query::ApiArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Alerts from a running agent, newest first
+    #[command(after_help = "Example:\n  egress-monitor alerts --since 7d --severity critical,high")]
+    Alerts {
+        #[command(flatten)]
+        filters: query::AlertArgs,
+        #[command(flatten)]
+        api: query::ApiArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// A running agent's health: programs, flows, losses, sinks, databases
+    Status {
+        #[command(flatten)]
+        api: query::ApiArgs,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Live view of where data goes now, refreshed like top (Ctrl-C stops)
+    Top {
+        #[command(flatten)]
+        args: query::TopArgs,
+        #[command(flatten)]
+        api: query::ApiArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct OutputArg {
+    /// Output format: aligned table, JSON, or CSV
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: query::Format,
 }
 
 #[derive(Args)]
@@ -51,7 +95,7 @@ struct LookupArgs {
     json: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 struct ConfigArg {
     /// Configuration file [default: /etc/egress-monitor/egress-monitor.toml if it exists,
     /// else the built-in defaults]
@@ -88,5 +132,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),
         Command::Lookup(args) => lookup::lookup(&args.config.load()?, &args.addresses, args.json),
+        Command::Flows { filters, api, output } => query::flows(&api, &filters, output.output),
+        Command::Alerts { filters, api, output } => query::alerts(&api, &filters, output.output),
+        Command::Status { api, output } => query::status(&api, output.output),
+        Command::Top { args, api } => query::top(&api, &args),
     }
 }

@@ -1,7 +1,10 @@
 //! `egress-monitor run`: load and attach the kernel programs, then turn kernel events and
 //! sweeps into records until SIGINT/SIGTERM, and detach everything on the way out.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use tokio::{
@@ -12,17 +15,25 @@ use tracing::{debug, info, warn};
 
 use crate::{
     alerts::AlertBook,
+    api::{
+        self, ApiState,
+        metrics::{ClassSeverity, ClassVerdict, Metrics},
+        status::{self, Status},
+    },
     cgroup::{self, CgroupNames},
     classes::ClassSelectors,
     config::Config,
     enrich::Enricher,
+    export::clickhouse::{self, ClickHouse},
     flows::{
-        FlowTable, FlowUpdate, TableCounters, TableSettings,
-        record::{Clock, LossRecord, RecordContext, Timestamp, ip_of, monotonic_ns},
+        FlowState, FlowTable, FlowUpdate, TableCounters, TableSettings,
+        record::{Clock, FlowRecord, LossRecord, RecordContext, Timestamp, ip_of, monotonic_ns},
     },
     policy::{Policy, VerdictKind},
     probe::{KernelStats, Probe, ProbeOptions},
     sinks::{self, Output, Sinks},
+    state,
+    store::{Store, StoreCounters, StoreSettings},
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -43,6 +54,15 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     // it attaches.
     let enricher = Enricher::from_config(&config)?;
     let prepared = sinks::prepare(&config)?;
+    let token = api::read_token(&config.api).map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
+    let clickhouse = config
+        .export
+        .clickhouse
+        .as_ref()
+        .map(ClickHouse::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
+    let _state_lock = state::lock(&config.agent.state_dir)?;
     for (kind, source) in enricher.sources() {
         info!(kind, %source, "geolocation source");
     }
@@ -66,17 +86,63 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     }
     let mut events = probe.take_events()?;
 
-    let sinks = Sinks::start(&config, prepared)?;
     let a = &config.agent;
+    let store = Store::start(
+        &a.state_dir,
+        StoreSettings {
+            bucket: config.store.bucket.get_ref().0,
+            retention: config.store.retention.0,
+            prune_every: PRUNE_EVERY,
+        },
+    )?;
+    let store_counters = store.counters.clone();
+    let sinks = Sinks::start(&config, prepared, Some(store.writer))?;
+    let host: Arc<str> = host_name(&config).into();
+    let started = Instant::now();
+    let status = Arc::new(Mutex::new(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        host: host.to_string(),
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        cgroup_root: root.display().to_string(),
+        programs: probe
+            .attached()
+            .iter()
+            .map(|p| status::ProgramStatus { name: p.name, hook: p.hook, id: p.id })
+            .collect(),
+        databases: status::Databases {
+            store_path: store.reader.path().display().to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
+    let metrics = Arc::new(Metrics::new());
+    let api = api::serve(
+        &config.api,
+        token,
+        ApiState { store: store.reader.clone(), status: status.clone(), metrics: metrics.clone(), started },
+    )
+    .await?;
+    let (stop_export, stop_export_rx) = tokio::sync::watch::channel(false);
+    let mut export = Vec::new();
+    if let (Some(ch), Some(c)) = (clickhouse, &config.export.clickhouse) {
+        let st =
+            Arc::new(Mutex::new(status::ExportStatus { name: "clickhouse".into(), ..Default::default() }));
+        let (dir, bucket, every) = (a.state_dir.clone(), config.store.bucket.get_ref().0, c.interval.0);
+        let rx = stop_export_rx.clone();
+        let st2 = st.clone();
+        export
+            .push((st, tokio::spawn(async move { clickhouse::run(ch, &dir, bucket, every, st2, rx).await })));
+    }
     let mut stages = Stages {
         ctx: RecordContext {
-            host: host_name(&config).into(),
+            host: host.clone(),
             classes: config.class_names().into_iter().map(Arc::from).collect(),
             cgroups: CgroupNames::new(&root)?,
         },
         enricher,
         policy: Policy::from_config(&config),
         alerts: AlertBook::new(config.alerts.cooldown.0, a.flush_interval()),
+        metrics: metrics.clone(),
     };
     let mut table = FlowTable::new(TableSettings {
         flush_interval: a.flush_interval(),
@@ -121,9 +187,13 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     for u in stages.alerts.updates(&stages.ctx.host, Instant::now(), false) {
                         sinks.send(Output::AlertUpdate(u)).await;
                     }
-                    if let Some(loss) = losses.check(probe.stats.read()?, table.counters, &stages.ctx) {
+                    let kernel = probe.stats.read()?;
+                    if let Some(loss) = losses.check(kernel, table.counters, &stages.ctx) {
                         sinks.send(Output::Loss(loss)).await;
                     }
+                    refresh_status(&status, &metrics, &table, kernel, &stages, &sinks, &store_counters);
+                    status.lock().unwrap_or_else(|e| e.into_inner()).export =
+                        export.iter().map(|(s, _)| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
                 }
                 _ = reload.tick() => {
                     stages.enricher.reload_replaced();
@@ -148,6 +218,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     }
     .await;
 
+    api.stop().await;
+    let _ = stop_export.send(true);
+    for (_, task) in export {
+        let _ = task.await;
+    }
     let detached = probe.detach();
     info!(programs = detached, "detached");
     let c = table.counters;
@@ -167,12 +242,16 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// How often the store prunes rows past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Flow updates on their way to the sinks: placed on the map, judged, and alerted on.
 struct Stages {
     ctx: RecordContext,
     enricher: Enricher,
     policy: Policy,
     alerts: AlertBook,
+    metrics: Arc<Metrics>,
 }
 
 impl Stages {
@@ -188,6 +267,7 @@ impl Stages {
             let place = self.enricher.locate(ip);
             let verdict = self.policy.evaluate(u.flow.class_id, &place);
             let record = self.ctx.flow_record(&u, place, verdict.kind, &clock, time);
+            self.count(&record);
             let alert = match self.policy.class(u.flow.class_id) {
                 Some(class) if verdict.kind == VerdictKind::Violation => {
                     self.alerts.observe(&u.key, &record, class, &verdict, now)
@@ -196,10 +276,86 @@ impl Stages {
             };
             sinks.send(Output::Flow(record)).await;
             if let Some(alert) = alert {
+                let labels =
+                    ClassSeverity { class: alert.class.to_string(), severity: alert.severity.name().into() };
+                self.metrics.alerts.get_or_create(&labels).inc();
                 sinks.send(Output::Alert(alert)).await;
             }
         }
     }
+
+    /// Adds a record's new bytes and packets to the metrics.
+    fn count(&self, r: &FlowRecord) {
+        let verdict = match r.verdict {
+            VerdictKind::Allowed => "allowed",
+            VerdictKind::Violation => "violation",
+            VerdictKind::Unclassified => "unclassified",
+        };
+        let labels =
+            ClassVerdict { class: r.class.as_deref().unwrap_or("").to_owned(), verdict: verdict.into() };
+        if r.state == FlowState::New {
+            self.metrics.flows.get_or_create(&labels).inc();
+        }
+        self.metrics.flow_bytes.get_or_create(&labels).inc_by(r.delta_bytes);
+        self.metrics.flow_packets.get_or_create(&labels).inc_by(r.delta_packets);
+    }
+}
+
+/// Brings the status document (and the metrics kept as totals) up to date.
+fn refresh_status(
+    status: &Mutex<Status>,
+    metrics: &Metrics,
+    table: &FlowTable,
+    kernel: KernelStats,
+    stages: &Stages,
+    sinks: &Sinks,
+    store: &StoreCounters,
+) {
+    let c = table.counters;
+    let e = stages.enricher.counters;
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.flows_tracked = table.len() as u64;
+    s.events = status::EventCounts {
+        new_flow: c.new_flow_events,
+        connect: c.connect_events,
+        close: c.close_events,
+        found_by_sweep: c.found_by_sweep,
+    };
+    s.losses = status::Losses {
+        ringbuf_drops: kernel.ringbuf_drops,
+        flow_insert_failed: kernel.flow_insert_failed,
+        sock_storage_failed: kernel.sock_storage_failed,
+        unparsed_packets: kernel.unparsed_packets,
+        flows_evicted: c.flows_evicted,
+        store_dropped: StoreCounters::get(&store.dropped),
+        store_write_errors: StoreCounters::get(&store.write_errors),
+        outbox_dropped: sinks.outbox_dropped(),
+    };
+    s.alerts = status::AlertCounts {
+        raised: stages.alerts.counters.raised,
+        open: stages.alerts.open_alerts() as u64,
+    };
+    s.geolocation = status::LookupCounts {
+        lookups: e.lookups,
+        cache_hits: e.cache_hits,
+        decode_errors: e.decode_errors,
+        reloads: e.reloads,
+        reload_failures: e.reload_failures,
+    };
+    s.sinks = sinks
+        .alert_sink_stats()
+        .into_iter()
+        .map(|(name, backlog, st)| status::SinkStatus {
+            name,
+            backlog,
+            delivered: st.delivered,
+            retries: st.retries,
+            failed: st.failed,
+            last_error: st.last_error,
+        })
+        .collect();
+    s.databases.outbox_bytes = sinks.outbox_size();
+    metrics.observe(&s);
 }
 
 fn host_name(config: &Config) -> String {

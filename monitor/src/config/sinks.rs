@@ -347,7 +347,9 @@ impl SyslogAddress {
             "tcp" => 601,
             "tls" => 6514,
             _ => {
-                return Err(format!("invalid syslog address {text:?}: unknown scheme {scheme:?}; {expected}"));
+                return Err(format!(
+                    "invalid syslog address {text:?}: unknown scheme {scheme:?}; {expected}"
+                ));
             }
         };
         let (host, port) = match rest.rsplit_once(':') {

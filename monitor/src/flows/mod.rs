@@ -73,6 +73,9 @@ pub struct FlowUpdate {
     pub key: FlowKey,
     pub flow: Flow,
     pub state: FlowState,
+    /// Bytes and packets since this flow's previous update (all of them for a new flow).
+    pub delta_bytes: u64,
+    pub delta_packets: u64,
 }
 
 /// Things the agent noticed that mean data was lost or could be wrong.
@@ -213,7 +216,13 @@ impl FlowTable {
         if v.cookie != 0 {
             self.by_cookie.entry(v.cookie).or_default().push(*key);
         }
-        out.push(FlowUpdate { key: *key, flow: flow.clone(), state: FlowState::New });
+        out.push(FlowUpdate {
+            key: *key,
+            flow: flow.clone(),
+            state: FlowState::New,
+            delta_bytes: flow.bytes,
+            delta_packets: flow.packets,
+        });
         self.flows.insert(*key, flow);
         false
     }
@@ -271,8 +280,7 @@ impl FlowTable {
             } else if (f.packets != f.emitted_packets || f.class_id != f.emitted_class)
                 && now.duration_since(f.last_emit) >= s.flush_interval
             {
-                f.mark_emitted(now);
-                out.push(FlowUpdate { key: *key, flow: f.clone(), state: FlowState::Active });
+                out.push(f.update(key, FlowState::Active, now));
             }
         }
         for key in ended {
@@ -300,8 +308,7 @@ impl FlowTable {
                 self.by_cookie.remove(&f.cookie);
             }
         }
-        f.mark_emitted(now);
-        out.push(FlowUpdate { key: *key, flow: f, state: FlowState::Ended });
+        out.push(f.update(key, FlowState::Ended, now));
         Ok(())
     }
 
@@ -310,14 +317,23 @@ impl FlowTable {
     pub fn flush_all(&mut self, now: Instant, out: &mut Vec<FlowUpdate>) {
         for (key, f) in self.flows.iter_mut() {
             if f.packets != f.emitted_packets || f.class_id != f.emitted_class {
-                f.mark_emitted(now);
-                out.push(FlowUpdate { key: *key, flow: f.clone(), state: FlowState::Active });
+                out.push(f.update(key, FlowState::Active, now));
             }
         }
     }
 }
 
 impl Flow {
+    /// The update to report now: what changed since the last one.
+    fn update(&mut self, key: &FlowKey, state: FlowState, now: Instant) -> FlowUpdate {
+        let (delta_bytes, delta_packets) = (
+            self.bytes.saturating_sub(self.emitted_bytes),
+            self.packets.saturating_sub(self.emitted_packets),
+        );
+        self.mark_emitted(now);
+        FlowUpdate { key: *key, flow: self.clone(), state, delta_bytes, delta_packets }
+    }
+
     fn mark_emitted(&mut self, now: Instant) {
         self.emitted_packets = self.packets;
         self.emitted_bytes = self.bytes;

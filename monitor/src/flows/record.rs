@@ -10,6 +10,7 @@ use std::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use monitor_common::{DIRECTION_INBOUND, DIRECTION_OUTBOUND, FAMILY_V4, FlowKey, ProcessInfo};
 use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
 
 use super::{FlowState, FlowUpdate};
 use crate::{cgroup::CgroupNames, enrich::Destination, policy::VerdictKind};
@@ -112,6 +113,8 @@ pub struct FlowRecord {
     pub kind: &'static str,
     pub time: Timestamp,
     pub host: Arc<str>,
+    /// The same for every record of one flow (its cgroup, 5-tuple and first packet).
+    pub flow_id: String,
     pub state: FlowState,
     pub class: Option<Arc<str>>,
     pub direction: Direction,
@@ -125,6 +128,11 @@ pub struct FlowRecord {
     pub packets: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+    /// Bytes and packets since this flow's previous record (the store and metrics add these).
+    #[serde(skip)]
+    pub delta_bytes: u64,
+    #[serde(skip)]
+    pub delta_packets: u64,
 }
 
 /// Converts CLOCK_MONOTONIC nanoseconds (the kernel programs' clock) to wall-clock time.
@@ -182,6 +190,7 @@ impl RecordContext {
             kind: "flow",
             time,
             host: self.host.clone(),
+            flow_id: flow_id(k, f.first_seen_ns),
             state: u.state,
             class: self.class_name(f.class_id),
             direction: Direction::from_kernel(f.direction),
@@ -198,8 +207,23 @@ impl RecordContext {
             packets: f.packets,
             first_seen: clock.wall(f.first_seen_ns),
             last_seen: clock.wall(f.last_seen_ns),
+            delta_bytes: u.delta_bytes,
+            delta_packets: u.delta_packets,
         }
     }
+}
+
+/// A flow's id: the first 8 bytes of SHA-256 over its key and its first packet's time, in hex.
+pub fn flow_id(key: &FlowKey, first_seen_ns: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(key.cgroup_id.to_le_bytes());
+    h.update(key.saddr);
+    h.update(key.daddr);
+    h.update(key.sport.to_le_bytes());
+    h.update(key.dport.to_le_bytes());
+    h.update([key.proto, key.family]);
+    h.update(first_seen_ns.to_le_bytes());
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn process(p: Option<&ProcessInfo>, sock_uid: u32, cgroup_id: u64, cgroup: Option<String>) -> Process {
@@ -242,4 +266,45 @@ pub struct LossRecord {
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
     pub flows_evicted: u64,
+}
+
+#[cfg(test)]
+impl FlowRecord {
+    /// A new outbound TCP flow of an unclassified process `api` (pid 1234, uid 1001, cgroup
+    /// /payments/userdata) from 10.0.0.2:41000 to `dst`:`dport`, placed at `place`, 1000
+    /// bytes in 5 packets: tests change what they need.
+    pub fn sample(dst: &str, dport: u16, place: Destination) -> FlowRecord {
+        let t = Timestamp::now();
+        FlowRecord {
+            kind: "flow",
+            time: t,
+            host: "h1".into(),
+            flow_id: format!("{dst}:{dport}"),
+            state: FlowState::New,
+            class: None,
+            direction: Direction::Outbound,
+            protocol: Protocol(6),
+            source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
+            destination: DestinationRecord {
+                ip: dst.parse().unwrap(),
+                port: Some(dport),
+                place: Arc::new(place),
+            },
+            verdict: VerdictKind::Unclassified,
+            process: Process {
+                pid: Some(1234),
+                tid: Some(1234),
+                comm: Some("api".into()),
+                uid: 1001,
+                cgroup: Some("/payments/userdata".into()),
+                cgroup_id: 9,
+            },
+            bytes: 1000,
+            packets: 5,
+            first_seen: t,
+            last_seen: t,
+            delta_bytes: 1000,
+            delta_packets: 5,
+        }
+    }
 }

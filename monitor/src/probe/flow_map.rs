@@ -65,17 +65,7 @@ impl FlowMap {
 
 impl KernelFlows for FlowMap {
     fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
-        let zero_key = FlowKey {
-            cgroup_id: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            sport: 0,
-            dport: 0,
-            proto: 0,
-            family: 0,
-            _pad: [0; 2],
-        };
-        self.keys.resize(BATCH, zero_key);
+        self.keys.resize(BATCH, FlowKey::ZERO);
         // SAFETY: FlowValue is plain old data; the kernel overwrites the slots it fills.
         self.values.resize(BATCH, unsafe { std::mem::zeroed() });
         let mut token: u64 = 0;

@@ -1,7 +1,7 @@
 //! Where records and alerts go. The stdout sink prints everything as JSON lines behind a
 //! bounded queue. Alert sinks (syslog, webhook) share one durable outbox and one delivery loop
 //! with retries: every alert is in the outbox before any delivery is tried, and leaves it for
-//! a sink only once that sink accepted it.
+//! a sink only once that sink accepted it. The embedded store takes every record as well.
 
 mod delivery;
 mod outbox;
@@ -11,7 +11,6 @@ pub mod webhook;
 
 use std::sync::{Arc, Mutex, atomic::Ordering};
 
-use anyhow::Context;
 pub use delivery::SinkStats;
 pub use outbox::Outbox;
 use serde::Serialize;
@@ -25,6 +24,7 @@ use crate::{
     alerts::{Alert, AlertUpdate},
     config::{Config, SinkConfig},
     flows::record::{FlowRecord, LossRecord},
+    store::StoreWriter,
 };
 
 /// Anything the agent reports.
@@ -81,41 +81,14 @@ pub struct Sinks {
     outbox: Option<Arc<Outbox>>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
-    /// Held while the agent runs: one agent per state directory.
-    state_lock: Option<std::fs::File>,
-}
-
-/// Creates the state directory (mode 0700) and takes its lock, so two agents never share an
-/// outbox.
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::{fd::AsRawFd, unix::fs::DirBuilderExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating agent.state_dir {}", dir.display()))?;
-    let path = dir.join("agent.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!(
-            "another egress-monitor agent is using agent.state_dir {} (its lock {} is held): give each agent its own state_dir",
-            dir.display(),
-            path.display()
-        );
-    }
-    Ok(file)
+    /// The embedded store takes every record too.
+    store: Option<StoreWriter>,
 }
 
 impl Sinks {
     /// Starts every sink. Alert sinks open the outbox under `agent.state_dir` and begin with
     /// whatever a previous run left pending.
-    pub fn start(config: &Config, prepared: Prepared) -> anyhow::Result<Sinks> {
+    pub fn start(config: &Config, prepared: Prepared, store: Option<StoreWriter>) -> anyhow::Result<Sinks> {
         let (stop, stop_rx) = watch::channel(false);
         let mut sinks = Sinks {
             queues: Vec::new(),
@@ -124,14 +97,12 @@ impl Sinks {
             outbox: None,
             stop,
             workers: Vec::new(),
-            state_lock: None,
+            store,
         };
         let needs_outbox = prepared.sinks.iter().any(|(_, t)| t.is_some());
         if needs_outbox {
             let dir = &config.agent.state_dir;
-            let lock = lock_state_dir(dir)?;
             let outbox = Arc::new(Outbox::open(dir, *config.alerts.outbox_max.get_ref() as u64)?);
-            sinks.state_lock = Some(lock);
             let names: Vec<String> =
                 prepared.sinks.iter().filter(|(_, t)| t.is_some()).map(|(c, _)| c.name()).collect();
             for (sink, n) in outbox.forget_other_sinks(&names)? {
@@ -182,6 +153,9 @@ impl Sinks {
             self.store_alert(outbox, alert);
         }
         let output = Arc::new(output);
+        if let Some(store) = &self.store {
+            store.write(&output);
+        }
         for q in &self.queues {
             // A closed queue means the sink task failed; its error is reported by close().
             let _ = q.send(output.clone()).await;
@@ -226,6 +200,16 @@ impl Sinks {
             .collect()
     }
 
+    /// Size of the outbox database and its log, in bytes.
+    pub fn outbox_size(&self) -> u64 {
+        let Some(o) = &self.outbox else { return 0 };
+        [o.path().to_path_buf(), o.path().with_extension("sqlite-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Alerts dropped because the outbox was full.
     pub fn outbox_dropped(&self) -> u64 {
         self.outbox.as_ref().map_or(0, |o| o.dropped_full.load(Ordering::Relaxed))
@@ -246,7 +230,9 @@ impl Sinks {
         for t in self.tasks {
             t.await??;
         }
-        drop(self.state_lock);
+        if let Some(store) = self.store {
+            tokio::task::spawn_blocking(move || store.close()).await?;
+        }
         Ok(())
     }
 }

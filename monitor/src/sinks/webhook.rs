@@ -50,8 +50,7 @@ impl WebhookSink {
                 HeaderValue::from_str(v).map_err(|e| anyhow::anyhow!("headers: {k:?} = {v:?}: {e}"))?;
             headers.insert(name, value);
         }
-        // reqwest is built without a bundled crypto provider: use ring, as the syslog TLS does.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto();
         let client = reqwest::Client::builder()
             .timeout(c.timeout)
             .default_headers(headers)

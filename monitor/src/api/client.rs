@@ -1,0 +1,81 @@
+//! The API's client, as the CLI uses it: over the agent's unix socket, or over TCP with a
+//! bearer token. Errors say what to check (is the agent running, the token, the parameter).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub struct ApiClient {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    token: Option<String>,
+    /// For messages: where the agent was looked for.
+    target: String,
+}
+
+impl ApiClient {
+    /// Over the agent's unix socket.
+    pub fn unix(socket: &Path) -> anyhow::Result<ApiClient> {
+        crate::install_crypto();
+        let client = reqwest::Client::builder().unix_socket(PathBuf::from(socket)).build()?;
+        Ok(ApiClient {
+            client,
+            base: reqwest::Url::parse("http://egress-monitor/").expect("valid base URL"),
+            token: None,
+            target: format!("the agent's socket {}", socket.display()),
+        })
+    }
+
+    /// Over TCP (`--api URL`), with the token read from `token_file`.
+    pub fn tcp(url: &str, token_file: Option<&Path>) -> anyhow::Result<ApiClient> {
+        let base = reqwest::Url::parse(url)
+            .with_context(|| format!("--api {url:?} is not a URL (like http://127.0.0.1:9850)"))?;
+        let token = match token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --token-file {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        crate::install_crypto();
+        let client = reqwest::Client::builder().tls_backend_rustls().build()?;
+        Ok(ApiClient { client, base, token, target: url.to_owned() })
+    }
+
+    /// GETs `path` with `params`; the JSON body of a 2xx answer, or an error that explains.
+    pub async fn get(&self, path: &str, params: &[(&str, String)]) -> anyhow::Result<Value> {
+        let mut url = self.base.join(path)?;
+        url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut req = self.client.get(url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the egress-monitor API at {} (is `egress-monitor run` running?)",
+                self.target
+            )
+        })?;
+        let code = resp.status();
+        let text = resp.text().await?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if code.is_success() {
+            return Ok(body);
+        }
+        if code == reqwest::StatusCode::UNAUTHORIZED {
+            bail!(
+                "the API refused the request (401): pass --token-file with the token of the agent's api.token_file"
+            );
+        }
+        if let (Some(p), Some(e)) = (body["parameter"].as_str(), body["expected"].as_str()) {
+            bail!("invalid {p}={:?}: expected {e}", body["value"].as_str().unwrap_or(""));
+        }
+        bail!(
+            "the API answered {code}: {}",
+            body["error"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string())
+        )
+    }
+}

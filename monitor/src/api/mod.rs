@@ -1,0 +1,230 @@
+//! The HTTP/JSON API over the store and the agent's status: on a unix socket (mode 0660) and,
+//! optionally, on TCP where every request must carry the bearer token. The CLI is its client.
+
+pub mod client;
+pub mod metrics;
+pub mod status;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use anyhow::Context;
+use axum::{
+    Json, Router,
+    extract::{RawQuery, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use self::{metrics::Metrics, status::Status};
+use crate::{
+    config::ApiConfig,
+    store::{
+        StoreReader,
+        query::{AlertQuery, FlowQuery, ParamError, rfc3339},
+    },
+};
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: StoreReader,
+    pub status: Arc<Mutex<Status>>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+}
+
+/// The running servers; dropping the stop sender ends them.
+pub struct ApiServer {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Reads the TCP token (when TCP is configured); the error names the file.
+pub fn read_token(config: &ApiConfig) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.token_file else { return Ok(None) };
+    let path = path.get_ref();
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("api.token_file: {}: cannot read it: {e}", path.display()))?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        anyhow::bail!("api.token_file: {}: the token is shorter than 16 characters", path.display());
+    }
+    Ok(Some(token))
+}
+
+fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/flows", get(flows))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})) })
+        .with_state(state)
+}
+
+/// Starts the unix-socket server and, when configured, the TCP one.
+pub async fn serve(config: &ApiConfig, token: Option<String>, state: ApiState) -> anyhow::Result<ApiServer> {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let socket = &config.socket;
+    let listener = bind_socket(socket)?;
+    info!(socket = %socket.display(), "API listening");
+    let app = router(state.clone());
+    let mut rx = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            error!(error = %e, "the API (unix socket) stopped");
+        }
+    }));
+    if let (Some(addr), Some(token)) = (&config.listen, token) {
+        let addr = *addr.get_ref();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("api.listen: binding {addr}"))?;
+        info!(%addr, "API listening on TCP (bearer token required)");
+        let token = Arc::new(token);
+        let app = router(state).layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { require_token(&token, req, next).await }
+        }));
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                error!(error = %e, "the API (TCP) stopped");
+            }
+        }));
+    }
+    Ok(ApiServer { stop, tasks })
+}
+
+/// Binds the unix socket (replacing a stale one) with mode 0660.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("api.socket: creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // Refuse to take over the socket of a running agent.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("api.socket: {} is in use by another process (another agent?)", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("api.socket: removing the stale {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("api.socket: binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("api.socket: setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn require_token(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        let mut r = error_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "unauthorized", "expected": "an Authorization: Bearer <token> header with the token of api.token_file"}),
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_response(code: StatusCode, body: serde_json::Value) -> Response {
+    (code, Json(body)).into_response()
+}
+
+fn params(raw: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn bad_request(e: ParamError) -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "invalid parameter", "parameter": e.parameter, "value": e.value, "expected": e.expected}),
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    error!(error = %e, "API request failed");
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()}))
+}
+
+async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let q = match FlowQuery::parse(&params(raw), chrono::Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    let store = s.store.clone();
+    let q2 = q.clone();
+    match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c, store.bucket))).await {
+        Ok(Ok(rows)) => Json(json!({
+            "since": rfc3339(q.since), "until": rfc3339(q.until), "group_by": q.group_by, "rows": rows,
+        }))
+        .into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let q = match AlertQuery::parse(&params(raw), chrono::Utc::now()) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
+    let store = s.store.clone();
+    let q2 = q.clone();
+    match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c))).await {
+        Ok(Ok(rows)) => Json(json!({"since": rfc3339(q.since), "until": rfc3339(q.until), "alerts": rows}))
+            .into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn status(State(s): State<ApiState>) -> Response {
+    let mut st = s.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    st.uptime_seconds = s.started.elapsed().as_secs();
+    st.databases.store_bytes = s.store.size();
+    Json(st).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}

@@ -1,0 +1,95 @@
+//! What `GET /v1/status` reports: the agent's health in one document, refreshed by the agent
+//! on every sweep.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub host: String,
+    /// RFC 3339 start time.
+    pub started: String,
+    pub uptime_seconds: u64,
+    pub cgroup_root: String,
+    pub programs: Vec<ProgramStatus>,
+    pub flows_tracked: u64,
+    pub events: EventCounts,
+    pub losses: Losses,
+    pub alerts: AlertCounts,
+    pub geolocation: LookupCounts,
+    pub sinks: Vec<SinkStatus>,
+    pub databases: Databases,
+    pub export: Vec<ExportStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub hook: &'static str,
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventCounts {
+    pub new_flow: u64,
+    pub connect: u64,
+    pub close: u64,
+    /// Flows first found by a sweep rather than their event.
+    pub found_by_sweep: u64,
+}
+
+/// Everything that means data was lost, since the agent started.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Losses {
+    pub ringbuf_drops: u64,
+    pub flow_insert_failed: u64,
+    pub sock_storage_failed: u64,
+    pub unparsed_packets: u64,
+    pub flows_evicted: u64,
+    pub store_dropped: u64,
+    pub store_write_errors: u64,
+    pub outbox_dropped: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AlertCounts {
+    pub raised: u64,
+    pub open: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LookupCounts {
+    pub lookups: u64,
+    pub cache_hits: u64,
+    pub decode_errors: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub backlog: u64,
+    pub delivered: u64,
+    pub retries: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Databases {
+    pub store_path: String,
+    pub store_bytes: u64,
+    pub outbox_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportStatus {
+    pub name: String,
+    /// Start of the first bucket not yet sent (RFC 3339).
+    pub next_bucket: Option<String>,
+    pub rows_sent: u64,
+    pub alerts_sent: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}

@@ -1,0 +1,113 @@
+//! The embedded store: flow summaries (one row per flow per time bucket, with class, verdict,
+//! process and every destination field) and alerts, in SQLite under the state directory. Writes
+//! are batched on a thread of their own, so a slow disk never stalls the kernel readers; when
+//! its queue is full, records are dropped and counted. Old rows are pruned in the background.
+
+mod migrations;
+pub mod query;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags};
+pub use writer::StoreWriter;
+
+/// File name of the store in the state directory.
+pub const FILE: &str = "store.sqlite";
+
+/// Counters the agent reports about the store.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Records dropped because the writer's queue was full (the disk could not keep up).
+    pub dropped: AtomicU64,
+    /// Rows written (inserted or updated).
+    pub rows_written: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub rows_pruned: AtomicU64,
+}
+
+impl StoreCounters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub bucket: Duration,
+    pub retention: Duration,
+    /// How often old rows are pruned.
+    pub prune_every: Duration,
+}
+
+/// Opens (creating and migrating) the store for writing.
+pub fn open_for_writing(dir: &Path) -> anyhow::Result<Connection> {
+    let path = dir.join(FILE);
+    let mut conn =
+        Connection::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        .with_context(|| format!("configuring the store {}", path.display()))?;
+    migrations::migrate(&mut conn).with_context(|| format!("migrating the store {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Read-only access for queries (the API), any number at once alongside the writer.
+#[derive(Clone)]
+pub struct StoreReader {
+    path: PathBuf,
+    pub bucket: Duration,
+}
+
+impl StoreReader {
+    pub fn new(dir: &Path, bucket: Duration) -> StoreReader {
+        StoreReader { path: dir.join(FILE), bucket }
+    }
+
+    pub fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// Size of the database and its write-ahead log, in bytes.
+    pub fn size(&self) -> u64 {
+        [self.path.clone(), self.path.with_extension("sqlite-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The store as the agent holds it: the writer and the reader.
+pub struct Store {
+    pub writer: StoreWriter,
+    pub reader: StoreReader,
+    pub counters: Arc<StoreCounters>,
+}
+
+impl Store {
+    pub fn start(dir: &Path, settings: StoreSettings) -> anyhow::Result<Store> {
+        let conn = open_for_writing(dir)?;
+        let counters = Arc::new(StoreCounters::default());
+        let reader = StoreReader::new(dir, settings.bucket);
+        let writer = StoreWriter::start(conn, settings, counters.clone())?;
+        Ok(Store { writer, reader, counters })
+    }
+}

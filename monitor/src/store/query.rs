@@ -1,0 +1,426 @@
+//! Questions the store answers: flow summaries filtered and grouped, and alerts. Parameters
+//! arrive as text (an HTTP query string); a bad one is reported by name with what was expected.
+
+use std::{net::IpAddr, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ipnet::IpNet;
+use rusqlite::{Connection, types::Value as SqlValue};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::writer::ip_bin;
+
+/// A parameter that could not be used: the API answers 400 with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParamError {
+    pub parameter: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid {}={:?}: expected {}", self.parameter, self.value, self.expected)
+    }
+}
+
+fn bad(parameter: &str, value: &str, expected: &str) -> ParamError {
+    ParamError { parameter: parameter.into(), value: value.into(), expected: expected.into() }
+}
+
+/// What flows can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupKey {
+    Class,
+    Country,
+    CloudRegion,
+    Site,
+    Destination,
+    Process,
+}
+
+impl GroupKey {
+    const ALL: [(&'static str, GroupKey); 6] = [
+        ("class", GroupKey::Class),
+        ("country", GroupKey::Country),
+        ("cloud_region", GroupKey::CloudRegion),
+        ("site", GroupKey::Site),
+        ("destination", GroupKey::Destination),
+        ("process", GroupKey::Process),
+    ];
+
+    /// The columns a group shows, in order.
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            GroupKey::Class => &["class"],
+            GroupKey::Country => &["country"],
+            GroupKey::CloudRegion => &["cloud_provider", "cloud_region"],
+            GroupKey::Site => &["site"],
+            GroupKey::Destination => &["dst_ip", "dst_port"],
+            GroupKey::Process => &["comm", "pid", "cgroup"],
+        }
+    }
+}
+
+/// Columns of a flow without grouping (one row per flow).
+const FLOW_COLUMNS: &[&str] = &[
+    "class",
+    "verdict",
+    "direction",
+    "protocol",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "country",
+    "subdivision",
+    "asn",
+    "as_org",
+    "cloud_provider",
+    "cloud_region",
+    "site",
+    "pid",
+    "comm",
+    "uid",
+    "cgroup",
+];
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+/// Parameters common to both questions.
+struct Common {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: usize,
+}
+
+/// `GET /v1/flows`.
+#[derive(Debug, Clone)]
+pub struct FlowQuery {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub group_by: Vec<GroupKey>,
+    pub limit: usize,
+    /// SQL conditions and their values.
+    filters: Vec<(String, Vec<SqlValue>)>,
+}
+
+/// `GET /v1/alerts`.
+#[derive(Debug, Clone)]
+pub struct AlertQuery {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub limit: usize,
+    filters: Vec<(String, Vec<SqlValue>)>,
+}
+
+/// A time: RFC 3339, or a duration meaning that long before now ("1h", "24h", "7d").
+pub fn parse_time(parameter: &str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ParamError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) => {
+            Ok(now
+                - chrono::Duration::from_std(d).map_err(|_| bad(parameter, value, "a shorter duration"))?)
+        }
+        Err(_) => Err(bad(
+            parameter,
+            value,
+            "an RFC 3339 time (2026-11-25T10:00:00Z) or a duration before now (30m, 24h, 7d)",
+        )),
+    }
+}
+
+fn list(value: &str) -> Vec<SqlValue> {
+    value
+        .split(',')
+        .map(|s| SqlValue::Text(s.trim().to_owned()))
+        .filter(|v| v != &SqlValue::Text(String::new()))
+        .collect()
+}
+
+fn in_list(column: &str, values: Vec<SqlValue>) -> (String, Vec<SqlValue>) {
+    let marks = vec!["?"; values.len()].join(", ");
+    (format!("{column} IN ({marks})"), values)
+}
+
+fn parse_common(params: &[(String, String)], now: DateTime<Utc>) -> Result<Common, ParamError> {
+    let get = |k: &str| params.iter().rev().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    let since = get("since")
+        .map(|v| parse_time("since", v, now))
+        .transpose()?
+        .unwrap_or(now - chrono::Duration::hours(1));
+    let until = get("until").map(|v| parse_time("until", v, now)).transpose()?.unwrap_or(now);
+    if until < since {
+        return Err(bad("until", get("until").unwrap_or(""), "a time after since"));
+    }
+    let limit = match get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| bad("limit", v, &format!("a number from 1 to {MAX_LIMIT}")))?,
+    };
+    Ok(Common { since, until, limit })
+}
+
+fn unknown(params: &[(String, String)], known: &[&str]) -> Result<(), ParamError> {
+    match params.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        Some((k, v)) => Err(bad(k, v, &format!("a known parameter: {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+const VERDICTS: [&str; 3] = ["allowed", "violation", "unclassified"];
+const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
+
+impl FlowQuery {
+    pub const PARAMETERS: [&'static str; 15] = [
+        "since",
+        "until",
+        "class",
+        "verdict",
+        "country",
+        "cloud_region",
+        "site",
+        "comm",
+        "pid",
+        "cgroup",
+        "dst",
+        "port",
+        "group_by",
+        "limit",
+        "direction",
+    ];
+
+    pub fn parse(params: &[(String, String)], now: DateTime<Utc>) -> Result<FlowQuery, ParamError> {
+        unknown(params, &Self::PARAMETERS)?;
+        let Common { since, until, limit } = parse_common(params, now)?;
+        let mut filters = Vec::new();
+        let mut group_by = Vec::new();
+        for (k, v) in params {
+            match k.as_str() {
+                "class" => filters.push(in_list("class", list(v))),
+                "country" => filters.push(in_list("country", list(v))),
+                "site" => filters.push(in_list("site", list(v))),
+                "comm" => filters.push(in_list("comm", list(v))),
+                "verdict" => {
+                    let values = list(v);
+                    if values.is_empty()
+                        || values
+                            .iter()
+                            .any(|x| !matches!(x, SqlValue::Text(t) if VERDICTS.contains(&t.as_str())))
+                    {
+                        return Err(bad(
+                            "verdict",
+                            v,
+                            "allowed, violation or unclassified (comma-separated)",
+                        ));
+                    }
+                    filters.push(in_list("verdict", values));
+                }
+                "direction" => {
+                    if !matches!(v.as_str(), "inbound" | "outbound" | "unknown") {
+                        return Err(bad("direction", v, "inbound, outbound or unknown"));
+                    }
+                    filters.push(("direction = ?".into(), vec![SqlValue::Text(v.clone())]));
+                }
+                "cloud_region" => {
+                    let (provider, region) = match v.split_once(':') {
+                        Some((p, r)) => (Some(p), r),
+                        None => (None, v.as_str()),
+                    };
+                    if region.is_empty() {
+                        return Err(bad(
+                            "cloud_region",
+                            v,
+                            "a region, or provider:region, like aws:us-east-1 or oci:us-*",
+                        ));
+                    }
+                    let pattern = region.replace('*', "%");
+                    let mut cond = "cloud_region LIKE ?".to_owned();
+                    let mut values = vec![SqlValue::Text(pattern)];
+                    if let Some(p) = provider {
+                        cond += " AND cloud_provider = ?";
+                        values.push(SqlValue::Text(p.to_owned()));
+                    }
+                    filters.push((cond, values));
+                }
+                "cgroup" => {
+                    // The cgroup and everything below it.
+                    let path = v.trim_end_matches('/');
+                    if !path.starts_with('/') {
+                        return Err(bad(
+                            "cgroup",
+                            v,
+                            "a cgroup path from the cgroup v2 root, like /payments/userdata",
+                        ));
+                    }
+                    let below = format!("{}/%", path.replace('%', "\\%").replace('_', "\\_"));
+                    filters.push((
+                        "(cgroup = ? OR cgroup LIKE ? ESCAPE '\\')".into(),
+                        vec![SqlValue::Text(path.to_owned()), SqlValue::Text(below)],
+                    ));
+                }
+                "pid" => {
+                    let pid: u32 = v.parse().map_err(|_| bad("pid", v, "a process id (a number)"))?;
+                    filters.push(("pid = ?".into(), vec![SqlValue::Integer(pid as i64)]));
+                }
+                "port" => {
+                    let port: u16 = v.parse().map_err(|_| bad("port", v, "a destination port (0-65535)"))?;
+                    filters.push(("dst_port = ?".into(), vec![SqlValue::Integer(port as i64)]));
+                }
+                "dst" => {
+                    let net = v.parse::<IpNet>().or_else(|_| v.parse::<IpAddr>().map(IpNet::from)).map_err(
+                        |_| bad("dst", v, "an address or CIDR, like 175.16.199.1 or 10.60.0.0/16"),
+                    )?;
+                    let (lo, hi) = (ip_bin(net.network()), ip_bin(net.broadcast()));
+                    filters.push((
+                        "dst_bin BETWEEN ? AND ?".into(),
+                        vec![SqlValue::Blob(lo.to_vec()), SqlValue::Blob(hi.to_vec())],
+                    ));
+                }
+                "group_by" => {
+                    for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        let key = GroupKey::ALL.iter().find(|(n, _)| *n == part).map(|(_, k)| *k).ok_or_else(|| {
+                            bad("group_by", v, "one or more of class, country, cloud_region, site, destination, process (comma-separated)")
+                        })?;
+                        if !group_by.contains(&key) {
+                            group_by.push(key);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(FlowQuery { since, until, group_by, limit, filters })
+    }
+
+    /// Sums of bytes and packets (and flow counts) per group, largest first. Without
+    /// `group_by`, one row per flow.
+    pub fn run(&self, conn: &Connection, bucket: Duration) -> rusqlite::Result<Vec<Map<String, Value>>> {
+        let bucket = bucket.as_secs().max(1) as i64;
+        // A bucket overlaps [since, until) when it starts before until and ends after since.
+        let mut conds = vec!["bucket >= ?".to_owned(), "bucket < ?".to_owned()];
+        let mut values = vec![
+            SqlValue::Integer(self.since.timestamp().div_euclid(bucket) * bucket),
+            SqlValue::Integer(self.until.timestamp() + 1),
+        ];
+        for (c, v) in &self.filters {
+            conds.push(format!("({c})"));
+            values.extend(v.iter().cloned());
+        }
+        let (columns, group): (Vec<&str>, String) = if self.group_by.is_empty() {
+            (FLOW_COLUMNS.to_vec(), "flow_id".into())
+        } else {
+            let cols: Vec<&str> = self.group_by.iter().flat_map(|g| g.columns().iter().copied()).collect();
+            let group = cols.join(", ");
+            (cols, group)
+        };
+        let sql = format!(
+            "SELECT {}, SUM(bytes), SUM(packets), COUNT(DISTINCT flow_id), MIN(first_seen), MAX(last_seen)
+             FROM flows WHERE {} GROUP BY {group} ORDER BY SUM(bytes) DESC LIMIT {}",
+            columns.join(", "),
+            conds.join(" AND "),
+            self.limit
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            let mut m = Map::new();
+            for (i, c) in columns.iter().enumerate() {
+                m.insert((*c).into(), sql_to_json(r.get::<_, SqlValue>(i)?));
+            }
+            let n = columns.len();
+            m.insert("bytes".into(), Value::from(r.get::<_, i64>(n)?));
+            m.insert("packets".into(), Value::from(r.get::<_, i64>(n + 1)?));
+            m.insert("flows".into(), Value::from(r.get::<_, i64>(n + 2)?));
+            m.insert("first_seen".into(), Value::from(r.get::<_, String>(n + 3)?));
+            m.insert("last_seen".into(), Value::from(r.get::<_, String>(n + 4)?));
+            Ok(m)
+        })?;
+        rows.collect()
+    }
+}
+
+impl AlertQuery {
+    pub const PARAMETERS: [&'static str; 5] = ["since", "until", "class", "severity", "limit"];
+
+    pub fn parse(params: &[(String, String)], now: DateTime<Utc>) -> Result<AlertQuery, ParamError> {
+        unknown(params, &Self::PARAMETERS)?;
+        let Common { since, until, limit } = parse_common(params, now)?;
+        let mut filters = Vec::new();
+        for (k, v) in params {
+            match k.as_str() {
+                "class" => filters.push(in_list("class", list(v))),
+                "severity" => {
+                    let values = list(v);
+                    if values.is_empty()
+                        || values
+                            .iter()
+                            .any(|x| !matches!(x, SqlValue::Text(t) if SEVERITIES.contains(&t.as_str())))
+                    {
+                        return Err(bad("severity", v, "critical, high, medium or low (comma-separated)"));
+                    }
+                    filters.push(in_list("severity", values));
+                }
+                _ => {}
+            }
+        }
+        Ok(AlertQuery { since, until, limit, filters })
+    }
+
+    /// Alerts in the window, newest first, shaped like the alert records.
+    pub fn run(&self, conn: &Connection) -> rusqlite::Result<Vec<Value>> {
+        let mut conds = vec!["time_unix >= ?".to_owned(), "time_unix <= ?".to_owned()];
+        let mut values =
+            vec![SqlValue::Integer(self.since.timestamp()), SqlValue::Integer(self.until.timestamp())];
+        for (c, v) in &self.filters {
+            conds.push(format!("({c})"));
+            values.extend(v.iter().cloned());
+        }
+        let sql = format!(
+            "SELECT id, time, host, class, severity, reason, direction, protocol, pid, comm, uid, cgroup, dst_ip,
+                 dst_port, country, subdivision, asn, as_org, cloud_provider, cloud_region, site, bytes, packets,
+                 flows, first_seen, last_seen
+             FROM alerts WHERE {} ORDER BY time_unix DESC, id LIMIT {}",
+            conds.join(" AND "),
+            self.limit
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            let g = |i: usize| r.get::<_, SqlValue>(i).map(sql_to_json);
+            Ok(serde_json::json!({
+                "type": "alert", "id": g(0)?, "time": g(1)?, "host": g(2)?, "class": g(3)?, "severity": g(4)?,
+                "reason": g(5)?, "direction": g(6)?, "protocol": g(7)?,
+                "process": {"pid": g(8)?, "comm": g(9)?, "uid": g(10)?, "cgroup": g(11)?},
+                "destination": {"ip": g(12)?, "port": g(13)?, "country": g(14)?, "subdivision": g(15)?, "asn": g(16)?,
+                                "as_org": g(17)?, "cloud_provider": g(18)?, "cloud_region": g(19)?, "site": g(20)?},
+                "bytes": g(21)?, "packets": g(22)?, "flows": g(23)?, "first_seen": g(24)?, "last_seen": g(25)?,
+            }))
+        })?;
+        rows.collect()
+    }
+}
+
+fn sql_to_json(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::from(i),
+        SqlValue::Real(f) => Value::from(f),
+        SqlValue::Text(t) => Value::from(t),
+        SqlValue::Blob(_) => Value::Null,
+    }
+}
+
+/// RFC 3339 with seconds, for responses.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! Flow summaries a security team can query: the API and the CLI against a running agent with
+//! real traffic (every filter and group_by, bad input, the token on TCP, queries while flows
+//! are written), and the ClickHouse round trip through an outage.
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    Agent,
+    api::Api,
+    built_binary,
+    clickhouse::{self, ClickHouse},
+    records::{alert_of, u64_of},
+    world::{CN_V4, OCI_FRANKFURT, SITE_SG, US_V4, WAIT, World},
+};
+use serde_json::Value;
+
+/// Waits until `f` returns Some.
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sums of `bytes` per value of `key` in a flows answer.
+fn by(body: &Value, key: &str) -> HashMap<String, u64> {
+    body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[key].as_str().unwrap_or("-").to_owned(), u64_of(&r["bytes"])))
+        .collect()
+}
+
+fn total(body: &Value) -> u64 {
+    body["rows"].as_array().unwrap().iter().map(|r| u64_of(&r["bytes"])).sum()
+}
+
+struct Traffic {
+    /// Bytes of each flow as the agent's final record says, by what it was.
+    cn: Vec<u64>,
+    cn_pid: u32,
+    us: u64,
+    oci: u64,
+    site: u64,
+    plain_cn: u64,
+}
+
+/// Classified: two connections to CN, one each to US (port 8443), the OCI region and the site;
+/// unclassified: one to CN. Returns the bytes of each flow from the agent's records.
+fn traffic(w: &World, agent: &Agent) -> Traffic {
+    let s443 = w.serve("[::]:443", 5);
+    let s8443 = w.serve("[::]:8443", 1);
+    let (cn_pid, cn) = w.send("app", &format!("{CN_V4}:443"), 3000, 2);
+    let (_, us) = w.send("app", &format!("{US_V4}:8443"), 100, 1);
+    let (_, oci) = w.send("app", &format!("{OCI_FRANKFURT}:443"), 200, 1);
+    let (_, site) = w.send("app", &format!("{SITE_SG}:443"), 300, 1);
+    let (_, plain) = w.send("plain", &format!("{CN_V4}:443"), 400, 1);
+    s443.finish();
+    s8443.finish();
+    let bytes = |port: u16, dport: u16| u64_of(&w.ended(agent, port, dport)["bytes"]);
+    Traffic {
+        cn: cn.iter().map(|p| bytes(*p, 443)).collect(),
+        cn_pid,
+        us: bytes(us[0], 8443),
+        oci: bytes(oci[0], 443),
+        site: bytes(site[0], 443),
+        plain_cn: bytes(plain[0], 443),
+    }
+}
+
+#[test]
+fn api_answers_every_filter_and_group_by_with_real_traffic() {
+    let w = World::new();
+    let agent = Agent::start(&w.config(""));
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    let t = traffic(&w, &agent);
+    let cn: u64 = t.cn.iter().sum();
+    let classified = cn + t.us + t.oci + t.site;
+    let cg = w.cg.rel.clone();
+    // The clients' flows (the test's servers answer from the same test cgroup, inbound).
+    let q = |extra: &str| api.ok(&format!("/v1/flows?since=1h&cgroup={cg}&direction=outbound&{extra}"));
+
+    // The store writes in batches: wait until everything is there.
+    eventually("every flow in the store", WAIT, || (total(&q("")) == classified + t.plain_cn).then_some(()));
+
+    let countries = by(&q("group_by=country"), "country");
+    assert_eq!(
+        countries,
+        HashMap::from([
+            ("CN".into(), cn + t.plain_cn),
+            ("US".into(), t.us),
+            ("DE".into(), t.oci),
+            ("SG".into(), t.site)
+        ])
+    );
+    let classes = by(&q("group_by=class"), "class");
+    assert_eq!(classes, HashMap::from([(w.class.clone(), classified), ("-".into(), t.plain_cn)]));
+    assert_eq!(total(&q("verdict=violation")), cn);
+    assert_eq!(total(&q("verdict=unclassified")), t.plain_cn);
+    assert_eq!(total(&q(&format!("class={}", w.class))), classified);
+    assert_eq!(total(&q("country=CN")), cn + t.plain_cn);
+    assert_eq!(total(&q("cloud_region=oci:eu-*")), t.oci);
+    assert_eq!(by(&q("group_by=cloud_region"), "cloud_region")["eu-frankfurt-1"], t.oci);
+    assert_eq!(total(&q("site=dc-sg-backup")), t.site);
+    assert_eq!(by(&q("group_by=site"), "site")["dc-sg-backup"], t.site);
+    assert_eq!(total(&q("comm=em-traffic")), classified + t.plain_cn);
+    assert_eq!(total(&api.ok(&format!("/v1/flows?since=1h&cgroup={cg}/plain"))), t.plain_cn);
+    assert_eq!(total(&q(&format!("pid={}", t.cn_pid))), cn);
+    assert_eq!(total(&q("dst=175.16.199.0/24")), cn + t.plain_cn);
+    assert_eq!(total(&q(&format!("dst={US_V4}"))), t.us);
+    assert_eq!(total(&q("port=8443")), t.us);
+    let by_dest = q("group_by=destination,process");
+    let cn_row = by_dest["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst_ip"] == CN_V4 && r["pid"] == t.cn_pid)
+        .unwrap();
+    assert_eq!(
+        (u64_of(&cn_row["bytes"]), u64_of(&cn_row["flows"]), cn_row["comm"].as_str()),
+        (cn, 2, Some("em-traffic"))
+    );
+    assert_eq!(q("group_by=country&limit=1")["rows"].as_array().unwrap().len(), 1);
+    let flows = q("");
+    assert_eq!(flows["rows"].as_array().unwrap().len(), 6, "one row per flow without group_by");
+    assert_eq!(total(&q("since=2026-01-01T00:00:00Z&until=2026-01-02T00:00:00Z")), 0);
+
+    // Alerts: the one CN violation, as it was printed.
+    let printed = agent.records(alert_of(&w.cg));
+    let alerts = api.ok(&format!("/v1/alerts?since=1h&class={}", w.class));
+    let alerts = alerts["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["id"], printed[0]["id"]);
+    assert_eq!(alerts[0]["destination"]["country"], "CN");
+    assert_eq!(
+        api.ok(&format!("/v1/alerts?class={}&severity=low", w.class))["alerts"].as_array().unwrap().len(),
+        0
+    );
+
+    // Bad input: 400 naming the parameter.
+    for (query, parameter) in [
+        ("/v1/flows?since=yesterday", "since"),
+        ("/v1/flows?group_by=planet", "group_by"),
+        ("/v1/flows?limit=0", "limit"),
+        ("/v1/flows?dst=999.1.1.1", "dst"),
+        ("/v1/flows?verdict=maybe", "verdict"),
+        ("/v1/flows?colour=red", "colour"),
+        ("/v1/alerts?severity=urgent", "severity"),
+    ] {
+        let a = api.get(query);
+        assert_eq!(a.status, 400, "{query}: {}", a.text);
+        assert_eq!(
+            (a.body["error"].as_str(), a.body["parameter"].as_str()),
+            (Some("invalid parameter"), Some(parameter)),
+            "{query}"
+        );
+        assert!(a.body["expected"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {}", a.text);
+    }
+    assert_eq!(api.get("/v1/nothing").status, 404);
+
+    // Status and metrics.
+    let s = api.ok("/v1/status");
+    assert_eq!(s["programs"].as_array().unwrap().len(), 9);
+    assert_eq!(s["host"], "h1");
+    assert!(u64_of(&s["databases"]["store_bytes"]) > 0);
+    assert!(u64_of(&s["events"]["new_flow"]) >= 6);
+    assert!(u64_of(&s["alerts"]["raised"]) >= 1);
+    assert_eq!(s["losses"]["ringbuf_drops"], 0);
+    let metrics = api.get("/metrics").text;
+    let line = format!("egress_monitor_flow_bytes_total{{class=\"{}\",verdict=\"violation\"}} {cn}", w.class);
+    assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    let alerts_line = format!("egress_monitor_alerts_total{{class=\"{}\",severity=\"critical\"}} 1", w.class);
+    assert!(metrics.lines().any(|l| l == alerts_line), "{alerts_line}");
+    assert!(metrics.contains("egress_monitor_losses_total{kind=\"ringbuf_drops\"} 0"), "{metrics}");
+    assert!(metrics.contains("egress_monitor_geolocation_cache_hits_total"));
+
+    // The CLI, over the socket named by the agent's configuration.
+    let cli = |args: &[&str]| {
+        let out = Command::new(built_binary("egress-monitor"))
+            .args(args)
+            .arg("--config")
+            .arg(&agent.config_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let app = format!("{cg}/app");
+    let json: Value = serde_json::from_str(&cli(&[
+        "flows",
+        "--since",
+        "1h",
+        "--cgroup",
+        &app,
+        "--group-by",
+        "country",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(by(&json, "country")["CN"], cn);
+    let table = cli(&["flows", "--since", "1h", "--cgroup", &app, "--group-by", "country"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["COUNTRY", "BYTES", "PACKETS", "FLOWS", "LAST", "SEEN"]);
+    let cn_line = table.lines().find(|l| l.trim_start().starts_with("CN ")).unwrap();
+    assert!(cn_line.contains(&bytesize(cn)), "human bytes in {cn_line:?}");
+    let csv = cli(&["flows", "--since", "1h", "--cgroup", &app, "--group-by", "class,country", "-o", "csv"]);
+    assert_eq!(csv.lines().next(), Some("class,country,bytes,packets,flows,first_seen,last_seen"));
+    assert_eq!(csv.lines().count(), 5, "a header and CN, US, DE, SG: {csv}");
+    let alerts = cli(&["alerts", "--since", "1h", "--class", &w.class, "-o", "json"]);
+    assert!(alerts.contains(printed[0]["id"].as_str().unwrap()));
+    let status = cli(&["status"]);
+    assert!(status.contains("programs") && status.contains("9 attached"), "{status}");
+    let top = cli(&["top", "-n", "1", "--since", "1h", "--group-by", "country", "--cgroup", &app]);
+    assert!(top.starts_with("egress-monitor top - ") && top.contains("CN"), "{top}");
+}
+
+fn bytesize(n: u64) -> String {
+    // The CLI prints IEC units with one decimal: 5.9 KiB.
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[i]) }
+}
+
+#[test]
+fn tcp_api_requires_the_token() {
+    let w = World::new();
+    let port = integration_tests::free_port();
+    let token_file = w.files.path().join("api.token");
+    let token = "0123456789abcdef-test-token";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let agent = Agent::start(&w.config("").replace(
+        "[api]\n",
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n", token_file.display()),
+    ));
+    let api = Api::tcp(&format!("127.0.0.1:{port}"));
+    for (given, code) in [(None, 401), (Some("wrong-token-wrong-token"), 401), (Some(token), 200)] {
+        let a = api.get_with("/v1/status", given);
+        assert_eq!(a.status, code, "{given:?}: {}", a.text);
+        if code == 401 {
+            assert_eq!(a.body["error"], "unauthorized");
+        }
+    }
+    assert_eq!(api.get_with("/metrics", None).status, 401, "metrics too");
+    let cli = |extra: &[&str]| {
+        Command::new(built_binary("egress-monitor"))
+            .args(["status", "-o", "json", "--api", &format!("http://127.0.0.1:{port}")])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--token-file", token_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["host"], "h1");
+    let out = cli(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The unix socket needs no token.
+    assert_eq!(Api::unix(&agent.dir().join("api.sock")).get("/v1/status").status, 200);
+}
+
+#[test]
+fn queries_while_flows_are_written() {
+    const CONNECTIONS: usize = 60;
+    let w = World::new();
+    let agent = Agent::start(&w.config(""));
+    let socket = agent.dir().join("api.sock");
+    let cg = w.cg.rel.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let (socket, cg, stop) = (socket.clone(), cg.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let api = Api::unix(&socket);
+                let mut answered = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = match i % 3 {
+                        0 => format!("/v1/flows?since=1h&cgroup={cg}&group_by=destination,process"),
+                        1 => "/v1/alerts?since=1h".into(),
+                        _ => "/v1/status".into(),
+                    };
+                    let a = api.get(&path);
+                    assert_eq!(a.status, 200, "{path}: {}", a.text);
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let server = w.serve("[::]:443", CONNECTIONS);
+    let (_, ports) = w.send("app", &format!("{US_V4}:443"), 500, CONNECTIONS);
+    server.finish();
+    let expected: u64 = ports.iter().map(|p| u64_of(&w.ended(&agent, *p, 443)["bytes"])).sum();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0, "every reader got answers");
+    }
+    let api = Api::unix(&socket);
+    eventually("every flow stored", WAIT, || {
+        let b = api.ok(&format!("/v1/flows?since=1h&cgroup={cg}/app&group_by=country"));
+        (total(&b) == expected && u64_of(&b["rows"][0]["flows"]) == CONNECTIONS as u64).then_some(())
+    });
+}
+
+#[test]
+fn clickhouse_round_trip_through_an_outage() {
+    let mut ch = ClickHouse::start();
+    let w = World::new();
+    let password = w.files.path().join("ch.password");
+    std::fs::write(&password, format!("{}\n", clickhouse::WRITER_PASSWORD)).unwrap();
+    let agent = Agent::start(&w.config(&format!(
+        "[store]\nbucket = \"1s\"\n\n[export.clickhouse]\nurl = \"{}\"\ndatabase = \"egress\"\nuser = \"{}\"\npassword_file = \"{}\"\ninterval = \"500ms\"\n",
+        ch.url(),
+        clickhouse::WRITER,
+        password.display()
+    )));
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    let cg = w.cg.rel.clone();
+    let sum_in_ch = |ch: &ClickHouse| -> u64 {
+        ch.query(&format!("SELECT sum(bytes) FROM egress.flows FINAL WHERE cgroup = '{cg}/app'"))
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+
+    // Before the outage: a violation and an allowed flow.
+    let server = w.serve("[::]:443", 2);
+    let (_, cn) = w.send("app", &format!("{CN_V4}:443"), 1500, 1);
+    let (_, us) = w.send("app", &format!("{US_V4}:443"), 700, 1);
+    server.finish();
+    let before =
+        u64_of(&w.ended(&agent, cn[0], 443)["bytes"]) + u64_of(&w.ended(&agent, us[0], 443)["bytes"]);
+    eventually("the first flows in ClickHouse", Duration::from_secs(30), || {
+        (sum_in_ch(&ch) == before).then_some(())
+    });
+    let alert_id = agent.records(alert_of(&w.cg))[0]["id"].as_str().unwrap().to_owned();
+    eventually("the alert in ClickHouse", Duration::from_secs(30), || {
+        (ch.query(&format!("SELECT count() FROM egress.alerts FINAL WHERE id = '{alert_id}'")).trim() == "1")
+            .then_some(())
+    });
+
+    // Outage: ClickHouse is killed; traffic goes on; the agent keeps the summaries.
+    ch.stop();
+    let server = w.serve("[::]:443", 3);
+    let (_, more) = w.send("app", &format!("{US_V4}:443"), 900, 3);
+    server.finish();
+    let during: u64 = more.iter().map(|p| u64_of(&w.ended(&agent, *p, 443)["bytes"])).sum();
+    eventually("the agent to notice the outage", Duration::from_secs(30), || {
+        let s = api.ok("/v1/status");
+        (u64_of(&s["export"][0]["failures"]) > 0).then_some(())
+    });
+
+    // ClickHouse comes back on the same data: everything arrives, each row once.
+    ch.resume();
+    eventually("every flow in ClickHouse after the outage", Duration::from_secs(60), || {
+        (sum_in_ch(&ch) == before + during).then_some(())
+    });
+    let rows: u64 = ch
+        .query(&format!("SELECT count() FROM egress.flows FINAL WHERE cgroup = '{cg}/app'"))
+        .trim()
+        .parse()
+        .unwrap();
+    let stored = api.ok(&format!(
+        "/v1/flows?since=1h&cgroup={cg}/app&group_by=destination,process,class,country,site,cloud_region"
+    ));
+    assert!(rows >= 5, "at least a row per flow: {rows}");
+    assert_eq!(total(&stored), before + during, "the store and ClickHouse agree");
+    let row: Value = serde_json::from_str(
+        ch.query(&format!("SELECT class, verdict, country, dst_ip, comm FROM egress.flows WHERE cgroup LIKE '{cg}/%' AND dst_ip = '{CN_V4}' LIMIT 1 FORMAT JSONEachRow"))
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        (row["class"].as_str(), row["verdict"].as_str(), row["country"].as_str()),
+        (Some(w.class.as_str()), Some("violation"), Some("CN"))
+    );
+    assert_eq!(row["comm"], "em-traffic");
+}
