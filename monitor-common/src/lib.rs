@@ -113,6 +113,8 @@ pub struct SockInfo {
     pub direction: u8,
     pub flags: u8,
     pub _pad: [u8; 6],
+    /// The socket's cgroup (fixed for its life), cached so packets need not ask; 0 = not yet.
+    pub cgroup_id: u64,
     pub process: ProcessInfo,
 }
 
@@ -181,6 +183,6 @@ mod user {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcessInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
 const _: () = assert!(core::mem::size_of::<NewFlowEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);

@@ -9,13 +9,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_CONNECT, FAMILY_V4, FAMILY_V6,
-    SOCK_HAS_PROCESS, SockEvent, stat,
+    SOCK_HAS_PROCESS, SockEvent,
 };
 
-use crate::{
-    maps::{EVENTS, count},
-    sock,
-};
+use crate::{maps::send_event, sock};
 
 // Observe mode: every hook returns 1 (allow) and never rewrites the address.
 
@@ -99,13 +96,7 @@ fn on_send(ctx: &SockAddrContext, family: u8, connect: bool) {
         _pad2: 0,
         process: info.process,
     };
-    match EVENTS.reserve::<SockEvent>(0) {
-        Some(mut e) => {
-            e.write(event);
-            e.submit(0);
-        }
-        None => count(stat::RINGBUF_DROPS),
-    }
+    send_event(event);
 }
 
 #[inline(always)]

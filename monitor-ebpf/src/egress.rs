@@ -5,19 +5,19 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, bpf_sock},
     helpers::generated::{
         bpf_get_listener_sock, bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_coarse_ns,
-        bpf_ktime_get_ns, bpf_sk_fullsock,
+        bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
 use monitor_common::{
     CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4,
-    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_LISTENER, stat,
+    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_LISTENER, SockInfo, stat,
 };
 
 use crate::{
     atomic::add,
-    maps::{EVENTS, FLOWS, count},
+    maps::{FLOWS, count, send_event},
     sock,
 };
 
@@ -47,17 +47,22 @@ struct Owner {
 fn count_packet(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
     let mut key = FlowKey::ZERO;
-    let Some(headers) = parse(ctx, &mut key) else {
+    // Headers straight from the packet's linear data; through the load helper only when they
+    // are not all there.
+    let parsed = match parse_direct(skb, &mut key) {
+        Some(p) => p,
+        None => parse(ctx, &mut key),
+    };
+    let Some(headers) = parsed else {
         count(stat::UNPARSED_PACKETS);
         return;
     };
-    // SAFETY: skb is the program's context.
-    key.cgroup_id = unsafe { aya_ebpf::helpers::generated::bpf_skb_cgroup_id(skb) };
-    let owner = owner(skb, &key, headers.tcp_flags);
+    let sender = sender(skb);
+    key.cgroup_id = sender.cgroup_id;
     // SAFETY: plain context field reads.
     let (len, segs) = unsafe { ((*skb).len as u64, (*skb).gso_segs as u64) };
     let packets = if segs > 1 { segs } else { 1 };
-    let len = wire_bytes(ctx, &key, &headers, len, segs);
+    let len = wire_bytes(&headers, len, segs);
 
     if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: v points at a live map value; counters use atomic adds.
@@ -65,13 +70,13 @@ fn count_packet(ctx: &SkBuffContext) {
             add(&raw mut (*v).packets, packets);
             add(&raw mut (*v).bytes, len);
             (*v).last_seen_ns = bpf_ktime_get_coarse_ns();
-            if (*v).class_id != owner.class_id {
-                (*v).class_id = owner.class_id;
+            if (*v).class_id != sender.class_id {
+                (*v).class_id = sender.class_id;
             }
         }
         return;
     }
-    new_flow(skb, &key, &owner, packets, len);
+    new_flow(skb, &key, &owner(&sender, &key, headers.tcp_flags), packets, len);
 }
 
 #[inline(never)]
@@ -103,68 +108,92 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
         }
         return;
     }
-    match EVENTS.reserve::<NewFlowEvent>(0) {
-        Some(mut e) => {
-            e.write(NewFlowEvent { kind: EVENT_NEW_FLOW, _pad: 0, key: *key, value });
-            e.submit(0);
-        }
-        None => count(stat::RINGBUF_DROPS),
-    }
+    send_event(NewFlowEvent { kind: EVENT_NEW_FLOW, _pad: 0, key: *key, value });
 }
 
-/// Class, direction and process of the socket that sent this packet, from its storage
-/// (classified on first use per configuration generation).
+/// The socket that sent a packet, as far as every packet needs it: its class (computed once
+/// per configuration generation and cached in its storage) and that storage.
+struct Sender {
+    class_id: u32,
+    /// The sending socket's cgroup.
+    cgroup_id: u64,
+    /// The socket's storage (the listener's for a request socket); null when there is none.
+    info: *mut SockInfo,
+    /// A request socket: the SYN-ACK of a connection being accepted (inbound).
+    request: bool,
+}
+
 #[inline(always)]
-fn owner(skb: *mut __sk_buff, key: &FlowKey, tcp_flags: u8) -> Owner {
+fn sender(skb: *mut __sk_buff) -> Sender {
     // SAFETY: context field read; the verifier tracks it as a nullable socket pointer.
     let sk: *mut bpf_sock = unsafe { (*skb).__bindgen_anon_2.sk };
-    let mut owner = Owner {
-        class_id: CLASS_NONE,
-        direction: DIRECTION_UNKNOWN,
-        sock_flags: 0,
-        process: ProcessInfo::EMPTY,
+    // SAFETY (helpers below): skb is the program's context.
+    let none = |request| Sender {
+        class_id: sock::classify(skb),
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        info: core::ptr::null_mut(),
+        request,
     };
     if sk.is_null() {
-        owner.class_id = sock::classify(skb);
-        return owner;
+        return none(false);
     }
     // SAFETY: sk is a non-null socket pointer from the context.
     let full = unsafe { bpf_sk_fullsock(sk) };
     let (target, request) = if !full.is_null() {
         (full, false)
     } else {
-        // A request socket: the SYN-ACK of a connection being accepted. Its listener carries
-        // the class and process; the flow is inbound.
+        // A request socket: its listener carries the class and process; the flow is inbound.
         // SAFETY: as above.
         let state = unsafe { (*sk).state };
         let listener = unsafe { bpf_get_listener_sock(sk) };
         if listener.is_null() {
-            owner.class_id = sock::classify(skb);
-            if state == TCP_NEW_SYN_RECV {
-                owner.direction = DIRECTION_INBOUND;
-            }
-            return owner;
+            return none(state == TCP_NEW_SYN_RECV);
         }
         (listener, true)
     };
-    let Some(info) = sock::storage(target) else {
-        owner.class_id = sock::classify(skb);
-        return owner;
-    };
+    let Some(info) = sock::storage(target) else { return none(false) };
     let generation = sock::generation();
     if info.generation != generation {
         info.class_id = sock::classify(skb);
         info.generation = generation;
     }
-    if info.direction == DIRECTION_UNKNOWN && !request {
+    if info.cgroup_id == 0 || request {
+        // A listener's storage is the listener's; the request socket has its own cgroup id.
+        // SAFETY: skb is the program's context.
+        let id = unsafe { bpf_skb_cgroup_id(skb) };
+        if !request {
+            info.cgroup_id = id;
+        }
+        return Sender { class_id: info.class_id, cgroup_id: id, info, request };
+    }
+    Sender { class_id: info.class_id, cgroup_id: info.cgroup_id, info, request }
+}
+
+/// Class, direction and process of a new flow's socket. Only the first packet of a flow needs
+/// them; the first packet of a connection (its SYN) also fixes the socket's direction.
+#[inline(always)]
+fn owner(s: &Sender, key: &FlowKey, tcp_flags: u8) -> Owner {
+    let mut owner = Owner {
+        class_id: s.class_id,
+        direction: if s.request { DIRECTION_INBOUND } else { DIRECTION_UNKNOWN },
+        sock_flags: 0,
+        process: ProcessInfo::EMPTY,
+    };
+    if s.info.is_null() {
+        return owner;
+    }
+    // SAFETY: storage returned by the kernel, valid while the program runs.
+    let info = unsafe { &mut *s.info };
+    if info.direction == DIRECTION_UNKNOWN && !s.request {
         if info.flags & SOCK_LISTENER != 0 {
             info.direction = DIRECTION_INBOUND;
         } else if key.proto == IPPROTO_TCP && tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
             info.direction = DIRECTION_OUTBOUND;
         }
     }
-    owner.class_id = info.class_id;
-    owner.direction = if request { DIRECTION_INBOUND } else { info.direction };
+    if !s.request {
+        owner.direction = info.direction;
+    }
     owner.sock_flags = info.flags;
     owner.process = info.process;
     owner
@@ -176,6 +205,72 @@ struct Headers {
     tcp_flags: u8,
     /// Offset of the transport header (the network header's length).
     l4: usize,
+    /// Length of the transport header (TCP data offset; 8 for UDP; 0 when unknown).
+    l4_len: usize,
+}
+
+/// Reads the headers by direct packet access. `None` when the linear data is too short to
+/// hold them (then the caller reads through the helper); `Some(None)` for a packet that is
+/// neither IPv4 nor IPv6.
+#[inline(always)]
+fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers>> {
+    // SAFETY: every read below is bounds-checked against data_end first (the verifier checks it).
+    unsafe {
+        let data = (*skb).data as usize as *const u8;
+        let end = (*skb).data_end as usize as *const u8;
+        if data.add(1) > end {
+            return None;
+        }
+        let b0 = *data;
+        let l4: usize;
+        match b0 >> 4 {
+            4 => {
+                if data.add(20) > end {
+                    return None;
+                }
+                key.family = FAMILY_V4;
+                key.proto = *data.add(9);
+                let s: [u8; 4] = core::ptr::read_unaligned(data.add(12).cast());
+                let d: [u8; 4] = core::ptr::read_unaligned(data.add(16).cast());
+                key.saddr[..4].copy_from_slice(&s);
+                key.daddr[..4].copy_from_slice(&d);
+                l4 = ((b0 & 0x0f) as usize * 4) & 0x3c;
+            }
+            6 => {
+                if data.add(40) > end {
+                    return None;
+                }
+                key.family = FAMILY_V6;
+                key.proto = *data.add(6);
+                key.saddr = core::ptr::read_unaligned(data.add(8).cast());
+                key.daddr = core::ptr::read_unaligned(data.add(24).cast());
+                l4 = 40;
+            }
+            _ => return Some(None),
+        }
+        match key.proto {
+            IPPROTO_TCP => {
+                let t = data.add(l4);
+                if t.add(14) > end {
+                    return None;
+                }
+                key.sport = u16::from_be_bytes([*t, *t.add(1)]);
+                key.dport = u16::from_be_bytes([*t.add(2), *t.add(3)]);
+                let l4_len = ((*t.add(12) >> 4) as usize) * 4;
+                Some(Some(Headers { tcp_flags: *t.add(13), l4, l4_len }))
+            }
+            IPPROTO_UDP => {
+                let u = data.add(l4);
+                if u.add(4) > end {
+                    return None;
+                }
+                key.sport = u16::from_be_bytes([*u, *u.add(1)]);
+                key.dport = u16::from_be_bytes([*u.add(2), *u.add(3)]);
+                Some(Some(Headers { tcp_flags: 0, l4, l4_len: 8 }))
+            }
+            _ => Some(Some(Headers { tcp_flags: 0, l4, l4_len: 0 })),
+        }
+    }
 }
 
 /// Fills the 5-tuple of `key` from the packet (network header at offset 0). None when the
@@ -205,29 +300,24 @@ fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
     // Bounded for the verifier: an IPv4 header is at most 60 bytes.
     let l4 = l4 & 0x3f;
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
-        return Some(Headers { tcp_flags: 0, l4 });
+        return Some(Headers { tcp_flags: 0, l4, l4_len: 0 });
     }
     let ports: [u8; 4] = ctx.load(l4).ok()?;
     key.sport = u16::from_be_bytes([ports[0], ports[1]]);
     key.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    let tcp_flags = if key.proto == IPPROTO_TCP { ctx.load::<u8>(l4 + 13).unwrap_or(0) } else { 0 };
-    Some(Headers { tcp_flags, l4 })
+    if key.proto == IPPROTO_UDP {
+        return Some(Headers { tcp_flags: 0, l4, l4_len: 8 });
+    }
+    let [off, flags]: [u8; 2] = ctx.load(l4 + 12).unwrap_or([0, 0]);
+    Some(Headers { tcp_flags: flags, l4, l4_len: ((off >> 4) as usize) * 4 })
 }
 
 /// Bytes on the wire at L3. A GSO packet is one skb holding several segments; each segment
 /// carries its own network and transport headers, which `skb->len` holds only once.
 #[inline(always)]
-fn wire_bytes(ctx: &SkBuffContext, key: &FlowKey, h: &Headers, len: u64, segs: u64) -> u64 {
+fn wire_bytes(h: &Headers, len: u64, segs: u64) -> u64 {
     if segs <= 1 {
         return len;
     }
-    let transport = match key.proto {
-        IPPROTO_TCP => match ctx.load::<u8>(h.l4 + 12) {
-            Ok(off) => ((off >> 4) as u64) * 4,
-            Err(_) => return len,
-        },
-        IPPROTO_UDP => 8,
-        _ => 0,
-    };
-    len + (segs - 1) * (h.l4 as u64 + transport)
+    len + (segs - 1) * (h.l4 as u64 + h.l4_len as u64)
 }

@@ -9,13 +9,10 @@ use aya_ebpf::{
     programs::{SockContext, SockOpsContext},
 };
 use monitor_common::{
-    DIRECTION_INBOUND, EVENT_SOCK_CLOSED, ProcessInfo, SOCK_HAS_PROCESS, SOCK_LISTENER, SockEvent, stat,
+    DIRECTION_INBOUND, EVENT_SOCK_CLOSED, ProcessInfo, SOCK_HAS_PROCESS, SOCK_LISTENER, SockEvent,
 };
 
-use crate::{
-    maps::{EVENTS, count},
-    sock,
-};
+use crate::{maps::send_event, sock};
 
 /// Always returns 1: sock_ops in observe mode changes nothing.
 #[sock_ops]
@@ -58,12 +55,6 @@ pub fn sock_release(ctx: SockContext) -> i32 {
         _pad2: 0,
         process: ProcessInfo::EMPTY,
     };
-    match EVENTS.reserve::<SockEvent>(0) {
-        Some(mut e) => {
-            e.write(event);
-            e.submit(0);
-        }
-        None => count(stat::RINGBUF_DROPS),
-    }
+    send_event(event);
     1
 }

@@ -30,7 +30,7 @@ use crate::{
         record::{Clock, FlowRecord, LossRecord, RecordContext, Timestamp, ip_of, monotonic_ns},
     },
     policy::{Policy, VerdictKind},
-    probe::{KernelStats, Probe, ProbeOptions},
+    probe::{DRAIN_INTERVAL, KernelEvent, KernelStats, Probe, ProbeOptions},
     sinks::{self, Output, Sinks},
     state,
     store::{Store, StoreCounters, StoreSettings},
@@ -150,6 +150,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         close_grace: a.close_grace.0,
     });
     let mut losses = LossReporter::default();
+    let mut drain = interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sweep = interval(a.sweep_interval.0);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reload = interval(config.geoip.reload_interval.0);
@@ -163,13 +165,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
             tokio::select! {
                 batch = events.next_batch() => {
                     let (batch, malformed) = batch?;
-                    if malformed > 0 {
-                        warn!(malformed, "malformed ring-buffer records: agent and kernel object disagree");
-                    }
-                    let now = Instant::now();
-                    for e in batch {
-                        table.on_event(e, now, &mut updates);
-                    }
+                    take_events(&mut table, batch, malformed, &mut updates);
+                }
+                _ = drain.tick() => {
+                    let (batch, malformed) = events.drain();
+                    take_events(&mut table, batch, malformed, &mut updates);
                 }
                 _ = sweep.tick() => {
                     // Cgroups first: a flow ends at least one sweep after its socket closed, so
@@ -204,6 +204,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
             stages.emit(&mut updates, &sinks).await;
         }
         // Report what was counted up to now, so nothing is left unsaid.
+        let (batch, malformed) = events.drain();
+        take_events(&mut table, batch, malformed, &mut updates);
         let now = Instant::now();
         table.sweep(&mut probe.flows, now, monotonic_ns(), &mut updates)?;
         table.flush_all(now, &mut updates);
@@ -240,6 +242,21 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     );
     sinks.close().await.context("flushing the sinks")?;
     result
+}
+
+fn take_events(
+    table: &mut FlowTable,
+    batch: Vec<KernelEvent>,
+    malformed: u64,
+    updates: &mut Vec<FlowUpdate>,
+) {
+    if malformed > 0 {
+        warn!(malformed, "malformed ring-buffer records: agent and kernel object disagree");
+    }
+    let now = Instant::now();
+    for e in batch {
+        table.on_event(e, now, updates);
+    }
 }
 
 /// How often the store prunes rows past their retention.

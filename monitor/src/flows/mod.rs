@@ -94,10 +94,9 @@ pub struct TableCounters {
 pub struct FlowTable {
     settings: TableSettings,
     flows: HashMap<FlowKey, Flow>,
-    by_cookie: HashMap<u64, Vec<FlowKey>>,
     /// Process per socket cookie from connect events, for flows whose entry lacks it.
     processes: HashMap<u64, ProcessInfo>,
-    /// Sockets closed recently, for flows a sweep finds after their close event.
+    /// Sockets closed recently (by cookie): the sweep marks their flows closed.
     closed: HashMap<u64, Instant>,
     sweep: u64,
     pub counters: TableCounters,
@@ -111,7 +110,6 @@ impl FlowTable {
         Self {
             settings,
             flows: HashMap::new(),
-            by_cookie: HashMap::new(),
             processes: HashMap::new(),
             closed: HashMap::new(),
             sweep: 0,
@@ -141,12 +139,9 @@ impl FlowTable {
             KernelEvent::SockClosed { cookie } => {
                 self.counters.close_events += 1;
                 self.processes.remove(&cookie);
+                // The sweep marks its flows closed (no index by socket: it would cost memory per
+                // flow to save a lookup per flow per sweep while sockets close).
                 self.closed.insert(cookie, now);
-                for key in self.by_cookie.get(&cookie).into_iter().flatten() {
-                    if let Some(f) = self.flows.get_mut(key) {
-                        f.closed_at.get_or_insert(now);
-                    }
-                }
             }
         }
     }
@@ -213,9 +208,6 @@ impl FlowTable {
             closed_at: self.closed.get(&v.cookie).copied(),
             seen_sweep: sweep,
         };
-        if v.cookie != 0 {
-            self.by_cookie.entry(v.cookie).or_default().push(*key);
-        }
         out.push(FlowUpdate {
             key: *key,
             flow: flow.clone(),
@@ -251,20 +243,23 @@ impl FlowTable {
         out: &mut Vec<FlowUpdate>,
     ) -> std::io::Result<()> {
         self.sweep += 1;
+        // Entries are merged as each batch arrives: no copy of the whole map is held.
         let mut found_by_sweep = 0;
-        let mut seen: Vec<(FlowKey, FlowValue)> = Vec::new();
-        map.for_each(&mut |k, v| seen.push((*k, *v)))?;
-        for (k, v) in &seen {
+        map.for_each(&mut |k, v| {
             if !self.observe(k, v, now, out) {
                 found_by_sweep += 1;
             }
-        }
+        })?;
         self.counters.found_by_sweep += found_by_sweep;
 
         let s = self.settings;
         let sweep = self.sweep;
         let mut ended: Vec<FlowKey> = Vec::new();
+        let closed = &self.closed;
         for (key, f) in self.flows.iter_mut() {
+            if f.closed_at.is_none() && !closed.is_empty() {
+                f.closed_at = closed.get(&f.cookie).copied();
+            }
             let quiet_ns = now_ns.saturating_sub(f.last_seen_ns);
             if f.seen_sweep != sweep {
                 // Gone from the kernel map without us removing it: evicted by the LRU.
@@ -302,12 +297,6 @@ impl FlowTable {
             self.observe(key, &last, now, out);
         }
         let Some(mut f) = self.flows.remove(key) else { return Ok(()) };
-        if let Some(keys) = self.by_cookie.get_mut(&f.cookie) {
-            keys.retain(|k| k != key);
-            if keys.is_empty() {
-                self.by_cookie.remove(&f.cookie);
-            }
-        }
         out.push(f.update(key, FlowState::Ended, now));
         Ok(())
     }

@@ -237,23 +237,37 @@ pub struct EventStream {
     fd: AsyncFd<RingBuf<MapData>>,
 }
 
+/// How often the agent drains the ring buffer without being woken: the programs submit most
+/// events without a wakeup (waking costs the sender microseconds) and force one only when the
+/// ring fills up.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl EventStream {
-    /// Waits until events are ready and returns every available one, with the number of
-    /// malformed records (which would mean the agent and the kernel object disagree).
+    /// Waits until the kernel wakes the agent and returns every available event, with the
+    /// number of malformed records (which would mean the agent and the kernel object disagree).
     pub async fn next_batch(&mut self) -> anyhow::Result<(Vec<KernelEvent>, u64)> {
         let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut batch = Vec::new();
-        let mut malformed = 0;
-        while let Some(item) = ring.next() {
-            match parse_event(&item) {
-                Some(e) => batch.push(e),
-                None => malformed += 1,
-            }
-        }
+        let batch = drain(guard.get_inner_mut());
         guard.clear_ready();
-        Ok((batch, malformed))
+        Ok(batch)
     }
+
+    /// Every event available now, without waiting.
+    pub fn drain(&mut self) -> (Vec<KernelEvent>, u64) {
+        drain(self.fd.get_mut())
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> (Vec<KernelEvent>, u64) {
+    let mut batch = Vec::new();
+    let mut malformed = 0;
+    while let Some(item) = ring.next() {
+        match parse_event(&item) {
+            Some(e) => batch.push(e),
+            None => malformed += 1,
+        }
+    }
+    (batch, malformed)
 }
 
 fn parse_event(bytes: &[u8]) -> Option<KernelEvent> {
