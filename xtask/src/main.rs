@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a newcomer needs on a fresh machine, in two commands
 //! (`cargo xtask run`, `cargo xtask test`), plus the steps they are made of.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -46,6 +47,17 @@ enum Task {
         /// Only run tests whose name contains this
         filter: Option<String>,
     },
+    /// Set up, build (release), and measure what the monitor costs; writes BENCHMARKS.md and
+    /// target/bench/results.json (needs root)
+    Bench {
+        /// Fewer and shorter rounds (under three minutes once built)
+        #[arg(long)]
+        quick: bool,
+        /// Only these steps (cost, throughput, connections, flow-rate, active-flows, lookups);
+        /// BENCHMARKS.md is written only by a run of every step
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +88,23 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run()?;
             test(filter.as_deref())
         }
+        Task::Bench { quick, only } => {
+            setup::run()?;
+            require_root("the benchmarks")?;
+            build(true)?;
+            // The criterion benchmark is built before the clock starts.
+            sh(cargo().args([
+                "bench",
+                "--package",
+                "monitor",
+                "--features",
+                "fixtures",
+                "--bench",
+                "lookup",
+                "--no-run",
+            ]))?;
+            bench::run_bench(&root, quick, &only)
+        }
     }
 }
 
@@ -102,7 +131,7 @@ fn show(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // bpf-linker is installed into cargo's bin dir; make sure the eBPF build finds it.
     c.env("PATH", setup::path_with_cargo_bin());
@@ -111,7 +140,7 @@ fn cargo() -> Command {
 
 fn build(release: bool) -> anyhow::Result<()> {
     let mut c = cargo();
-    c.args(["build", "--package", "monitor", "--bin", "egress-monitor"]);
+    c.args(["build", "--package", "monitor", "--package", "em-traffic", "--bins"]);
     if release {
         c.arg("--release");
     }
@@ -145,7 +174,7 @@ fn run_agent(config: &Path, release: bool) -> anyhow::Result<()> {
 
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     require_root("the integration tests")?;
-    // The integration tests start the real agent binary: build it first.
+    // The integration tests start the real agent binary and the traffic helper: build them first.
     build(false)?;
     let mut unit = cargo();
     unit.args(["test", "--package", "monitor-common", "--package", "monitor", "--package", "xtask"]);

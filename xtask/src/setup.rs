@@ -24,6 +24,9 @@ const PACKAGES: &[(&str, &str)] = &[
         "clickhouse-server",
         "tests export flow summaries to a real ClickHouse (started on loopback by the tests)",
     ),
+    ("iperf3", "benchmarks measure TCP throughput with it"),
+    ("tcpdump", "benchmarks compare the monitor with a packet capture"),
+    ("xz-utils", "benchmarks give the agent the country database as a file"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -6,6 +6,14 @@
 //!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork]
 //!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N]
+//!
+//! and load for the benchmarks:
+//!
+//!   em-traffic tcp-accept LISTEN_ADDR                 accept forever; read each to EOF, close
+//!   em-traffic tcp-rate   ADDR SECONDS                short connections back to back; counts them
+//!   em-traffic udp-flows  ADDR SOCKETS PORTS RATE [HOLD]
+//!                         one datagram per (socket, port): new flows at RATE/s; then keeps the
+//!                         sockets open HOLD seconds (their flows stay active), reporting first
 
 use std::{
     io::{Read, Write},
@@ -27,6 +35,9 @@ fn main() {
             }
         }
         Some("udp-serve") => udp_serve(addr, num(2, 0), num(3, 1)),
+        Some("tcp-accept") => tcp_accept(addr),
+        Some("tcp-rate") => tcp_rate(addr, num(2, 1)),
+        Some("udp-flows") => udp_flows(addr, num(2, 1), num(3, 1), num(4, 1000), num(5, 0)),
         Some("udp-send") => {
             let ports = args.iter().position(|a| a == "--ports").map_or(1, |i| num(i + 1, 1));
             udp_send(addr, num(2, 0), num(3, 1), flag("--connect"), ports)
@@ -145,4 +156,61 @@ fn udp_send(addr: SocketAddr, bytes: usize, count: usize, connect: bool, ports: 
         }
     }
     report(&[("event", "sent".into()), ("local", s.local_addr().unwrap().to_string().into())]);
+}
+
+/// Accepts connections forever; reads each to EOF and closes it (the peer of tcp-rate).
+fn tcp_accept(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).expect("bind");
+    report(&[("event", "ready".into())]);
+    for s in listener.incoming() {
+        let Ok(mut s) = s else { continue };
+        let mut buf = [0u8; 256];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Opens short connections back to back for SECONDS: connect, send 16 bytes, half-close,
+/// read to EOF, close. Reports how many.
+fn tcp_rate(addr: SocketAddr, seconds: usize) {
+    let start = std::time::Instant::now();
+    let until = start + std::time::Duration::from_secs(seconds as u64);
+    let mut n: u64 = 0;
+    while std::time::Instant::now() < until {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(&[b'c'; 16]).expect("write");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    report(&[("event", "done".into()), ("connections", n.into()), ("seconds", secs.into())]);
+}
+
+/// Sends one 16-byte datagram from each of SOCKETS sockets to each of PORTS consecutive ports,
+/// paced at RATE datagrams per second: SOCKETS x PORTS new flows. Reports the rate achieved.
+fn udp_flows(addr: SocketAddr, sockets: usize, ports: usize, rate: usize, hold: usize) {
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let socks: Vec<UdpSocket> = (0..sockets).map(|_| UdpSocket::bind(bind).expect("bind")).collect();
+    let start = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    for p in 0..ports {
+        let mut to = addr;
+        to.set_port(addr.port() + p as u16);
+        for s in &socks {
+            s.send_to(&[b'f'; 16], to).expect("send_to");
+            sent += 1;
+            // Pace: never ahead of RATE per second.
+            let due = std::time::Duration::from_secs_f64(sent as f64 / rate as f64);
+            let elapsed = start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    report(&[("event", "done".into()), ("flows", sent.into()), ("seconds", secs.into())]);
+    std::thread::sleep(std::time::Duration::from_secs(hold as u64));
+    drop(socks);
 }
