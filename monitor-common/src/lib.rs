@@ -28,6 +28,11 @@ pub const DIRECTION_INBOUND: u8 = 2;
 pub const SOCK_HAS_PROCESS: u8 = 1;
 /// [`SockInfo::flags`]: the socket is (or was cloned from) a TCP listener.
 pub const SOCK_LISTENER: u8 = 2;
+/// [`SockInfo::flags`]: [`SockInfo::flow`] holds the flow the socket sends on.
+pub const SOCK_HAS_FLOW: u8 = 4;
+/// [`SockInfo::flags`]: the socket sent on more than one flow (unconnected UDP to several
+/// peers): its release is reported by an event, not by marking one flow.
+pub const SOCK_MANY_FLOWS: u8 = 8;
 
 /// Identity of a flow in the kernel's flow map: the sending socket's cgroup and the 5-tuple
 /// of the packet as it leaves. IPv4 addresses occupy the first 4 bytes (network order), the
@@ -95,7 +100,9 @@ pub struct FlowValue {
     pub direction: u8,
     /// `SOCK_*` flags copied from the socket when the flow was created.
     pub sock_flags: u8,
-    pub _pad: [u8; 2],
+    /// Set by sock_release when the socket of this flow (its only flow) was closed.
+    pub closed: u8,
+    pub _pad: u8,
     /// Owner uid of the socket (`sk_uid`), known even when the process is not.
     pub sock_uid: u32,
     pub _pad2: u32,
@@ -116,6 +123,9 @@ pub struct SockInfo {
     /// The socket's cgroup (fixed for its life), cached so packets need not ask; 0 = not yet.
     pub cgroup_id: u64,
     pub process: ProcessInfo,
+    /// The flow the socket sends on (see `SOCK_HAS_FLOW`), so that its release can mark the
+    /// flow closed in the kernel instead of sending an event.
+    pub flow: FlowKey,
 }
 
 /// Ring-buffer records. Every record starts with a `u32` kind.
@@ -183,6 +193,6 @@ mod user {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcessInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 104);
 const _: () = assert!(core::mem::size_of::<NewFlowEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);

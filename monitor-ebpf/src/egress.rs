@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4,
-    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_LISTENER, SockInfo, stat,
+    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS,
+    SockInfo, stat,
 };
 
 use crate::{
@@ -59,6 +60,14 @@ fn count_packet(ctx: &SkBuffContext) {
     };
     let sender = sender(skb);
     key.cgroup_id = sender.cgroup_id;
+    if !sender.request && !sender.info.is_null() {
+        // SAFETY: storage returned by the kernel, valid while the program runs.
+        let info = unsafe { &mut *sender.info };
+        if info.flags & SOCK_HAS_FLOW == 0 {
+            info.flow = key;
+            info.flags |= SOCK_HAS_FLOW;
+        }
+    }
     // SAFETY: plain context field reads.
     let (len, segs) = unsafe { ((*skb).len as u64, (*skb).gso_segs as u64) };
     let packets = if segs > 1 { segs } else { 1 };
@@ -92,7 +101,8 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
         class_id: owner.class_id,
         direction: owner.direction,
         sock_flags: owner.sock_flags,
-        _pad: [0; 2],
+        closed: 0,
+        _pad: 0,
         sock_uid: unsafe { bpf_get_socket_uid(skb) },
         _pad2: 0,
         process: owner.process,
@@ -193,6 +203,10 @@ fn owner(s: &Sender, key: &FlowKey, tcp_flags: u8) -> Owner {
     }
     if !s.request {
         owner.direction = info.direction;
+        // A second flow of one socket: its release must be an event (it cannot mark them all).
+        if info.flags & SOCK_HAS_FLOW != 0 && info.flow != *key {
+            info.flags |= SOCK_MANY_FLOWS;
+        }
     }
     owner.sock_flags = info.flags;
     owner.process = info.process;

@@ -176,6 +176,9 @@ impl FlowTable {
                 f.entry_bytes = v.bytes;
             }
             f.last_seen_ns = f.last_seen_ns.max(v.last_seen_ns);
+            if v.closed != 0 && f.closed_at.is_none() {
+                f.closed_at = Some(now); // marked by sock_release, seen at this sweep
+            }
             if !f.class_pinned {
                 f.class_id = v.class_id;
             }
@@ -205,7 +208,7 @@ impl FlowTable {
             emitted_bytes: v.bytes,
             emitted_class: v.class_id,
             last_emit: now,
-            closed_at: self.closed.get(&v.cookie).copied(),
+            closed_at: if v.closed != 0 { Some(now) } else { self.closed.get(&v.cookie).copied() },
             seen_sweep: sweep,
         };
         out.push(FlowUpdate {

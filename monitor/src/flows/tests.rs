@@ -58,7 +58,8 @@ fn value(packets: u64, bytes: u64, first_ns: u64, last_ns: u64) -> FlowValue {
         class_id: 1,
         direction: DIRECTION_OUTBOUND,
         sock_flags: SOCK_HAS_PROCESS,
-        _pad: [0; 2],
+        closed: 0,
+        _pad: 0,
         sock_uid: 1001,
         _pad2: 0,
         process,
@@ -233,4 +234,24 @@ fn flush_all_reports_every_changed_flow() {
     t.sweep(&mut map, t0 + Duration::from_secs(1), SEC, &mut out).unwrap();
     t.flush_all(t0 + Duration::from_secs(1), &mut out);
     assert_eq!(states(&out), vec![(2, FlowState::Active, 4, 400)]);
+}
+
+#[test]
+fn flow_marked_closed_in_the_kernel_ends_after_the_grace_period() {
+    let mut t = FlowTable::new(settings());
+    let mut map = FakeMap::default();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    map.0.insert(key(443), value(3, 300, SEC, SEC));
+    t.sweep(&mut map, t0, SEC, &mut out).unwrap();
+    out.clear();
+    // sock_release marked the flow (no event); the FIN still counts.
+    let mut closed = value(4, 352, SEC, SEC + SEC / 10);
+    closed.closed = 1;
+    map.0.insert(key(443), closed);
+    t.sweep(&mut map, t0 + Duration::from_secs(1), 2 * SEC, &mut out).unwrap();
+    assert!(out.is_empty(), "within the grace period: {:?}", states(&out));
+    t.sweep(&mut map, t0 + Duration::from_secs(4), 5 * SEC, &mut out).unwrap();
+    assert_eq!(states(&out), vec![(443, FlowState::Ended, 4, 352)]);
+    assert_eq!(t.counters.close_events, 0);
 }
