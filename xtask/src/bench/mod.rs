@@ -321,9 +321,14 @@ impl Bench<'_> {
                 }
             }
         }
-        let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-        let ratio = med[1] / med[0];
-        let tcpdump_ratio = med[2] / med[0];
+        // Ratios are taken within each round (its three runs are minutes apart at most), then
+        // the median over rounds: slow drifts of a shared machine cancel out.
+        let paired = |m: usize| -> f64 {
+            let mut r: Vec<f64> = samples[m].iter().zip(&samples[0]).map(|(x, b)| x / b).collect();
+            median(&mut r)
+        };
+        let (ratio, tcpdump_ratio) = (paired(1), paired(2));
+        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
         let (lost, lost_tcpdump) = ((1.0 - ratio).max(0.0), (1.0 - tcpdump_ratio).max(0.0));
         self.results.insert(
             "throughput".into(),
@@ -430,8 +435,9 @@ impl Bench<'_> {
                 }
             }
         }
-        let med: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-        let ratio = med[1] / med[0];
+        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(m, b)| m / b).collect();
+        let ratio = median(&mut per_round);
+        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
         self.results.insert(
             "connection_rate".into(),
             json!({"per_second": {"baseline": samples[0], "egress_monitor": samples[1]}, "median": {"baseline": med[0], "egress_monitor": med[1]}}),
@@ -705,14 +711,16 @@ VM these numbers come from, a cgroup_skb program that returns at once measured a
 (a development experiment, not a row of this table), and each helper call or atomic add about 10 to 20 ns.\n\
 - **Throughput**: iperf3 (Debian) from namespace a (the client in a classified cgroup) to b over the veth, \
 client on CPU 0 and server on CPU 1 (`-A 0,1`), several rounds alternating the order of no monitor, \
-egress-monitor, and tcpdump capturing the veth to /dev/null; medians of the receiver's rate. Rounds of one \
-mode spread by several percent on this shared machine: compare medians, and see `results.json`.\n\
+egress-monitor, and tcpdump capturing the veth to /dev/null. Rates are the receiver's; the percentages are \
+the median over rounds of each round's ratio to its own baseline run (runs of one mode spread by several \
+percent on this shared machine; pairing within a round cancels its slow drifts).\n\
 - **Connection rate**: `em-traffic tcp-rate`: connect, send 16 bytes, half-close, read to EOF, close, back \
 to back, against `em-traffic tcp-accept`; both pinned to CPU 0, so every cost lands on the same CPU as the \
 work it slows (unpinned, each connection is a chain of cross-CPU wakeups whose latency on a VM depends on \
 how idle the other CPU is: a running agent then made the *baseline* look slower). Both ends of each \
 connection are on this host, so the monitor sees two flows, two sockets and their events per \
-connection. Rounds alternate with and without the monitor; medians.\n\
+connection. Rounds alternate with and without the monitor; the percentage is the median of each round's \
+ratio.\n\
 - **New flows without loss**: `em-traffic udp-flows` opens 200 sockets and sends one datagram per \
 (socket, port), paced at each rate; a fresh agent must report every flow in its store and no ring-buffer drop.\n\
 - **Active flows**: UDP flows held by the agent (idle timeout 300 s) at 10k and then 100k; CPU is user+system \
