@@ -93,16 +93,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             require_root("the benchmarks")?;
             build(true)?;
             // The criterion benchmark is built before the clock starts.
-            sh(cargo().args([
-                "bench",
-                "--package",
-                "monitor",
-                "--features",
-                "fixtures",
-                "--bench",
-                "lookup",
-                "--no-run",
-            ]))?;
+            sh(cargo().args(bench::LOOKUP_BENCH).arg("--no-run"))?;
             bench::run_bench(&root, quick, &only)
         }
     }

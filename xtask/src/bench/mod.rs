@@ -66,6 +66,10 @@ struct Bench<'a> {
     results: serde_json::Map<String, Value>,
 }
 
+/// How cargo runs the criterion benchmark of geolocation + policy.
+pub const LOOKUP_BENCH: [&str; 7] =
+    ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "lookup"];
+
 /// The steps, by the names `--only` takes.
 pub const STEPS: [&str; 6] = ["cost", "throughput", "connections", "flow-rate", "active-flows", "lookups"];
 
@@ -590,14 +594,7 @@ impl Bench<'_> {
 
     fn lookups(&mut self, root: &Path) -> anyhow::Result<()> {
         let secs = self.plan.criterion_seconds.to_string();
-        crate::sh(crate::cargo().args([
-            "bench",
-            "--package",
-            "monitor",
-            "--features",
-            "fixtures",
-            "--bench",
-            "lookup",
+        crate::sh(crate::cargo().args(LOOKUP_BENCH).args([
             "--",
             "--warm-up-time",
             "1",
