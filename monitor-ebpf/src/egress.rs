@@ -11,9 +11,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use monitor_common::{
-    CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4,
-    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS,
-    SockInfo, stat,
+    DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4, FAMILY_V6, FlowKey,
+    FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS, SockInfo, stat,
 };
 
 use crate::{

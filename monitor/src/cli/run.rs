@@ -143,7 +143,9 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         policy: Policy::from_config(&config),
         alerts: AlertBook::new(config.alerts.cooldown.0, a.flush_interval()),
         metrics: metrics.clone(),
+        labels: Vec::new(),
     };
+    stages.labels = metric_labels(&stages.ctx.classes);
     let mut table = FlowTable::new(TableSettings {
         flush_interval: a.flush_interval(),
         idle_timeout: a.idle_timeout.0,
@@ -269,6 +271,19 @@ struct Stages {
     policy: Policy,
     alerts: AlertBook,
     metrics: Arc<Metrics>,
+    /// Metric labels by class id (0: unclassified) and verdict, built once.
+    labels: Vec<[ClassVerdict; 3]>,
+}
+
+/// The labels of every (class, verdict) pair, indexed by class id.
+fn metric_labels(class_names: &[Arc<str>]) -> Vec<[ClassVerdict; 3]> {
+    std::iter::once("")
+        .chain(class_names.iter().map(|n| &**n))
+        .map(|class| {
+            ["allowed", "violation", "unclassified"]
+                .map(|verdict| ClassVerdict { class: class.to_owned(), verdict: verdict.to_owned() })
+        })
+        .collect()
 }
 
 impl Stages {
@@ -284,7 +299,7 @@ impl Stages {
             let place = self.enricher.locate(ip);
             let verdict = self.policy.evaluate(u.flow.class_id, &place);
             let record = self.ctx.flow_record(&u, place, verdict.kind, &clock, time);
-            self.count(&record);
+            self.count(u.flow.class_id, &record);
             let alert = match self.policy.class(u.flow.class_id) {
                 Some(class) if verdict.kind == VerdictKind::Violation => {
                     self.alerts.observe(&u.key, &record, class, &verdict, now)
@@ -302,19 +317,18 @@ impl Stages {
     }
 
     /// Adds a record's new bytes and packets to the metrics.
-    fn count(&self, r: &FlowRecord) {
-        let verdict = match r.verdict {
-            VerdictKind::Allowed => "allowed",
-            VerdictKind::Violation => "violation",
-            VerdictKind::Unclassified => "unclassified",
+    fn count(&self, class_id: u32, r: &FlowRecord) {
+        let v = match r.verdict {
+            VerdictKind::Allowed => 0,
+            VerdictKind::Violation => 1,
+            VerdictKind::Unclassified => 2,
         };
-        let labels =
-            ClassVerdict { class: r.class.as_deref().unwrap_or("").to_owned(), verdict: verdict.into() };
+        let Some(labels) = self.labels.get(class_id as usize).map(|l| &l[v]) else { return };
         if r.state == FlowState::New {
-            self.metrics.flows.get_or_create(&labels).inc();
+            self.metrics.flows.get_or_create(labels).inc();
         }
-        self.metrics.flow_bytes.get_or_create(&labels).inc_by(r.delta_bytes);
-        self.metrics.flow_packets.get_or_create(&labels).inc_by(r.delta_packets);
+        self.metrics.flow_bytes.get_or_create(labels).inc_by(r.delta_bytes);
+        self.metrics.flow_packets.get_or_create(labels).inc_by(r.delta_packets);
     }
 }
 
