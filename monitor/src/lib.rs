@@ -12,6 +12,8 @@ pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod flows;
+#[cfg(test)]
+mod golden;
 pub mod policy;
 pub mod probe;
 pub mod sinks;

@@ -309,6 +309,15 @@ fn unix(t: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp()).unwrap_or(0)
 }
 
+/// Every flow and alert row the exporter would send from the store in `dir`, one JSON line each.
+#[cfg(test)]
+pub(crate) fn golden_rows(dir: &Path) -> String {
+    let path = dir.join(store::FILE);
+    let (_, flows) = flow_rows(&path, i64::MAX).unwrap();
+    let (_, alerts) = alert_rows(&path).unwrap();
+    flows.iter().chain(&alerts).map(|v| format!("{v}\n")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -252,6 +252,20 @@ fn header(s: &str, max: usize) -> String {
     if clean.is_empty() { "-".into() } else { clean }
 }
 
+/// One alert as a syslog message in `format` (without framing).
+pub fn message(
+    alert: &crate::alerts::Alert,
+    format: SyslogFormat,
+    facility: Facility,
+    procid: u32,
+) -> String {
+    let v = serde_json::to_value(alert).unwrap_or_default();
+    match format {
+        SyslogFormat::Rfc5424 => rfc5424(&v, facility, procid),
+        SyslogFormat::Rfc3164 => rfc3164(&v, facility, procid),
+    }
+}
+
 /// One alert as an RFC 5424 message (without framing).
 pub fn rfc5424(v: &Value, facility: Facility, procid: u32) -> String {
     let mut sd = format!("[{SD_ID}");

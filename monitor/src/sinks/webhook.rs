@@ -131,6 +131,17 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &str) -> String {
     format!("sha256={hex}")
 }
 
+/// The request body for an alert in `format`.
+pub fn body(alert: &crate::alerts::Alert, format: WebhookFormat) -> String {
+    match format {
+        WebhookFormat::Json => serde_json::to_string(alert).unwrap_or_default(),
+        WebhookFormat::Slack => {
+            let v = serde_json::to_value(alert).unwrap_or_default();
+            serde_json::json!({ "text": slack_text(&v) }).to_string()
+        }
+    }
+}
+
 /// One line for people: severity, class, destination and place, process, reason, id.
 fn slack_text(v: &Value) -> String {
     let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
