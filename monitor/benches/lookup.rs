@@ -43,7 +43,7 @@ fn setup() -> (tempfile::TempDir, Enricher, Policy) {
         dir.path().display()
     );
     let config = Config::parse(&text, Origin::Embedded).unwrap();
-    (dir, Enricher::from_config(&config).unwrap(), Policy::from_config(&config))
+    (dir, Enricher::open(&config.enrich_options()).unwrap(), config.policy())
 }
 
 fn lookups(c: &mut Criterion) {

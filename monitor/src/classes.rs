@@ -9,10 +9,18 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::{
-    cgroup,
-    config::{CgroupPath, Config},
-};
+use crate::cgroup;
+
+/// What selects one class's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassSelector {
+    pub name: String,
+    /// cgroup paths relative to the cgroup v2 root, written absolute ("/payments/userdata");
+    /// each covers its descendants.
+    pub cgroups: Vec<String>,
+    /// Socket owner uids whose traffic carries this class.
+    pub uids: Vec<u32>,
+}
 
 /// Class ids are 1-based positions in the config (0 means "no class" in the kernel).
 pub fn class_id(index: usize) -> u32 {
@@ -22,23 +30,23 @@ pub fn class_id(index: usize) -> u32 {
 pub struct ClassSelectors {
     root: PathBuf,
     /// (path relative to the root, class id, class name)
-    cgroups: Vec<(CgroupPath, u32, String)>,
+    cgroups: Vec<(String, u32, String)>,
     uids: HashMap<u32, u32>,
     resolved: HashMap<u64, u32>,
     missing: HashSet<String>,
 }
 
 impl ClassSelectors {
-    pub fn new(config: &Config, root: &Path) -> Self {
+    /// Selectors of every class, in class-id order.
+    pub fn new(classes: &[ClassSelector], root: &Path) -> Self {
         let mut cgroups = Vec::new();
         let mut uids = HashMap::new();
-        for (i, class) in config.classes.iter().enumerate() {
-            let name = class.name.get_ref().0.clone();
+        for (i, class) in classes.iter().enumerate() {
             for cg in &class.cgroups {
-                cgroups.push((cg.get_ref().clone(), class_id(i), name.clone()));
+                cgroups.push((cg.clone(), class_id(i), class.name.clone()));
             }
             for uid in &class.uids {
-                uids.insert(*uid.get_ref(), class_id(i));
+                uids.insert(*uid, class_id(i));
             }
         }
         Self { root: root.to_owned(), cgroups, uids, resolved: HashMap::new(), missing: HashSet::new() }
@@ -50,9 +58,9 @@ impl ClassSelectors {
         self.cgroups
             .iter()
             .filter(|(p, _, _)| {
-                path == p.0 || (path.starts_with(&p.0) && path.as_bytes().get(p.0.len()) == Some(&b'/'))
+                path == p || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
             })
-            .max_by_key(|(p, _, _)| p.0.len())
+            .max_by_key(|(p, _, _)| p.len())
             .map(|(_, class, _)| *class)
     }
 
@@ -65,8 +73,7 @@ impl ClassSelectors {
     pub fn rescan(&mut self) -> Option<&HashMap<u64, u32>> {
         let mut now = HashMap::new();
         for (path, class, name) in &self.cgroups {
-            let dir = path.under(&self.root);
-            let path = &path.0;
+            let dir = self.root.join(path.trim_start_matches('/'));
             match cgroup::id_of(&dir) {
                 Ok(Some(id)) => {
                     if self.missing.remove(path) {

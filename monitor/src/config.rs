@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
+mod build;
 mod query;
 mod sinks;
 
@@ -595,11 +596,6 @@ impl Config {
     /// Class names in class-id order: class id `i + 1` is `class_names()[i]`.
     pub fn class_names(&self) -> Vec<String> {
         self.classes.iter().map(|c| c.name.get_ref().0.clone()).collect()
-    }
-
-    /// The sinks to build; stdout when none is configured.
-    pub fn effective_sinks(&self) -> Vec<SinkConfig> {
-        if self.sinks.is_empty() { vec![SinkConfig::Stdout {}] } else { self.sinks.clone() }
     }
 }
 

@@ -11,17 +11,12 @@ use rusqlite::types::ValueRef;
 use serde_json::{Map, Value};
 
 use crate::{
-    alerts::{Alert, AlertUpdate},
     config::{Facility, SyslogFormat, WebhookFormat},
-    enrich::{CloudProvider, Destination},
-    flows::{
-        FlowState,
-        record::{
-            DestinationRecord, Direction, Endpoint, FlowRecord, LossRecord, Process, Protocol, Timestamp,
-        },
+    record::{
+        Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, Endpoint, FlowRecord,
+        FlowState, LossRecord, Output, Process, Protocol, Severity, Timestamp, VerdictKind,
     },
-    policy::{Severity, VerdictKind},
-    sinks::{Output, syslog, webhook},
+    sinks::{syslog, webhook},
     store::{Store, StoreSettings},
 };
 

@@ -14,10 +14,14 @@ pub mod export;
 pub mod flows;
 #[cfg(test)]
 mod golden;
+pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod probe;
+pub mod record;
 pub mod sinks;
 pub mod state;
+pub mod status;
 pub mod store;
 
 /// Installs ring as the process's TLS crypto provider (reqwest and rustls are built without a

@@ -10,52 +10,13 @@ use std::{
 };
 
 use monitor_common::FlowKey;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::record::{Alert, AlertUpdate};
 use crate::{
-    flows::record::{DestinationRecord, Direction, FlowRecord, Process, Protocol, Timestamp},
-    policy::{ClassPolicy, Severity, Verdict},
+    policy::{ClassPolicy, Verdict},
+    record::{FlowRecord, Timestamp},
 };
-
-/// An alert as sinks deliver it. Field names are public API.
-#[derive(Debug, Clone, Serialize)]
-pub struct Alert {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Stable for the alert's whole life (deliveries and retries carry the same id).
-    pub id: String,
-    pub time: Timestamp,
-    pub host: Arc<str>,
-    pub class: Arc<str>,
-    pub severity: Severity,
-    pub reason: String,
-    pub direction: Direction,
-    pub protocol: Protocol,
-    pub process: Process,
-    pub destination: DestinationRecord,
-    /// Bytes and packets of the flow that raised it, when it was raised.
-    pub bytes: u64,
-    pub packets: u64,
-    pub first_seen: Timestamp,
-    pub last_seen: Timestamp,
-}
-
-/// New totals of an open alert: every flow of its key since it was raised.
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertUpdate {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub id: String,
-    pub time: Timestamp,
-    pub host: Arc<str>,
-    pub class: Arc<str>,
-    pub bytes: u64,
-    pub packets: u64,
-    /// Flows counted in the totals.
-    pub flows: u64,
-    pub last_seen: Timestamp,
-}
 
 /// What makes two violations "the same alert". The workload is the cgroup and, when known,
 /// the process name: a pid would make every run of a cron job a new alert.

@@ -2,8 +2,8 @@ use monitor_common::FAMILY_V4;
 
 use super::*;
 use crate::{
-    enrich::Destination,
-    policy::{Decision, VerdictKind},
+    policy::Decision,
+    record::{Destination, Severity, VerdictKind},
 };
 
 const MIN: Duration = Duration::from_secs(60);

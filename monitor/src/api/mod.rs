@@ -2,12 +2,10 @@
 //! optionally, on TCP where every request must carry the bearer token. The CLI is its client.
 
 pub mod client;
-pub mod metrics;
-pub mod status;
 
 use std::{
     os::unix::fs::PermissionsExt,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -25,9 +23,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use self::{metrics::Metrics, status::Status};
 use crate::{
-    config::ApiConfig,
+    metrics::Metrics,
+    status::Status,
     store::{
         StoreReader,
         query::{AlertQuery, FlowQuery, ParamError, rfc3339},
@@ -58,10 +56,20 @@ impl ApiServer {
     }
 }
 
+/// Where the API listens.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Unix socket of the HTTP API (mode 0660).
+    pub socket: PathBuf,
+    /// Also serve the API on TCP here; requires `token_file`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token TCP clients must send.
+    pub token_file: Option<PathBuf>,
+}
+
 /// Reads the TCP token (when TCP is configured); the error names the file.
-pub fn read_token(config: &ApiConfig) -> anyhow::Result<Option<String>> {
+pub fn read_token(config: &ApiOptions) -> anyhow::Result<Option<String>> {
     let Some(path) = &config.token_file else { return Ok(None) };
-    let path = path.get_ref();
     let token = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("api.token_file: {}: cannot read it: {e}", path.display()))?;
     let token = token.trim().to_owned();
@@ -82,7 +90,7 @@ fn router(state: ApiState) -> Router {
 }
 
 /// Starts the unix-socket server and, when configured, the TCP one.
-pub async fn serve(config: &ApiConfig, token: Option<String>, state: ApiState) -> anyhow::Result<ApiServer> {
+pub async fn serve(config: &ApiOptions, token: Option<String>, state: ApiState) -> anyhow::Result<ApiServer> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let socket = &config.socket;
@@ -99,7 +107,7 @@ pub async fn serve(config: &ApiConfig, token: Option<String>, state: ApiState) -
         }
     }));
     if let (Some(addr), Some(token)) = (&config.listen, token) {
-        let addr = *addr.get_ref();
+        let addr = *addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("api.listen: binding {addr}"))?;

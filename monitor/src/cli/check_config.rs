@@ -6,14 +6,8 @@ use super::ConfigArg;
 
 pub(super) fn check(arg: &ConfigArg) -> ExitCode {
     let checked = arg.load().map_err(anyhow::Error::from).and_then(|config| {
-        // The files it names must load too (databases, range files).
-        crate::enrich::Enricher::from_config(&config)?;
-        crate::sinks::prepare(&config)?;
-        crate::api::read_token(&config.api).map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
-        if let Some(c) = &config.export.clickhouse {
-            crate::export::clickhouse::ClickHouse::new(c)
-                .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))?;
-        }
+        // The files it names must load too (databases, range files, secrets), as at start.
+        super::prepare::prepare(&config)?;
         Ok(config)
     });
     match checked {

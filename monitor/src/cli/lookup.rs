@@ -7,9 +7,9 @@ use comfy_table::{Table, presets};
 use serde::Serialize;
 
 use crate::{
+    cli::prepare::Places,
     config::Config,
-    enrich::{Destination, Enricher},
-    policy::{Policy, VerdictKind},
+    record::{Destination, VerdictKind},
 };
 
 #[derive(Serialize)]
@@ -27,8 +27,7 @@ struct ClassAnswer<'a> {
 }
 
 pub(super) fn lookup(config: &Config, addresses: &[IpAddr], json: bool) -> anyhow::Result<ExitCode> {
-    let mut enricher = Enricher::from_config(config)?;
-    let policy = Policy::from_config(config);
+    let Places { mut enricher, policy } = super::prepare::places(config)?;
     let placed: Vec<(IpAddr, Arc<Destination>)> =
         addresses.iter().map(|ip| (*ip, enricher.locate(*ip))).collect();
     let answers: Vec<Answer<'_>> = placed

@@ -2,6 +2,7 @@
 
 mod check_config;
 mod lookup;
+mod prepare;
 mod query;
 mod run;
 

@@ -2,45 +2,23 @@
 //! Oracle `public_ip_ranges.json`, AWS `ip-ranges.json`, Google Cloud `cloud.json` and Azure
 //! Service Tags JSON. The provider is recognised from the file's content.
 
-use std::{path::Path, sync::Arc};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
 use ipnet::IpNet;
-use serde::Serialize;
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CloudProvider {
-    Oci,
-    Aws,
-    Gcp,
-    Azure,
-}
+use prefix_trie::joint::map::JointPrefixMap;
 
-impl CloudProvider {
-    pub const ALL: [CloudProvider; 4] =
-        [CloudProvider::Oci, CloudProvider::Aws, CloudProvider::Gcp, CloudProvider::Azure];
+use super::{Destination, Placed, Reload, Source, SourceFile, geoip::FileStamp};
+use crate::record::CloudProvider;
 
-    pub fn name(self) -> &'static str {
-        match self {
-            CloudProvider::Oci => "oci",
-            CloudProvider::Aws => "aws",
-            CloudProvider::Gcp => "gcp",
-            CloudProvider::Azure => "azure",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<CloudProvider> {
-        CloudProvider::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    fn file_kind(self) -> &'static str {
-        match self {
-            CloudProvider::Oci => "Oracle public_ip_ranges.json",
-            CloudProvider::Aws => "AWS ip-ranges.json",
-            CloudProvider::Gcp => "Google Cloud cloud.json",
-            CloudProvider::Azure => "Azure Service Tags JSON",
-        }
+/// What a provider's range file is called, for messages.
+fn file_kind(p: CloudProvider) -> &'static str {
+    match p {
+        CloudProvider::Oci => "Oracle public_ip_ranges.json",
+        CloudProvider::Aws => "AWS ip-ranges.json",
+        CloudProvider::Gcp => "Google Cloud cloud.json",
+        CloudProvider::Azure => "Azure Service Tags JSON",
     }
 }
 
@@ -61,7 +39,7 @@ pub struct RangeFile {
 
 impl RangeFile {
     pub fn describe(&self) -> String {
-        format!("{} ({} networks)", self.provider.file_kind(), self.networks.len())
+        format!("{} ({} networks)", file_kind(self.provider), self.networks.len())
     }
 
     /// Reads and parses a range file; the error names the file and the entry at fault.
@@ -152,4 +130,89 @@ fn recognise(v: &Value) -> Option<CloudProvider> {
         return Some(CloudProvider::Aws);
     }
     None
+}
+/// A file-backed range file and the identity of the version loaded.
+struct Loaded {
+    file: SourceFile,
+    stamp: Option<FileStamp>,
+    value: RangeFile,
+}
+
+/// Every configured range file, merged into one longest-prefix-match table.
+pub struct CloudSource {
+    files: Vec<Loaded>,
+    table: JointPrefixMap<IpNet, CloudRegion>,
+}
+
+impl CloudSource {
+    /// Reads every range file; the error names the file's label and the entry at fault.
+    pub fn open(files: &[SourceFile]) -> anyhow::Result<CloudSource> {
+        let mut loaded = Vec::new();
+        for f in files {
+            let stamp = FileStamp::of(&f.path).ok();
+            let value = RangeFile::load(&f.path).map_err(|e| anyhow::anyhow!("{}: {e}", f.label))?;
+            loaded.push(Loaded { file: f.clone(), stamp, value });
+        }
+        let mut s = CloudSource { files: loaded, table: JointPrefixMap::new() };
+        s.rebuild();
+        Ok(s)
+    }
+
+    fn rebuild(&mut self) {
+        let mut table = JointPrefixMap::new();
+        for f in &self.files {
+            for (net, region) in &f.value.networks {
+                table.insert(*net, region.clone());
+            }
+        }
+        self.table = table;
+    }
+}
+
+impl Source for CloudSource {
+    fn kind(&self) -> &'static str {
+        "cloud"
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.files.iter().map(|f| format!("{} ({})", f.file.path.display(), f.value.describe())).collect()
+    }
+
+    fn place(&self, ip: IpAddr, d: &mut Destination, _errors: &mut u64) -> Placed {
+        if let Some((_, c)) = self.table.get_lpm(&IpNet::from(ip)) {
+            d.cloud_provider = Some(c.provider);
+            d.cloud_region = Some(c.region.clone());
+        }
+        Placed::Continue
+    }
+
+    fn reload(&mut self) -> Reload {
+        let mut r = Reload::default();
+        for f in &mut self.files {
+            let now = FileStamp::of(&f.file.path).ok();
+            if now.is_none() || now == f.stamp {
+                continue;
+            }
+            f.stamp = now;
+            match RangeFile::load(&f.file.path) {
+                Ok(v) => {
+                    r.reloaded.push(format!(
+                        "{}: {}: range file replaced on disk: reloaded ({})",
+                        f.file.label,
+                        f.file.path.display(),
+                        v.describe()
+                    ));
+                    f.value = v;
+                }
+                Err(e) => r.failed.push(format!(
+                    "{}: range file replaced on disk but cannot be loaded, keeping the previous one: {e}",
+                    f.file.label
+                )),
+            }
+        }
+        if !r.reloaded.is_empty() {
+            self.rebuild();
+        }
+        r
+    }
 }

@@ -9,8 +9,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::sync::Arc;
+
 use maxminddb::Reader;
 use serde::Deserialize;
+use tracing::warn;
+
+use super::{Destination, Placed, Reload, Source, SourceFile};
 
 /// The database bytes: a mapped file, or the embedded default decompressed in memory.
 pub enum DbBytes {
@@ -182,5 +187,105 @@ impl GeoDb {
             return Ok(GeoFacts::default());
         }
         self.decode(ip).map_err(|e| e.to_string())
+    }
+}
+
+/// Which part of a destination an MMDB database fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmdbRole {
+    /// The country (unless a site already set it).
+    Country,
+    /// The subdivision, and the country when nothing else set it.
+    City,
+    /// The autonomous system number and organisation.
+    Asn,
+}
+
+/// A MaxMind-format database as a source of places.
+pub struct MmdbSource {
+    role: MmdbRole,
+    label: String,
+    db: GeoDb,
+}
+
+impl MmdbSource {
+    pub fn open(f: &SourceFile, role: MmdbRole) -> Result<MmdbSource, String> {
+        Ok(MmdbSource { role, label: f.label.clone(), db: GeoDb::open(&f.path)? })
+    }
+
+    pub fn embedded_country() -> MmdbSource {
+        MmdbSource { role: MmdbRole::Country, label: "country_db".into(), db: GeoDb::embedded_country() }
+    }
+}
+
+impl Source for MmdbSource {
+    fn kind(&self) -> &'static str {
+        match self.role {
+            MmdbRole::Country => "country",
+            MmdbRole::City => "city",
+            MmdbRole::Asn => "asn",
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let name = self.db.path.as_deref().map_or("embedded DB-IP Lite".into(), |p| p.display().to_string());
+        vec![format!("{name} ({})", self.db.describe())]
+    }
+
+    fn place(&self, ip: IpAddr, d: &mut Destination, errors: &mut u64) -> Placed {
+        let facts = match self.db.lookup(ip) {
+            Ok(f) => f,
+            Err(e) => {
+                *errors += 1;
+                warn!(address = %ip, error = %e, "cannot decode a database record; the address is placed without it");
+                return Placed::Continue;
+            }
+        };
+        match self.role {
+            MmdbRole::Country => {
+                if d.country.is_none() {
+                    d.country = facts.country.as_deref().map(Arc::from);
+                }
+            }
+            MmdbRole::City => {
+                d.subdivision = facts.subdivision.as_deref().map(Arc::from);
+                if d.country.is_none() {
+                    d.country = facts.country.as_deref().map(Arc::from);
+                }
+            }
+            MmdbRole::Asn => {
+                d.asn = facts.asn;
+                d.as_org = facts.as_org.as_deref().map(Arc::from);
+            }
+        }
+        Placed::Continue
+    }
+
+    fn reload(&mut self) -> Reload {
+        let mut r = Reload::default();
+        if !self.db.replaced() {
+            return r;
+        }
+        let path = self.db.path.clone().expect("file-backed databases have a path");
+        match GeoDb::open(&path) {
+            Ok(new) => {
+                r.reloaded.push(format!(
+                    "{}: {}: database replaced on disk: reloaded ({})",
+                    self.label,
+                    path.display(),
+                    new.describe()
+                ));
+                self.db = new;
+            }
+            Err(e) => {
+                r.failed.push(format!(
+                    "{}: database replaced on disk but cannot be loaded, keeping the previous one: {e}",
+                    self.label
+                ));
+                // Do not retry the same broken file every interval.
+                self.db.accept_current_stamp();
+            }
+        }
+        r
     }
 }

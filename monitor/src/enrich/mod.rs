@@ -1,59 +1,75 @@
-//! Places every destination on the map: the company's own sites, cloud provider regions, and
-//! country, subdivision and autonomous system from MaxMind-format databases, cached per address.
+//! Places every destination on the map. A destination is built by a list of sources, asked in
+//! order: the company's own sites, cloud provider regions, then country, subdivision and
+//! autonomous system from MaxMind-format databases. Each source reloads on its own when its
+//! file is replaced; answers are cached per address. A new kind of source (DNS names, say) is
+//! one more [`Source`].
 
 mod cloud;
 pub mod countries;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod geoip;
+mod sites;
 
 use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
 
-pub use cloud::{CloudProvider, CloudRegion, RangeFile};
-pub use geoip::{GeoDb, GeoFacts};
-use ipnet::IpNet;
-use prefix_trie::joint::map::JointPrefixMap;
-use serde::Serialize;
+pub use cloud::{CloudRegion, CloudSource, RangeFile};
+pub use geoip::{GeoDb, GeoFacts, MmdbRole, MmdbSource};
+pub use sites::{Site, Sites};
 use tracing::{info, warn};
 
-use crate::config::Config;
+pub use crate::record::{CloudProvider, Destination};
 
-/// Where an address is. Field names are public API (records and alerts carry them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Destination {
-    /// ISO 3166-1 alpha-2; a site's configured country for site addresses.
-    pub country: Option<Arc<str>>,
-    /// ISO 3166-2 ("US-VA"), from the city database.
-    pub subdivision: Option<Arc<str>>,
-    pub asn: Option<u32>,
-    pub as_org: Option<Arc<str>>,
-    pub cloud_provider: Option<CloudProvider>,
-    pub cloud_region: Option<Arc<str>>,
-    /// The company site whose CIDRs hold the address.
-    pub site: Option<Arc<str>>,
-    /// Private, loopback, link-local or multicast, and in no site: not geolocated.
-    pub internal: bool,
+/// A file a source reads, and what messages call it (the configuration key that names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub label: String,
+    pub path: PathBuf,
 }
 
-impl Destination {
-    /// Whether anything at all places this destination.
-    pub fn has_location(&self) -> bool {
-        self.country.is_some() || self.site.is_some() || self.cloud_region.is_some() || self.asn.is_some()
-    }
+/// What the enricher is built from.
+#[derive(Debug, Clone, Default)]
+pub struct EnrichOptions {
+    /// Country database; the embedded DB-IP Lite database when None.
+    pub country_db: Option<SourceFile>,
+    /// City database: adds the subdivision (`US-VA`).
+    pub city_db: Option<SourceFile>,
+    /// ASN database: autonomous system number and organisation.
+    pub asn_db: Option<SourceFile>,
+    /// Cloud providers' published range files.
+    pub cloud_ranges: Vec<SourceFile>,
+    pub sites: Vec<Site>,
 }
 
-/// A configured site.
-#[derive(Debug, Clone)]
-struct Site {
-    name: Arc<str>,
-    country: Arc<str>,
+/// What a source did with an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Ask the next source too.
+    Continue,
+    /// The destination is complete: no later source may add to it (an internal address).
+    Done,
 }
 
-/// A file-backed source and the path it was configured with.
-struct Loaded<T> {
-    path: PathBuf,
-    stamp: Option<geoip::FileStamp>,
-    value: T,
+/// What a reload found: one message per file.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// Replaced on disk and reloaded: what is now in force.
+    pub reloaded: Vec<String>,
+    /// Replaced on disk but unreadable: the previous version stays in force.
+    pub failed: Vec<String>,
+}
+
+/// One thing that knows where addresses are.
+pub trait Source: Send {
+    /// What kind of source this is, for logs ("sites", "cloud", "country", "city", "asn").
+    fn kind(&self) -> &'static str;
+    /// One line per file this source read, for the start-up log and `lookup`.
+    fn describe(&self) -> Vec<String>;
+    /// Adds what this source knows about `ip` to `d`; `errors` counts records it could not
+    /// decode (the address is then placed without them).
+    fn place(&self, ip: IpAddr, d: &mut Destination, errors: &mut u64) -> Placed;
+    /// Reopens the source's files that were replaced on disk.
+    fn reload(&mut self) -> Reload;
 }
 
 /// Counters the agent reports.
@@ -67,14 +83,9 @@ pub struct EnrichCounters {
     pub reload_failures: u64,
 }
 
-/// Everything that places addresses, and the per-address cache.
+/// The sources, in the order they are asked, and the per-address cache.
 pub struct Enricher {
-    country: GeoDb,
-    city: Option<GeoDb>,
-    asn: Option<GeoDb>,
-    cloud_files: Vec<Loaded<RangeFile>>,
-    cloud: JointPrefixMap<IpNet, CloudRegion>,
-    sites: JointPrefixMap<IpNet, Site>,
+    sources: Vec<Box<dyn Source>>,
     cache: HashMap<IpAddr, Arc<Destination>>,
     pub counters: EnrichCounters,
 }
@@ -83,76 +94,36 @@ pub struct Enricher {
 const CACHE_LIMIT: usize = 1 << 17;
 
 impl Enricher {
-    /// Opens every configured source. Errors name the file and what is wrong with it.
-    pub fn from_config(config: &Config) -> anyhow::Result<Enricher> {
-        let g = &config.geoip;
-        let origin = &config.origin;
-        let open = |p: &toml::Spanned<PathBuf>, key: &str| {
-            GeoDb::open(p.get_ref()).map_err(|e| anyhow::anyhow!("{origin}: geoip.{key}: {e}"))
-        };
-        let country = match &g.country_db {
-            Some(p) => open(p, "country_db")?,
-            None => GeoDb::embedded_country(),
-        };
-        let city = g.city_db.as_ref().map(|p| open(p, "city_db")).transpose()?;
-        let asn = g.asn_db.as_ref().map(|p| open(p, "asn_db")).transpose()?;
-        let mut cloud_files = Vec::new();
-        for (i, p) in g.cloud_ranges.iter().enumerate() {
-            let path = p.get_ref().clone();
-            let stamp = geoip::FileStamp::of(&path).ok();
-            let value = RangeFile::load(&path)
-                .map_err(|e| anyhow::anyhow!("{origin}: geoip.cloud_ranges[{i}]: {e}"))?;
-            cloud_files.push(Loaded { path, stamp, value });
+    /// Opens every source. Errors name the source (its label) and the file, and say what is
+    /// wrong with it.
+    pub fn open(o: &EnrichOptions) -> anyhow::Result<Enricher> {
+        let open =
+            |f: &SourceFile, role| MmdbSource::open(f, role).map_err(|e| anyhow::anyhow!("{}: {e}", f.label));
+        let mut sources: Vec<Box<dyn Source>> = vec![
+            Box::new(Sites::new(&o.sites)),
+            Box::new(CloudSource::open(&o.cloud_ranges)?),
+            Box::new(match &o.country_db {
+                Some(f) => open(f, MmdbRole::Country)?,
+                None => MmdbSource::embedded_country(),
+            }),
+        ];
+        if let Some(f) = &o.city_db {
+            sources.push(Box::new(open(f, MmdbRole::City)?));
         }
-        let mut sites = JointPrefixMap::new();
-        for s in &config.sites {
-            let site = Site {
-                name: Arc::from(s.name.get_ref().0.as_str()),
-                country: Arc::from(s.country.get_ref().0.as_str()),
-            };
-            for cidr in &s.cidrs {
-                sites.insert(cidr.get_ref().0, site.clone());
-            }
+        if let Some(f) = &o.asn_db {
+            sources.push(Box::new(open(f, MmdbRole::Asn)?));
         }
-        let mut e = Enricher {
-            country,
-            city,
-            asn,
-            cloud_files,
-            cloud: JointPrefixMap::new(),
-            sites,
-            cache: HashMap::new(),
-            counters: EnrichCounters::default(),
-        };
-        e.rebuild_cloud();
-        Ok(e)
+        Ok(Enricher::from_sources(sources))
     }
 
-    /// One line per source, for the start-up log and `lookup`.
+    /// An enricher over the given sources, asked in this order.
+    pub fn from_sources(sources: Vec<Box<dyn Source>>) -> Enricher {
+        Enricher { sources, cache: HashMap::new(), counters: EnrichCounters::default() }
+    }
+
+    /// One line per source file (kind, description), for the start-up log and `lookup`.
     pub fn sources(&self) -> Vec<(String, String)> {
-        let name =
-            |db: &GeoDb| db.path.as_deref().map_or("embedded DB-IP Lite".into(), |p| p.display().to_string());
-        let mut out =
-            vec![("country".into(), format!("{} ({})", name(&self.country), self.country.describe()))];
-        for (kind, db) in [("city", &self.city), ("asn", &self.asn)] {
-            if let Some(db) = db {
-                out.push((kind.into(), format!("{} ({})", name(db), db.describe())));
-            }
-        }
-        for f in &self.cloud_files {
-            out.push(("cloud".into(), format!("{} ({})", f.path.display(), f.value.describe())));
-        }
-        out
-    }
-
-    fn rebuild_cloud(&mut self) {
-        let mut table = JointPrefixMap::new();
-        for f in &self.cloud_files {
-            for (net, region) in &f.value.networks {
-                table.insert(*net, region.clone());
-            }
-        }
-        self.cloud = table;
+        self.sources.iter().flat_map(|s| s.describe().into_iter().map(|d| (s.kind().to_owned(), d))).collect()
     }
 
     /// Where `ip` is, from the cache or the sources.
@@ -178,42 +149,11 @@ impl Enricher {
     /// Places an address without the cache.
     fn place(&mut self, ip: IpAddr) -> Destination {
         let ip = ip.to_canonical();
-        let host = IpNet::from(ip);
         let mut d = Destination::default();
-        if let Some((_, site)) = self.sites.get_lpm(&host) {
-            d.site = Some(site.name.clone());
-            d.country = Some(site.country.clone());
-        } else if is_internal(ip) {
-            d.internal = true;
-            return d;
-        }
-        if let Some((_, c)) = self.cloud.get_lpm(&host) {
-            d.cloud_provider = Some(c.provider);
-            d.cloud_region = Some(c.region.clone());
-        }
-        let mut facts = |db: &GeoDb| match db.lookup(ip) {
-            Ok(f) => f,
-            Err(e) => {
-                self.counters.decode_errors += 1;
-                warn!(address = %ip, error = %e, "cannot decode a database record; the address is placed without it");
-                GeoFacts::default()
+        for s in &self.sources {
+            if s.place(ip, &mut d, &mut self.counters.decode_errors) == Placed::Done {
+                break;
             }
-        };
-        let country = facts(&self.country);
-        if d.country.is_none() {
-            d.country = country.country.as_deref().map(Arc::from);
-        }
-        if let Some(city) = &self.city {
-            let city = facts(city);
-            d.subdivision = city.subdivision.as_deref().map(Arc::from);
-            if d.country.is_none() {
-                d.country = city.country.as_deref().map(Arc::from);
-            }
-        }
-        if let Some(asn) = &self.asn {
-            let asn = facts(asn);
-            d.asn = asn.asn;
-            d.as_org = asn.as_org.as_deref().map(Arc::from);
         }
         d
     }
@@ -222,58 +162,22 @@ impl Enricher {
     /// previous version, and the failure is logged and counted. Returns whether anything changed.
     pub fn reload_replaced(&mut self) -> bool {
         let mut changed = false;
-        for (key, slot) in [
-            ("country_db", Some(&mut self.country)),
-            ("city_db", self.city.as_mut()),
-            ("asn_db", self.asn.as_mut()),
-        ] {
-            let Some(db) = slot else { continue };
-            if !db.replaced() {
-                continue;
+        for s in &mut self.sources {
+            let r = s.reload();
+            for w in &r.reloaded {
+                info!(source = s.kind(), "{w}");
             }
-            let path = db.path.clone().expect("file-backed databases have a path");
-            match GeoDb::open(&path) {
-                Ok(new) => {
-                    info!(key, file = %path.display(), database = %new.describe(), "database replaced on disk: reloaded");
-                    *db = new;
-                    self.counters.reloads += 1;
-                    changed = true;
-                }
-                Err(e) => {
-                    warn!(key, error = %e, "database replaced on disk but cannot be loaded: keeping the previous one");
-                    self.counters.reload_failures += 1;
-                    // Do not retry the same broken file every interval.
-                    db.accept_current_stamp();
-                }
+            for w in &r.failed {
+                warn!(source = s.kind(), "{w}");
             }
+            self.counters.reloads += r.reloaded.len() as u64;
+            self.counters.reload_failures += r.failed.len() as u64;
+            changed |= !r.reloaded.is_empty();
         }
-        let mut cloud_changed = false;
-        for (i, f) in self.cloud_files.iter_mut().enumerate() {
-            let now = geoip::FileStamp::of(&f.path).ok();
-            if now.is_none() || now == f.stamp {
-                continue;
-            }
-            f.stamp = now;
-            match RangeFile::load(&f.path) {
-                Ok(v) => {
-                    info!(key = %format!("cloud_ranges[{i}]"), file = %f.path.display(), ranges = %v.describe(), "range file replaced on disk: reloaded");
-                    f.value = v;
-                    self.counters.reloads += 1;
-                    cloud_changed = true;
-                }
-                Err(e) => {
-                    warn!(key = %format!("cloud_ranges[{i}]"), error = %e, "range file replaced on disk but cannot be loaded: keeping the previous one");
-                    self.counters.reload_failures += 1;
-                }
-            }
-        }
-        if cloud_changed {
-            self.rebuild_cloud();
-        }
-        if changed || cloud_changed {
+        if changed {
             self.cache.clear();
         }
-        changed || cloud_changed
+        changed
     }
 }
 

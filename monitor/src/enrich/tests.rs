@@ -3,6 +3,11 @@ use std::path::Path;
 use super::{fixtures, *};
 use crate::config::{Config, Origin};
 
+/// Opens the enricher a configuration names, as the agent's start-up step does.
+fn open(config: &Config) -> anyhow::Result<Enricher> {
+    Enricher::open(&config.enrich_options()).map_err(|e| anyhow::anyhow!("{}: {e:#}", config.origin))
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -16,7 +21,7 @@ fn enricher(files: &[(&str, &[u8])], config: &str) -> (tempfile::TempDir, Enrich
     }
     let text = config.replace("{dir}", dir.path().to_str().unwrap());
     let config = Config::parse(&text, Origin::File("test.toml".into())).unwrap();
-    let e = Enricher::from_config(&config).unwrap();
+    let e = open(&config).unwrap();
     (dir, e)
 }
 
@@ -131,7 +136,7 @@ fn unrecognised_or_broken_range_files_are_rejected_by_name() {
     std::fs::write(&path, "not json").unwrap();
     let text = format!("[geoip]\ncloud_ranges = [{:?}]\n", path.to_str().unwrap());
     let config = Config::parse(&text, Origin::File("t.toml".into())).unwrap();
-    let e = Enricher::from_config(&config).err().unwrap().to_string();
+    let e = open(&config).err().unwrap().to_string();
     assert!(
         e.starts_with("t.toml: geoip.cloud_ranges[0]: ") && e.contains("ranges.json: not valid JSON"),
         "{e}"
@@ -236,7 +241,7 @@ fn corrupt_or_missing_database_at_start_names_the_key_and_file() {
     {
         let text = format!("[geoip]\ncountry_db = {:?}\n", path.to_str().unwrap());
         let config = Config::parse(&text, Origin::File("t.toml".into())).unwrap();
-        let e = Enricher::from_config(&config).err().unwrap().to_string();
+        let e = open(&config).err().unwrap().to_string();
         assert!(e.starts_with(&format!("t.toml: geoip.country_db: {}", path.display())), "{e}");
         assert!(e.contains(expect), "{e}");
     }
@@ -245,7 +250,7 @@ fn corrupt_or_missing_database_at_start_names_the_key_and_file() {
 #[test]
 fn embedded_database_places_public_addresses() {
     let config = Config::parse("", Origin::Embedded).unwrap();
-    let mut e = Enricher::from_config(&config).unwrap();
+    let mut e = open(&config).unwrap();
     assert_eq!(e.locate(ip("175.16.199.1")).country.as_deref(), Some("CN"));
     assert_eq!(e.locate(ip("8.8.8.8")).country.as_deref(), Some("US"));
     assert!(e.sources()[0].1.starts_with("embedded DB-IP Lite"), "{:?}", e.sources());

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{api::status::ExportStatus, config::ClickHouseConfig, store};
+use crate::{status::ExportStatus, store};
 
 /// The CREATE statements for database `egress`.
 pub const SCHEMA: &str = include_str!("clickhouse.sql");
@@ -28,17 +28,38 @@ const SETTLE: Duration = Duration::from_secs(3);
 const FLOWS_CURSOR: &str = "clickhouse.flows";
 const ALERTS_CURSOR: &str = "clickhouse.alerts";
 
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct ClickHouseOptions {
+    /// ClickHouse's HTTP interface, like "http://clickhouse.internal:8123".
+    pub url: reqwest::Url,
+    pub database: String,
+    pub user: String,
+    pub password_file: Option<std::path::PathBuf>,
+    /// How often finished buckets are sent.
+    pub interval: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// The store's bucket length (a bucket is sent once it is over).
+    pub bucket: Duration,
+    /// The agent's state directory, where the store is.
+    pub state_dir: std::path::PathBuf,
+}
+
 pub struct ClickHouse {
     client: reqwest::Client,
     url: reqwest::Url,
     database: String,
     user: String,
     password: Option<String>,
+    interval: Duration,
+    bucket: Duration,
+    state_dir: std::path::PathBuf,
 }
 
 impl ClickHouse {
     /// Prepares the client; reads the password file (the error names it).
-    pub fn new(c: &ClickHouseConfig) -> anyhow::Result<ClickHouse> {
+    pub fn new(c: &ClickHouseOptions) -> anyhow::Result<ClickHouse> {
         let password = match &c.password_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -60,13 +81,16 @@ impl ClickHouse {
             );
         }
         crate::install_crypto();
-        let client = reqwest::Client::builder().timeout(c.timeout.0).tls_backend_rustls().build()?;
+        let client = reqwest::Client::builder().timeout(c.timeout).tls_backend_rustls().build()?;
         Ok(ClickHouse {
             client,
-            url: c.url.0.clone(),
+            url: c.url.clone(),
             database: c.database.clone(),
             user: c.user.clone(),
             password,
+            interval: c.interval,
+            bucket: c.bucket,
+            state_dir: c.state_dir.clone(),
         })
     }
 
@@ -106,15 +130,9 @@ impl ClickHouse {
 }
 
 /// Sends finished buckets and new alerts every `interval` until `stop`.
-pub async fn run(
-    ch: ClickHouse,
-    state_dir: &Path,
-    bucket: Duration,
-    interval: Duration,
-    status: Arc<Mutex<ExportStatus>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let path = state_dir.join(store::FILE);
+pub async fn run(ch: ClickHouse, status: Arc<Mutex<ExportStatus>>, mut stop: watch::Receiver<bool>) {
+    let (bucket, interval) = (ch.bucket, ch.interval);
+    let path = ch.state_dir.join(store::FILE);
     let mut version_logged = false;
     let mut failures_in_a_row = 0u32;
     loop {

@@ -1,8 +1,6 @@
 //! The flow table: kernel events and periodic sweeps of the kernel flow map become flow
 //! updates (new, active, ended). Ending a flow removes it from the kernel map too.
 
-pub mod record;
-
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -11,6 +9,7 @@ use std::{
 use monitor_common::{FlowKey, FlowValue, ProcessInfo, SOCK_HAS_PROCESS, SockEvent};
 
 use crate::probe::KernelEvent;
+pub use crate::record::FlowState;
 
 /// The kernel's flow map, as the table uses it (the probe's map; a fake in tests).
 pub trait KernelFlows {
@@ -18,18 +17,6 @@ pub trait KernelFlows {
     fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()>;
     /// Removes a flow and returns its final value (None if it was already gone).
     fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>>;
-}
-
-/// Lifecycle stage a record reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowState {
-    /// First time the agent reports this flow.
-    New,
-    /// Periodic report of a flow that is still sending.
-    Active,
-    /// Final report: the socket closed or the flow went idle.
-    Ended,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -331,6 +318,39 @@ impl Flow {
         self.emitted_bytes = self.bytes;
         self.emitted_class = self.class_id;
         self.last_emit = now;
+    }
+}
+
+/// The probe's map is the kernel flow map the agent sweeps.
+impl KernelFlows for crate::probe::FlowMap {
+    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()> {
+        crate::probe::FlowMap::for_each(self, f)
+    }
+    fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>> {
+        crate::probe::FlowMap::take(self, key)
+    }
+}
+
+/// An in-memory stand-in for the kernel map, for tests of the layers that sweep it.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::BTreeMap;
+
+    use monitor_common::{FlowKey, FlowValue};
+
+    use super::KernelFlows;
+
+    #[derive(Default)]
+    pub struct FakeMap(pub BTreeMap<FlowKey, FlowValue>);
+
+    impl KernelFlows for FakeMap {
+        fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()> {
+            self.0.iter().for_each(|(k, v)| f(k, v));
+            Ok(())
+        }
+        fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>> {
+            Ok(self.0.remove(key))
+        }
     }
 }
 

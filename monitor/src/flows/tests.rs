@@ -1,22 +1,8 @@
-use std::collections::BTreeMap;
-
 use monitor_common::{DIRECTION_OUTBOUND, FAMILY_V4, NewFlowEvent};
 
 use super::*;
 
-/// An in-memory stand-in for the kernel map.
-#[derive(Default)]
-struct FakeMap(BTreeMap<FlowKey, FlowValue>);
-
-impl KernelFlows for FakeMap {
-    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()> {
-        self.0.iter().for_each(|(k, v)| f(k, v));
-        Ok(())
-    }
-    fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>> {
-        Ok(self.0.remove(key))
-    }
-}
+use super::fake::FakeMap;
 
 const SEC: u64 = 1_000_000_000;
 

@@ -8,7 +8,8 @@ use std::{net::IpAddr, sync::Arc};
 pub use approved::ApprovedEntry;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, enrich::Destination};
+use crate::record::Destination;
+pub use crate::record::{Severity, VerdictKind};
 
 /// What to do with a kind of destination the approved list cannot speak for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -25,36 +26,6 @@ impl Decision {
     pub fn violation() -> Self {
         Decision::Violation
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    #[default]
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-/// The outcome for one flow, as records show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerdictKind {
-    Allowed,
-    Violation,
-    Unclassified,
 }
 
 /// A verdict and what decided it. The sentence for people is written only when asked for
@@ -107,18 +78,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Policy {
-        let classes = config
-            .classes
-            .iter()
-            .map(|c| ClassPolicy {
-                name: Arc::from(c.name.get_ref().0.as_str()),
-                approved: c.approved.iter().map(|e| e.get_ref().clone()).collect(),
-                unknown: c.unknown,
-                internal: c.internal,
-                severity: c.severity,
-            })
-            .collect();
+    /// The rules of each class; class id `i + 1` is `classes[i]`.
+    pub fn new(classes: Vec<ClassPolicy>) -> Policy {
         Policy { classes }
     }
 

@@ -1,11 +1,14 @@
 use super::*;
-use crate::{config::Origin, enrich::CloudProvider};
+use crate::{
+    config::{Config, Origin},
+    record::CloudProvider,
+};
 
 fn policy(toml: &str) -> Policy {
     let base = "[[sites]]\nname = \"dc-us-east\"\ncountry = \"US\"\ncidrs = [\"10.20.0.0/16\"]\n\
                 [[sites]]\nname = \"dc-sg-backup\"\ncountry = \"SG\"\ncidrs = [\"10.60.0.0/16\"]\n";
     let config = Config::parse(&format!("{base}{toml}"), Origin::File("t.toml".into())).unwrap();
-    Policy::from_config(&config)
+    config.policy()
 }
 
 fn class(approved: &str) -> Policy {

@@ -10,8 +10,6 @@ use std::{
 use aya::maps::MapData;
 use monitor_common::{FlowKey, FlowValue};
 
-use crate::flows::KernelFlows;
-
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -63,8 +61,9 @@ impl FlowMap {
     }
 }
 
-impl KernelFlows for FlowMap {
-    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
+impl FlowMap {
+    /// Calls `f` for every flow in the map, reading it in batches.
+    pub fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
         self.keys.resize(BATCH, FlowKey::ZERO);
         // SAFETY: FlowValue is plain old data; the kernel overwrites the slots it fills.
         self.values.resize(BATCH, unsafe { std::mem::zeroed() });
@@ -96,7 +95,8 @@ impl KernelFlows for FlowMap {
         }
     }
 
-    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+    /// Removes a flow and returns its final value (None if it was already gone).
+    pub fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
         // SAFETY: plain old data, filled by the kernel on success.
         let mut value: FlowValue = unsafe { std::mem::zeroed() };
         let mut attr = ElemAttr {

@@ -13,29 +13,19 @@ use std::sync::{Arc, Mutex, atomic::Ordering};
 
 pub use delivery::SinkStats;
 pub use outbox::Outbox;
-use serde::Serialize;
 use tokio::{
     sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 use tracing::{error, info, warn};
 
+pub use crate::record::Output;
 use crate::{
-    alerts::{Alert, AlertUpdate},
     config::{Config, SinkConfig},
-    flows::record::{FlowRecord, LossRecord},
+    record::Alert,
+    status::{SinkStatus, Status},
     store::StoreWriter,
 };
-
-/// Anything the agent reports.
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum Output {
-    Flow(FlowRecord),
-    Alert(Alert),
-    AlertUpdate(AlertUpdate),
-    Loss(LossRecord),
-}
 
 /// Records queued per stdout sink before the agent waits for it.
 const QUEUE: usize = 65536;
@@ -160,6 +150,31 @@ impl Sinks {
             // A closed queue means the sink task failed; its error is reported by close().
             let _ = q.send(output.clone()).await;
         }
+    }
+
+    /// Hands every record in `outputs` on, in order, and empties it.
+    pub async fn send_all(&self, outputs: &mut Vec<Output>) {
+        for o in outputs.drain(..) {
+            self.send(o).await;
+        }
+    }
+
+    /// Brings the sinks' part of the status document up to date.
+    pub fn fill_status(&self, s: &mut Status) {
+        s.losses.outbox_dropped = self.outbox_dropped();
+        s.sinks = self
+            .alert_sink_stats()
+            .into_iter()
+            .map(|(name, backlog, st)| SinkStatus {
+                name,
+                backlog,
+                delivered: st.delivered,
+                retries: st.retries,
+                failed: st.failed,
+                last_error: st.last_error,
+            })
+            .collect();
+        s.databases.outbox_bytes = self.outbox_size();
     }
 
     fn store_alert(&self, outbox: &Outbox, alert: &Alert) {

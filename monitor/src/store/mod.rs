@@ -20,6 +20,8 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 pub use writer::StoreWriter;
 
+use crate::status::Status;
+
 /// File name of the store in the state directory.
 pub const FILE: &str = "store.sqlite";
 
@@ -37,6 +39,12 @@ pub struct StoreCounters {
 impl StoreCounters {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// Brings the store's part of the status document up to date.
+    pub fn fill_status(&self, s: &mut Status) {
+        s.losses.store_dropped = Self::get(&self.dropped);
+        s.losses.store_write_errors = Self::get(&self.write_errors);
     }
 }
 

@@ -16,11 +16,7 @@ use rusqlite::{Connection, Transaction, params};
 use tracing::{error, warn};
 
 use super::{StoreCounters, StoreSettings};
-use crate::{
-    alerts::{Alert, AlertUpdate},
-    flows::{FlowState, record::FlowRecord},
-    sinks::Output,
-};
+use crate::record::{Alert, AlertUpdate, FlowRecord, FlowState, Output};
 
 /// Records waiting for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 100_000;

@@ -3,8 +3,8 @@ use std::sync::Arc;
 use super::*;
 use crate::{
     enrich::{CloudProvider, Destination},
-    flows::{FlowState, record::FlowRecord},
     policy::VerdictKind,
+    record::{FlowRecord, FlowState},
     sinks::Output,
     store::{Store, StoreSettings},
 };

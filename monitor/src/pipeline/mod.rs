@@ -1,0 +1,265 @@
+//! The per-record road, in one place: kernel events and sweeps → flow updates (the flow table)
+//! → destination (enrich) → verdict (policy) → flow record and, when due, alert → outputs. Loss
+//! counters become loss records on the same road. Nothing here touches the kernel or the
+//! sinks: it is fed kernel events and a view of the kernel flow map, and hands back
+//! [`Output`]s, so it is tested without either.
+
+mod records;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Instant};
+
+use tracing::warn;
+
+pub use records::{Clock, RecordContext, comm, flow_id, ip_of, monotonic_ns};
+
+use crate::{
+    alerts::AlertBook,
+    enrich::Enricher,
+    flows::{FlowTable, FlowUpdate, KernelFlows, TableCounters},
+    metrics::{ClassSeverity, ClassVerdict, Metrics},
+    policy::Policy,
+    probe::{KernelEvent, KernelStats},
+    record::{FlowState, LossRecord, Output, Timestamp, VerdictKind},
+    status::{self, Status},
+};
+
+/// The stages of the road, built by the caller.
+pub struct Pipeline {
+    table: FlowTable,
+    records: RecordContext,
+    pub enricher: Enricher,
+    policy: Policy,
+    pub alerts: AlertBook,
+    metrics: Arc<Metrics>,
+    /// Metric labels by class id (0: unclassified) and verdict, built once.
+    labels: Vec<[ClassVerdict; 3]>,
+    losses: LossReporter,
+    updates: Vec<FlowUpdate>,
+}
+
+impl Pipeline {
+    pub fn new(
+        table: FlowTable,
+        records: RecordContext,
+        enricher: Enricher,
+        policy: Policy,
+        alerts: AlertBook,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        let labels = metric_labels(&records.classes);
+        Pipeline {
+            table,
+            records,
+            enricher,
+            policy,
+            alerts,
+            metrics,
+            labels,
+            losses: LossReporter::default(),
+            updates: Vec::new(),
+        }
+    }
+
+    pub fn host(&self) -> &Arc<str> {
+        &self.records.host
+    }
+
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// Kernel events: a new flow is reported at once. `malformed` counts ring-buffer records the
+    /// probe could not decode.
+    pub fn on_events(&mut self, batch: Vec<KernelEvent>, malformed: u64, out: &mut Vec<Output>) {
+        if malformed > 0 {
+            warn!(malformed, "malformed ring-buffer records: agent and kernel object disagree");
+        }
+        let now = Instant::now();
+        for e in batch {
+            self.table.on_event(e, now, &mut self.updates);
+        }
+        self.emit(out);
+    }
+
+    /// Corrects the class of known flows after the class maps changed; `class_of_path` maps a
+    /// cgroup path to its configured class.
+    pub fn reclassify(&mut self, class_of_path: impl Fn(&str) -> Option<u32>) {
+        let records = &mut self.records;
+        self.table.reclassify(|id| records.cgroup_path(id).and_then(|p| class_of_path(&p)));
+    }
+
+    /// Reads the whole kernel flow map: new, changed and ended flows are reported, and alerts
+    /// whose totals changed get an update.
+    pub fn sweep(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.table.sweep(map, now, monotonic_ns(), &mut self.updates)?;
+        self.emit(out);
+        let host = self.records.host.clone();
+        out.extend(self.alerts.updates(&host, Instant::now(), false).into_iter().map(Output::AlertUpdate));
+        Ok(())
+    }
+
+    /// A loss record when a loss counter grew since the last call.
+    pub fn check_losses(&mut self, kernel: KernelStats, out: &mut Vec<Output>) {
+        if let Some(loss) = self.losses.check(kernel, self.table.counters, &self.records.host) {
+            out.push(Output::Loss(loss));
+        }
+    }
+
+    /// At shutdown: reports everything counted up to now, so that nothing is left unsaid.
+    pub fn finish(
+        &mut self,
+        map: &mut dyn KernelFlows,
+        kernel: KernelStats,
+        out: &mut Vec<Output>,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        self.table.sweep(map, now, monotonic_ns(), &mut self.updates)?;
+        self.table.flush_all(now, &mut self.updates);
+        self.emit(out);
+        let host = self.records.host.clone();
+        out.extend(self.alerts.updates(&host, now, true).into_iter().map(Output::AlertUpdate));
+        self.check_losses(kernel, out);
+        Ok(())
+    }
+
+    /// Places, judges and reports the pending flow updates.
+    fn emit(&mut self, out: &mut Vec<Output>) {
+        if self.updates.is_empty() {
+            return;
+        }
+        let clock = Clock::sample();
+        let time = Timestamp::now();
+        let now = Instant::now();
+        for u in self.updates.drain(..) {
+            let ip = ip_of(&u.key, &u.key.daddr);
+            let place = self.enricher.locate(ip);
+            let verdict = self.policy.evaluate(u.flow.class_id, &place);
+            let record = self.records.flow_record(&u, place, verdict.kind, &clock, time);
+            count(&self.metrics, &self.labels, u.flow.class_id, &record);
+            let alert = match self.policy.class(u.flow.class_id) {
+                Some(class) if verdict.kind == VerdictKind::Violation => {
+                    self.alerts.observe(&u.key, &record, class, &verdict, now)
+                }
+                _ => None,
+            };
+            out.push(Output::Flow(record));
+            if let Some(alert) = alert {
+                let labels =
+                    ClassSeverity { class: alert.class.to_string(), severity: alert.severity.name().into() };
+                self.metrics.alerts.get_or_create(&labels).inc();
+                out.push(Output::Alert(alert));
+            }
+        }
+    }
+
+    /// Brings this road's part of the status document up to date.
+    pub fn fill_status(&self, s: &mut Status, kernel: KernelStats) {
+        let c = self.table.counters;
+        let e = self.enricher.counters;
+        s.flows_tracked = self.table.len() as u64;
+        s.events = status::EventCounts {
+            new_flow: c.new_flow_events,
+            connect: c.connect_events,
+            close: c.close_events,
+            found_by_sweep: c.found_by_sweep,
+        };
+        s.losses.ringbuf_drops = kernel.ringbuf_drops;
+        s.losses.flow_insert_failed = kernel.flow_insert_failed;
+        s.losses.sock_storage_failed = kernel.sock_storage_failed;
+        s.losses.unparsed_packets = kernel.unparsed_packets;
+        s.losses.flows_evicted = c.flows_evicted;
+        s.alerts = status::AlertCounts {
+            raised: self.alerts.counters.raised,
+            open: self.alerts.open_alerts() as u64,
+        };
+        s.geolocation = status::LookupCounts {
+            lookups: e.lookups,
+            cache_hits: e.cache_hits,
+            decode_errors: e.decode_errors,
+            reloads: e.reloads,
+            reload_failures: e.reload_failures,
+        };
+    }
+
+    /// The totals logged when the agent stops.
+    pub fn log_totals(&self) {
+        let c = self.table.counters;
+        tracing::info!(
+            new_flow_events = c.new_flow_events,
+            connect_events = c.connect_events,
+            close_events = c.close_events,
+            found_by_sweep = c.found_by_sweep,
+            flows_evicted = c.flows_evicted,
+            ringbuf_drops = self.losses.last.ringbuf_drops,
+            alerts_raised = self.alerts.counters.raised,
+            lookups = self.enricher.counters.lookups,
+            lookup_cache_hits = self.enricher.counters.cache_hits,
+            "totals"
+        );
+    }
+}
+
+/// The labels of every (class, verdict) pair, indexed by class id.
+fn metric_labels(class_names: &[Arc<str>]) -> Vec<[ClassVerdict; 3]> {
+    std::iter::once("")
+        .chain(class_names.iter().map(|n| &**n))
+        .map(|class| {
+            ["allowed", "violation", "unclassified"]
+                .map(|verdict| ClassVerdict { class: class.to_owned(), verdict: verdict.to_owned() })
+        })
+        .collect()
+}
+
+/// Adds a record's new bytes and packets to the metrics.
+fn count(metrics: &Metrics, labels: &[[ClassVerdict; 3]], class_id: u32, r: &crate::record::FlowRecord) {
+    let v = match r.verdict {
+        VerdictKind::Allowed => 0,
+        VerdictKind::Violation => 1,
+        VerdictKind::Unclassified => 2,
+    };
+    let Some(labels) = labels.get(class_id as usize).map(|l| &l[v]) else { return };
+    if r.state == FlowState::New {
+        metrics.flows.get_or_create(labels).inc();
+    }
+    metrics.flow_bytes.get_or_create(labels).inc_by(r.delta_bytes);
+    metrics.flow_packets.get_or_create(labels).inc_by(r.delta_packets);
+}
+
+/// Turns growing loss counters into a warning and a `loss` record.
+#[derive(Default)]
+struct LossReporter {
+    last: KernelStats,
+    last_evicted: u64,
+}
+
+impl LossReporter {
+    fn check(&mut self, k: KernelStats, t: TableCounters, host: &Arc<str>) -> Option<LossRecord> {
+        if k == self.last && t.flows_evicted == self.last_evicted {
+            return None;
+        }
+        warn!(
+            ringbuf_drops = k.ringbuf_drops - self.last.ringbuf_drops,
+            flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
+            sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
+            unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
+            flows_evicted = t.flows_evicted - self.last_evicted,
+            "losses since the last report (ring-buffer drops are recovered by the sweep; \
+             evictions mean agent.max_flows is too small)"
+        );
+        self.last = k;
+        self.last_evicted = t.flows_evicted;
+        Some(LossRecord {
+            kind: "loss",
+            time: Timestamp::now(),
+            host: host.clone(),
+            ringbuf_drops: k.ringbuf_drops,
+            flow_insert_failed: k.flow_insert_failed,
+            sock_storage_failed: k.sock_storage_failed,
+            unparsed_packets: k.unparsed_packets,
+            flows_evicted: t.flows_evicted,
+        })
+    }
+}

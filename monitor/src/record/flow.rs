@@ -1,0 +1,121 @@
+//! The flow record and the loss record, as printed and stored.
+
+use std::{net::IpAddr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Destination, Direction, FlowState, Protocol, Timestamp, VerdictKind, kind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// None for protocols without ports.
+    pub port: Option<u16>,
+}
+
+/// The destination of a flow: its endpoint and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+    #[serde(flatten)]
+    pub place: Arc<Destination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// Process id (thread group id); None when the socket predates the agent.
+    pub pid: Option<u32>,
+    /// Thread that opened the connection.
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    /// Owner uid: the process's uid, or the socket's when the process is unknown.
+    pub uid: u32,
+    /// The socket's cgroup, relative to the cgroup v2 root; None if it no longer exists.
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: Timestamp,
+    pub host: Arc<str>,
+    /// The same for every record of one flow (its cgroup, 5-tuple and first packet).
+    pub flow_id: String,
+    pub state: FlowState,
+    pub class: Option<Arc<str>>,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub source: Endpoint,
+    pub destination: DestinationRecord,
+    /// `allowed`, `violation` or `unclassified`.
+    pub verdict: VerdictKind,
+    pub process: Process,
+    pub bytes: u64,
+    pub packets: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// Bytes and packets since this flow's previous record (the store and metrics add these).
+    #[serde(skip)]
+    pub delta_bytes: u64,
+    #[serde(skip)]
+    pub delta_packets: u64,
+}
+
+/// Reported whenever a loss counter grows: nothing is dropped silently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossRecord {
+    #[serde(rename = "type", deserialize_with = "kind::loss")]
+    pub kind: &'static str,
+    pub time: Timestamp,
+    pub host: Arc<str>,
+    /// Totals since the agent started.
+    pub ringbuf_drops: u64,
+    pub flow_insert_failed: u64,
+    pub sock_storage_failed: u64,
+    pub unparsed_packets: u64,
+    pub flows_evicted: u64,
+}
+
+#[cfg(test)]
+impl FlowRecord {
+    /// A new outbound TCP flow of an unclassified process `api` (pid 1234, uid 1001, cgroup
+    /// /payments/userdata) from 10.0.0.2:41000 to `dst`:`dport`, placed at `place`, 1000
+    /// bytes in 5 packets: tests change what they need.
+    pub fn sample(dst: &str, dport: u16, place: Destination) -> FlowRecord {
+        let t = Timestamp::now();
+        FlowRecord {
+            kind: "flow",
+            time: t,
+            host: "h1".into(),
+            flow_id: format!("{dst}:{dport}"),
+            state: FlowState::New,
+            class: None,
+            direction: Direction::Outbound,
+            protocol: Protocol(6),
+            source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
+            destination: DestinationRecord {
+                ip: dst.parse().unwrap(),
+                port: Some(dport),
+                place: Arc::new(place),
+            },
+            verdict: VerdictKind::Unclassified,
+            process: Process {
+                pid: Some(1234),
+                tid: Some(1234),
+                comm: Some("api".into()),
+                uid: 1001,
+                cgroup: Some("/payments/userdata".into()),
+                cgroup_id: 9,
+            },
+            bytes: 1000,
+            packets: 5,
+            first_seen: t,
+            last_seen: t,
+            delta_bytes: 1000,
+            delta_packets: 5,
+        }
+    }
+}
