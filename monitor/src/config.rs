@@ -19,9 +19,10 @@ mod sinks;
 
 pub use query::{ApiConfig, ClickHouseConfig, DEFAULT_API_SOCKET, ExportConfig, StoreConfig};
 
+pub use query::WebhookUrl;
 pub use sinks::{
-    AlertFilter, Facility, RetryConfig, SinkConfig, SinkEntry, SinkKind, SyslogAddress, SyslogConfig,
-    SyslogFormat, WebhookConfig, WebhookFormat, WebhookUrl,
+    AlertFilter, Facility, RetryPolicy, SinkConfig, SinkEntry, SyslogAddress, SyslogFormat, SyslogOptions,
+    WebhookFormat, WebhookOptions,
 };
 
 use crate::{
@@ -430,9 +431,11 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, entry)| {
-                entry
-                    .check()
-                    .map_err(|(span, key, message)| at(Some(span), format!("sinks[{i}].{key}"), message))
+                sinks::check(entry).map_err(|(span, key, message)| {
+                    let key =
+                        if key.is_empty() { format!("sinks[{i}]") } else { format!("sinks[{i}].{key}") };
+                    at(Some(span), key, message)
+                })
             })
             .collect::<Result<_, _>>()?;
         config.validate_sinks().map_err(|(span, key, message)| at(Some(span), key, message))?;
@@ -514,13 +517,16 @@ impl Config {
             }
         }
         for (i, sink) in self.sink_entries.iter().enumerate() {
-            for (j, class) in sink.classes.iter().enumerate() {
-                if !names.contains_key(class.get_ref().0.as_str()) {
+            let Some((_, classes)) = sink.iter().find(|(k, _)| k.get_ref() == "classes") else { continue };
+            let Some(list) = classes.get_ref().as_array() else { continue };
+            for (j, class) in list.iter().enumerate() {
+                let Some(class) = class.as_str() else { continue };
+                if !names.contains_key(class) {
                     let known: Vec<&str> = names.keys().copied().collect();
                     return Err((
-                        class.span(),
+                        classes.span(),
                         format!("sinks[{i}].classes[{j}]"),
-                        format!("no class is named {:?} (classes: {})", class.get_ref().0, known.join(", ")),
+                        format!("no class is named {class:?} (classes: {})", known.join(", ")),
                     ));
                 }
             }
@@ -581,7 +587,7 @@ impl Config {
         for (i, sink) in self.sinks.iter().enumerate() {
             if let Some(first) = seen.insert(sink.name(), i) {
                 return Err((
-                    self.sink_entries[i].kind.span(),
+                    sinks::type_span(&self.sink_entries[i]),
                     format!("sinks[{i}]"),
                     format!(
                         "sink {:?} is the same as sinks[{first}]: give one of them a different `name`",

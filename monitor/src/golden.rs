@@ -11,12 +11,14 @@ use rusqlite::types::ValueRef;
 use serde_json::{Map, Value};
 
 use crate::{
-    config::{Facility, SyslogFormat, WebhookFormat},
     record::{
         Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, Endpoint, FlowRecord,
         FlowState, LossRecord, Output, Process, Protocol, Severity, Timestamp, VerdictKind,
     },
-    sinks::{syslog, webhook},
+    sinks::{
+        syslog::{self, Facility, SyslogFormat},
+        webhook::{self, WebhookFormat},
+    },
     store::{Store, StoreSettings},
 };
 

@@ -31,7 +31,7 @@ pub fn places(config: &Config) -> anyhow::Result<Places> {
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let in_file = |e: anyhow::Error| anyhow!("{}: {e:#}", config.origin);
     let places = places(config)?;
-    let sinks = sinks::prepare(config)?;
+    let sinks = sinks::prepare(&config.effective_sinks()).map_err(in_file)?;
     let token = api::read_token(&config.api_options()).map_err(in_file)?;
     let clickhouse = config.clickhouse_options().map(|o| ClickHouse::new(&o)).transpose().map_err(in_file)?;
     Ok(Prepared { places, sinks, token, clickhouse })

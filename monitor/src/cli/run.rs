@@ -72,7 +72,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
 
     let store = Store::start(&config.agent.state_dir, config.store_settings())?;
     let store_counters = store.counters.clone();
-    let sinks = Sinks::start(&config, prepared, Some(store.writer))?;
+    let sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
     let host: Arc<str> = host_name(&config).into();
     let started = Instant::now();
     let status = Arc::new(Mutex::new(Status {

@@ -15,6 +15,7 @@ use crate::{
     flows::TableSettings,
     policy::{ClassPolicy, Policy},
     probe::ProbeOptions,
+    sinks::OutboxOptions,
     store::StoreSettings,
 };
 
@@ -121,6 +122,11 @@ impl Config {
             bucket: self.store.bucket.get_ref().0,
             state_dir: self.agent.state_dir.clone(),
         })
+    }
+
+    /// Where the alert outbox lives, and how many alerts it holds.
+    pub fn outbox_options(&self) -> OutboxOptions {
+        OutboxOptions { dir: self.agent.state_dir.clone(), max: *self.alerts.outbox_max.get_ref() as u64 }
     }
 
     /// The sinks to build; stdout when none is configured.

@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Interval, sinks::WebhookUrl};
+use serde::Deserializer;
+
+use super::Interval;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +69,17 @@ pub struct ClickHouseConfig {
     /// Per-request timeout.
     #[serde(default = "default_timeout")]
     pub timeout: Interval,
+}
+
+/// An http:// or https:// URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(pub reqwest::Url);
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::sinks::webhook::parse_http_url(&text).map(WebhookUrl).map_err(serde::de::Error::custom)
+    }
 }
 
 fn default_database() -> String {

@@ -320,21 +320,24 @@ type = "stdout"
 "#,
     )
     .unwrap();
-    let SinkConfig::Syslog(s) = &c.sinks[0] else { panic!("{:?}", c.sinks[0]) };
+    let s: &SyslogOptions = c.sinks[0].options().unwrap_or_else(|| panic!("{:?}", c.sinks[0]));
     assert_eq!(s.address, SyslogAddress::Tls { host: "siem.example".into(), port: 6514 });
     assert_eq!((s.format, s.facility), (SyslogFormat::Rfc3164, Facility(20)));
-    assert_eq!(s.retry, RetryConfig { initial: Duration::from_secs(2), max: Duration::from_secs(60) });
+    assert_eq!(
+        c.sinks[0].retry(),
+        RetryPolicy { initial: Duration::from_secs(2), max: Duration::from_secs(60) }
+    );
     let f = c.sinks[0].alert_filter().unwrap();
     assert!(f.accepts("us-user-data", Severity::Critical) && f.accepts("us-user-data", Severity::High));
     assert!(!f.accepts("us-user-data", Severity::Medium), "below min_severity");
     assert!(!f.accepts("eu-pii", Severity::Critical), "another class");
-    let SinkConfig::Webhook(wh) = &c.sinks[1] else { panic!("{:?}", c.sinks[1]) };
+    let wh: &WebhookOptions = c.sinks[1].options().unwrap_or_else(|| panic!("{:?}", c.sinks[1]));
     assert_eq!((wh.format, wh.timeout), (WebhookFormat::Slack, Duration::from_secs(3)));
     assert_eq!(wh.headers.get("X-Team").map(String::as_str), Some("secops"));
     assert_eq!(c.sinks[1].name(), "webhook:https://hooks.example/egress");
     assert_eq!(
         c.sinks[1].retry(),
-        RetryConfig { initial: Duration::from_secs(1), max: Duration::from_secs(300) }
+        RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300) }
     );
     assert!(c.sinks[2].alert_filter().is_none());
 }

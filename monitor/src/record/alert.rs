@@ -10,7 +10,7 @@ use super::{DestinationRecord, Direction, Process, Protocol, Severity, Timestamp
 /// each one appears in every other encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
-    #[serde(rename = "type", deserialize_with = "kind::alert")]
+    #[serde(rename = "type", skip_deserializing, default = "kind::alert")]
     pub kind: &'static str,
     /// Stable for the alert's whole life (deliveries and retries carry the same id).
     pub id: String,
@@ -33,7 +33,7 @@ pub struct Alert {
 /// New totals of an open alert: every flow of its key since it was raised.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AlertUpdate {
-    #[serde(rename = "type", deserialize_with = "kind::alert_update")]
+    #[serde(rename = "type", skip_deserializing, default = "kind::alert_update")]
     pub kind: &'static str,
     pub id: String,
     pub time: Timestamp,

@@ -67,7 +67,7 @@ pub struct FlowRecord {
 /// Reported whenever a loss counter grows: nothing is dropped silently.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LossRecord {
-    #[serde(rename = "type", deserialize_with = "kind::loss")]
+    #[serde(rename = "type", skip_deserializing, default = "kind::loss")]
     pub kind: &'static str,
     pub time: Timestamp,
     pub host: Arc<str>,

@@ -26,28 +26,17 @@ pub enum Output {
     Loss(LossRecord),
 }
 
-/// The `type` field of each record, checked when a record is read back (from the outbox).
+/// The `type` field of each record, filled in when a record is read back (from the outbox).
 mod kind {
-    use serde::{Deserialize, Deserializer, de};
-
-    fn expect<'de, D: Deserializer<'de>>(d: D, want: &'static str) -> Result<&'static str, D::Error> {
-        let got = String::deserialize(d)?;
-        if got == want {
-            Ok(want)
-        } else {
-            Err(de::Error::custom(format!("type {got:?}, expected {want:?}")))
-        }
+    pub fn alert() -> &'static str {
+        "alert"
     }
 
-    pub fn alert<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-        expect(d, "alert")
+    pub fn alert_update() -> &'static str {
+        "alert_update"
     }
 
-    pub fn alert_update<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-        expect(d, "alert_update")
-    }
-
-    pub fn loss<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-        expect(d, "loss")
+    pub fn loss() -> &'static str {
+        "loss"
     }
 }

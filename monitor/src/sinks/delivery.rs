@@ -12,12 +12,7 @@ use rand::RngExt;
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
-use super::{
-    outbox::{Outbox, Pending},
-    syslog::SyslogSink,
-    webhook::WebhookSink,
-};
-use crate::config::RetryConfig;
+use super::{AlertSink, outbox::Outbox};
 
 /// How one delivery attempt failed.
 #[derive(Debug)]
@@ -27,21 +22,6 @@ pub enum DeliveryError {
     Retry { reason: String, after: Option<Duration> },
     /// Will not pass by retrying: the receiver refused the alert (4xx other than 408/429).
     Permanent(String),
-}
-
-/// A sink's way of delivering one alert.
-pub enum Transport {
-    Syslog(SyslogSink),
-    Webhook(WebhookSink),
-}
-
-impl Transport {
-    async fn deliver(&mut self, alert: &Pending) -> Result<(), DeliveryError> {
-        match self {
-            Transport::Syslog(s) => s.deliver(alert).await,
-            Transport::Webhook(w) => w.deliver(alert).await,
-        }
-    }
 }
 
 /// What a sink has done, for logs and status.
@@ -54,15 +34,30 @@ pub struct SinkStats {
     pub last_error: Option<String>,
 }
 
+/// How a sink retries a delivery that failed for a reason that may pass (the `retry_initial`
+/// and `retry_max` keys of a sink); the ClickHouse export backs off the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First wait after a failure; doubled after each further failure (with jitter).
+    pub initial: Duration,
+    /// Longest wait between two attempts.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT: RetryPolicy =
+        RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300) };
+}
+
 /// Exponential backoff with jitter: each wait is drawn from [d/2, d], d doubling from
 /// `initial` up to `max`.
 pub struct Backoff {
-    retry: RetryConfig,
+    retry: RetryPolicy,
     current: Duration,
 }
 
 impl Backoff {
-    pub fn new(retry: RetryConfig) -> Self {
+    pub fn new(retry: RetryPolicy) -> Self {
         Backoff { retry, current: retry.initial }
     }
 
@@ -87,8 +82,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// added.
 pub async fn run(
     name: String,
-    mut transport: Transport,
-    retry: RetryConfig,
+    mut sink: Box<dyn AlertSink>,
+    retry: RetryPolicy,
     outbox: Arc<Outbox>,
     wake: Arc<Notify>,
     stats: Arc<Mutex<SinkStats>>,
@@ -118,9 +113,12 @@ pub async fn run(
             attempts_of_current = (alert.seq, 0);
         }
         attempts_of_current.1 += 1;
-        let outcome = tokio::select! {
-            r = transport.deliver(&alert) => r,
-            _ = stop.changed() => return, // still pending: delivered after the next start
+        let outcome = match &alert.alert {
+            Ok(a) => tokio::select! {
+                r = sink.deliver(a) => r,
+                _ = stop.changed() => return, // still pending: delivered after the next start
+            },
+            Err(e) => Err(DeliveryError::Permanent(format!("the stored alert cannot be read: {e}"))),
         };
         match outcome {
             Ok(()) => {
@@ -166,7 +164,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_max() {
-        let mut b = Backoff::new(RetryConfig {
+        let mut b = Backoff::new(RetryPolicy {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(700),
         });

@@ -2,17 +2,29 @@
 //! bounded queue. Alert sinks (syslog, webhook) share one durable outbox and one delivery loop
 //! with retries: every alert is in the outbox before any delivery is tried, and leaves it for
 //! a sink only once that sink accepted it. The embedded store takes every record as well.
+//!
+//! A sink type is one file: its settings (read from its `[[sinks]]` table, with their defaults
+//! and checks) and its [`AlertSink`]; plus one line in [`REGISTRY`].
 
 mod delivery;
 mod outbox;
 mod stdout;
 pub mod syslog;
+mod table;
 pub mod webhook;
 
-use std::sync::{Arc, Mutex, atomic::Ordering};
+use std::{
+    any::Any,
+    fmt,
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex, atomic::Ordering},
+};
 
-pub use delivery::SinkStats;
-pub use outbox::Outbox;
+pub use delivery::{Backoff, DeliveryError, RetryPolicy, SinkStats};
+pub use outbox::{Outbox, Pending};
+pub use table::{Field, FieldError, SinkTable, Span, parse_duration};
 use tokio::{
     sync::{Notify, mpsc, watch},
     task::JoinHandle,
@@ -21,53 +33,203 @@ use tracing::{error, info, warn};
 
 pub use crate::record::Output;
 use crate::{
-    config::{Config, SinkConfig},
-    record::Alert,
+    record::{Alert, Severity},
     status::{SinkStatus, Status},
     store::StoreWriter,
 };
+
+/// Every sink type: the `type` a `[[sinks]]` table names, and how its table becomes a sink.
+/// A new sink is a new file and one line here.
+pub static REGISTRY: &[SinkType] = &[stdout::TYPE, syslog::TYPE, webhook::TYPE];
+
+/// A sink type in the registry.
+pub struct SinkType {
+    pub name: &'static str,
+    /// Reads and checks a table of this type.
+    pub parse: fn(&SinkTable) -> Result<SinkConfig, FieldError>,
+}
+
+/// The sink type a `type` value names; the error lists the known ones.
+pub fn sink_type(name: &str) -> Result<&'static SinkType, String> {
+    REGISTRY.iter().find(|t| t.name == name).ok_or_else(|| {
+        let known: Vec<&str> = REGISTRY.iter().map(|t| t.name).collect();
+        format!("unknown sink type {name:?}: expected one of {}", known.join(", "))
+    })
+}
+
+/// A future a sink returns from a delivery attempt.
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
+
+/// A sink that takes alerts one at a time from the outbox.
+pub trait AlertSink: Send {
+    /// Tries to deliver one alert: Ok once the receiver accepted it.
+    fn deliver<'a>(&'a mut self, alert: &'a Alert) -> Delivery<'a>;
+}
+
+/// An alert sink's own settings, as its file reads them.
+pub trait AlertSinkOptions: fmt::Debug + Send + Sync {
+    /// The name used when the table gives none ("syslog:udp://10.0.0.5:514").
+    fn default_name(&self) -> String;
+    /// Checks what needs the outside world (secret files, CA files, header values) and builds
+    /// the sink; errors name the key and the file.
+    fn build(&self) -> anyhow::Result<Box<dyn AlertSink>>;
+    /// For tests and callers that know the type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Which alerts a sink takes (the `min_severity` and `classes` keys of a sink).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertFilter {
+    /// Only alerts at least this severe.
+    pub min_severity: Option<Severity>,
+    /// Only alerts of these classes (all classes when empty).
+    pub classes: Vec<String>,
+}
+
+impl AlertFilter {
+    pub fn accepts(&self, class: &str, severity: Severity) -> bool {
+        self.min_severity.is_none_or(|m| severity >= m)
+            && (self.classes.is_empty() || self.classes.iter().any(|c| c == class))
+    }
+}
+
+/// An alert sink's settings: the keys every alert sink takes, and its own.
+#[derive(Debug, Clone)]
+pub struct AlertSinkConfig {
+    /// Names the sink in logs, status and the outbox.
+    pub name: String,
+    pub filter: AlertFilter,
+    pub retry: RetryPolicy,
+    pub options: Arc<dyn AlertSinkOptions>,
+}
+
+/// The keys every alert sink takes besides its own.
+pub const ALERT_SINK_KEYS: &[&str] = &["name", "min_severity", "classes", "retry_initial", "retry_max"];
+
+impl AlertSinkConfig {
+    /// Reads the keys every alert sink takes; `options` are the sink's own settings.
+    pub fn read(t: &SinkTable, options: Arc<dyn AlertSinkOptions>) -> Result<AlertSinkConfig, FieldError> {
+        let retry = RetryPolicy {
+            initial: t.duration("retry_initial")?.unwrap_or(RetryPolicy::DEFAULT.initial),
+            max: t.duration("retry_max")?.unwrap_or(RetryPolicy::DEFAULT.max),
+        };
+        if retry.max < retry.initial {
+            let span = t.entries.get("retry_max").map_or(0..0, |(_, s)| s.clone());
+            return Err(t.error("retry_max", span, "must not be shorter than retry_initial"));
+        }
+        Ok(AlertSinkConfig {
+            name: t.text("name")?.map_or_else(|| options.default_name(), |(n, _)| n),
+            filter: AlertFilter {
+                min_severity: t.severity("min_severity")?,
+                classes: t.strings("classes")?.into_iter().map(|(c, _)| c).collect(),
+            },
+            retry,
+            options,
+        })
+    }
+}
+
+/// A sink, checked and typed.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// Every flow record, alert and alert update as a JSON line on standard output.
+    Stdout {},
+    /// A sink that delivers alerts through the outbox.
+    Alerts(AlertSinkConfig),
+}
+
+impl PartialEq for SinkConfig {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SinkConfig::Stdout {}, SinkConfig::Stdout {}) => true,
+            (SinkConfig::Alerts(a), SinkConfig::Alerts(b)) => {
+                a.name == b.name
+                    && a.filter == b.filter
+                    && a.retry == b.retry
+                    && format!("{:?}", a.options) == format!("{:?}", b.options)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The sink's stable name: pending deliveries in the outbox are kept under it.
+    pub fn name(&self) -> String {
+        match self {
+            SinkConfig::Stdout {} => "stdout".into(),
+            SinkConfig::Alerts(a) => a.name.clone(),
+        }
+    }
+
+    /// Filter of a sink that delivers alerts through the outbox (None for stdout).
+    pub fn alert_filter(&self) -> Option<&AlertFilter> {
+        match self {
+            SinkConfig::Stdout {} => None,
+            SinkConfig::Alerts(a) => Some(&a.filter),
+        }
+    }
+
+    /// Retry timing of a sink that delivers through the outbox.
+    pub fn retry(&self) -> RetryPolicy {
+        match self {
+            SinkConfig::Stdout {} => RetryPolicy::DEFAULT,
+            SinkConfig::Alerts(a) => a.retry,
+        }
+    }
+
+    /// The sink's own settings, when they are of type `T`.
+    pub fn options<T: 'static>(&self) -> Option<&T> {
+        match self {
+            SinkConfig::Stdout {} => None,
+            SinkConfig::Alerts(a) => a.options.as_any().downcast_ref(),
+        }
+    }
+}
 
 /// Records queued per stdout sink before the agent waits for it.
 const QUEUE: usize = 65536;
 
 /// One alert sink, as the agent drives it.
-struct AlertSink {
+struct Running {
     name: String,
-    config: SinkConfig,
+    filter: AlertFilter,
     wake: Arc<Notify>,
     stats: Arc<Mutex<SinkStats>>,
 }
 
-/// Alert sinks checked and ready to start: what `check-config` validates and `run` starts.
+/// Sinks checked and ready to start: what `check-config` validates and `run` starts.
 pub struct Prepared {
-    sinks: Vec<(SinkConfig, Option<delivery::Transport>)>,
+    sinks: Vec<(SinkConfig, Option<Box<dyn AlertSink>>)>,
 }
 
-/// Checks every sink's settings that need the outside world (secret files, CA files, header
-/// values) and builds its transport; errors name the sink and the file.
-pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let mut sinks = Vec::new();
-    for (i, sink) in config.effective_sinks().into_iter().enumerate() {
-        let transport = match &sink {
+/// Builds every sink (reading secret and CA files); errors name the sink (`sinks[i]`) and
+/// the file.
+pub fn prepare(sinks: &[SinkConfig]) -> anyhow::Result<Prepared> {
+    let mut out = Vec::new();
+    for (i, sink) in sinks.iter().enumerate() {
+        let built = match sink {
             SinkConfig::Stdout {} => None,
-            SinkConfig::Syslog(c) => Some(delivery::Transport::Syslog(
-                syslog::SyslogSink::new(c)
-                    .map_err(|e| anyhow::anyhow!("{}: sinks[{i}].{e:#}", config.origin))?,
-            )),
-            SinkConfig::Webhook(c) => Some(delivery::Transport::Webhook(
-                webhook::WebhookSink::new(c)
-                    .map_err(|e| anyhow::anyhow!("{}: sinks[{i}].{e:#}", config.origin))?,
-            )),
+            SinkConfig::Alerts(a) => {
+                Some(a.options.build().map_err(|e| anyhow::anyhow!("sinks[{i}].{e:#}"))?)
+            }
         };
-        sinks.push((sink, transport));
+        out.push((sink.clone(), built));
     }
-    Ok(Prepared { sinks })
+    Ok(Prepared { sinks: out })
+}
+
+/// Where the outbox lives and how many alerts it holds at most.
+#[derive(Debug, Clone)]
+pub struct OutboxOptions {
+    pub dir: PathBuf,
+    pub max: u64,
 }
 
 pub struct Sinks {
     queues: Vec<mpsc::Sender<Arc<Output>>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    alert_sinks: Vec<AlertSink>,
+    alert_sinks: Vec<Running>,
     outbox: Option<Arc<Outbox>>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
@@ -76,9 +238,13 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Starts every sink. Alert sinks open the outbox under `agent.state_dir` and begin with
-    /// whatever a previous run left pending.
-    pub fn start(config: &Config, prepared: Prepared, store: Option<StoreWriter>) -> anyhow::Result<Sinks> {
+    /// Starts every sink. Alert sinks open the outbox and begin with whatever a previous run
+    /// left pending.
+    pub fn start(
+        outbox: &OutboxOptions,
+        prepared: Prepared,
+        store: Option<StoreWriter>,
+    ) -> anyhow::Result<Sinks> {
         let (stop, stop_rx) = watch::channel(false);
         let mut sinks = Sinks {
             queues: Vec::new(),
@@ -89,47 +255,44 @@ impl Sinks {
             workers: Vec::new(),
             store,
         };
-        let needs_outbox = prepared.sinks.iter().any(|(_, t)| t.is_some());
-        if needs_outbox {
-            let dir = &config.agent.state_dir;
-            let outbox = Arc::new(Outbox::open(dir, *config.alerts.outbox_max.get_ref() as u64)?);
+        if prepared.sinks.iter().any(|(_, s)| s.is_some()) {
+            let o = Arc::new(Outbox::open(&outbox.dir, outbox.max)?);
             let names: Vec<String> =
-                prepared.sinks.iter().filter(|(_, t)| t.is_some()).map(|(c, _)| c.name()).collect();
-            for (sink, n) in outbox.forget_other_sinks(&names)? {
+                prepared.sinks.iter().filter(|(_, s)| s.is_some()).map(|(c, _)| c.name()).collect();
+            for (sink, n) in o.forget_other_sinks(&names)? {
                 warn!(
                     sink,
                     deliveries = n,
                     "pending alerts of a sink that is no longer configured were dropped"
                 );
             }
-            sinks.outbox = Some(outbox);
+            sinks.outbox = Some(o);
         }
-        for (config, transport) in prepared.sinks {
-            match transport {
-                None => {
-                    let (tx, rx) = mpsc::channel(QUEUE);
-                    sinks.tasks.push(tokio::spawn(stdout::run(rx)));
-                    sinks.queues.push(tx);
-                }
-                Some(transport) => {
+        for (config, sink) in prepared.sinks {
+            match (config, sink) {
+                (SinkConfig::Alerts(c), Some(sink)) => {
                     let outbox = sinks.outbox.clone().expect("opened above");
-                    let name = config.name();
-                    let backlog = outbox.backlog(&name)?;
+                    let backlog = outbox.backlog(&c.name)?;
                     if backlog > 0 {
-                        info!(sink = %name, backlog, "delivering alerts left pending by the previous run");
+                        info!(sink = %c.name, backlog, "delivering alerts left pending by the previous run");
                     }
                     let wake = Arc::new(Notify::new());
                     let stats = Arc::new(Mutex::new(SinkStats::default()));
                     sinks.workers.push(tokio::spawn(delivery::run(
-                        name.clone(),
-                        transport,
-                        config.retry(),
+                        c.name.clone(),
+                        sink,
+                        c.retry,
                         outbox,
                         wake.clone(),
                         stats.clone(),
                         stop_rx.clone(),
                     )));
-                    sinks.alert_sinks.push(AlertSink { name, config, wake, stats });
+                    sinks.alert_sinks.push(Running { name: c.name, filter: c.filter, wake, stats });
+                }
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    sinks.tasks.push(tokio::spawn(stdout::run(rx)));
+                    sinks.queues.push(tx);
                 }
             }
         }
@@ -159,6 +322,23 @@ impl Sinks {
         }
     }
 
+    fn store_alert(&self, outbox: &Outbox, alert: &Alert) {
+        let takers: Vec<&Running> =
+            self.alert_sinks.iter().filter(|s| s.filter.accepts(&alert.class, alert.severity)).collect();
+        if takers.is_empty() {
+            return;
+        }
+        let names: Vec<String> = takers.iter().map(|s| s.name.clone()).collect();
+        // Writing is a few milliseconds (fsync); alerts are rare next to flow records.
+        match outbox.push(alert, &names) {
+            Ok(_) => takers.iter().for_each(|s| s.wake.notify_one()),
+            Err(e) => error!(
+                id = %alert.id, error = %e, file = %outbox.path().display(),
+                "cannot write the alert to the outbox: it is printed but will not be delivered to syslog/webhook sinks"
+            ),
+        }
+    }
+
     /// Brings the sinks' part of the status document up to date.
     pub fn fill_status(&self, s: &mut Status) {
         s.losses.outbox_dropped = self.outbox_dropped();
@@ -175,33 +355,6 @@ impl Sinks {
             })
             .collect();
         s.databases.outbox_bytes = self.outbox_size();
-    }
-
-    fn store_alert(&self, outbox: &Outbox, alert: &Alert) {
-        let takers: Vec<&AlertSink> = self
-            .alert_sinks
-            .iter()
-            .filter(|s| s.config.alert_filter().is_some_and(|f| f.accepts(&alert.class, alert.severity)))
-            .collect();
-        if takers.is_empty() {
-            return;
-        }
-        let names: Vec<String> = takers.iter().map(|s| s.name.clone()).collect();
-        let body = match serde_json::to_string(alert) {
-            Ok(b) => b,
-            Err(e) => {
-                error!(id = %alert.id, error = %e, "cannot serialise the alert for the outbox");
-                return;
-            }
-        };
-        // Writing is a few milliseconds (fsync); alerts are rare next to flow records.
-        match outbox.push(&alert.id, &body, &names) {
-            Ok(_) => takers.iter().for_each(|s| s.wake.notify_one()),
-            Err(e) => error!(
-                id = %alert.id, error = %e, file = %outbox.path().display(),
-                "cannot write the alert to the outbox: it is printed but will not be delivered to syslog/webhook sinks"
-            ),
-        }
     }
 
     /// Name, backlog and counters of each alert sink.

@@ -15,13 +15,15 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::warn;
 
+use crate::record::Alert;
+
 /// One alert awaiting delivery to one sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub seq: i64,
     pub id: String,
-    /// The alert's JSON.
-    pub body: String,
+    /// The alert, read back from its stored JSON (an error if that no longer reads as one).
+    pub alert: Result<Alert, String>,
 }
 
 pub struct Outbox {
@@ -68,7 +70,14 @@ impl Outbox {
 
     /// Stores an alert for `sinks` (durably, before returning). When the outbox holds
     /// `outbox_max` alerts, the oldest are dropped first; their ids are returned.
-    pub fn push(&self, id: &str, body: &str, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
+    pub fn push(&self, alert: &Alert, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
+        let body =
+            serde_json::to_string(alert).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        self.push_raw(&alert.id, &body, sinks)
+    }
+
+    /// Stores an alert's JSON as it is.
+    fn push_raw(&self, id: &str, body: &str, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
         if sinks.is_empty() {
             return Ok(Vec::new());
         }
@@ -112,7 +121,11 @@ impl Outbox {
                 "SELECT a.seq, a.id, a.body FROM pending p JOIN alerts a ON a.seq = p.seq \
                  WHERE p.sink = ?1 ORDER BY p.seq LIMIT 1",
                 [sink],
-                |r| Ok(Pending { seq: r.get(0)?, id: r.get(1)?, body: r.get(2)? }),
+                |r| {
+                    let body: String = r.get(2)?;
+                    let alert = serde_json::from_str(&body).map_err(|e| e.to_string());
+                    Ok(Pending { seq: r.get(0)?, id: r.get(1)?, alert })
+                },
             )
             .optional()
     }
@@ -180,8 +193,8 @@ mod tests {
     fn alerts_leave_only_when_every_sink_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), 100).unwrap();
-        o.push("a1", "{\"id\":\"a1\"}", &sinks(&["syslog", "webhook"])).unwrap();
-        o.push("a2", "{\"id\":\"a2\"}", &sinks(&["webhook"])).unwrap();
+        o.push_raw("a1", "{\"id\":\"a1\"}", &sinks(&["syslog", "webhook"])).unwrap();
+        o.push_raw("a2", "{\"id\":\"a2\"}", &sinks(&["webhook"])).unwrap();
         assert_eq!(o.next("syslog").unwrap().map(|p| p.id), Some("a1".into()));
         assert_eq!((o.backlog("syslog").unwrap(), o.backlog("webhook").unwrap()), (1, 2));
         let a1 = o.next("webhook").unwrap().unwrap();
@@ -198,10 +211,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let o = Outbox::open(dir.path(), 100).unwrap();
-            o.push("a1", "body", &sinks(&["webhook"])).unwrap();
+            o.push_raw("a1", "body", &sinks(&["webhook"])).unwrap();
         }
         let o = Outbox::open(dir.path(), 100).unwrap();
-        assert_eq!(o.next("webhook").unwrap().map(|p| (p.id, p.body)), Some(("a1".into(), "body".into())));
+        let p = o.next("webhook").unwrap().unwrap();
+        assert_eq!(p.id, "a1");
+        assert!(
+            p.alert.is_err(),
+            "\"body\" is no alert: delivered as a permanent failure, not retried forever"
+        );
     }
 
     #[test]
@@ -209,10 +227,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), 3).unwrap();
         for i in 0..3 {
-            assert!(o.push(&format!("a{i}"), "b", &sinks(&["w"])).unwrap().is_empty());
+            assert!(o.push_raw(&format!("a{i}"), "b", &sinks(&["w"])).unwrap().is_empty());
         }
-        assert_eq!(o.push("a3", "b", &sinks(&["w"])).unwrap(), vec!["a0".to_string()]);
-        assert_eq!(o.push("a4", "b", &sinks(&["w"])).unwrap(), vec!["a1".to_string()]);
+        assert_eq!(o.push_raw("a3", "b", &sinks(&["w"])).unwrap(), vec!["a0".to_string()]);
+        assert_eq!(o.push_raw("a4", "b", &sinks(&["w"])).unwrap(), vec!["a1".to_string()]);
         assert_eq!(o.dropped_full.load(Ordering::Relaxed), 2);
         assert_eq!((o.len().unwrap(), o.backlog("w").unwrap()), (3, 3));
         assert_eq!(o.next("w").unwrap().map(|p| p.id), Some("a2".into()));
@@ -222,8 +240,8 @@ mod tests {
     fn deliveries_of_removed_sinks_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), 10).unwrap();
-        o.push("a1", "b", &sinks(&["old", "kept"])).unwrap();
-        o.push("a2", "b", &sinks(&["old"])).unwrap();
+        o.push_raw("a1", "b", &sinks(&["old", "kept"])).unwrap();
+        o.push_raw("a2", "b", &sinks(&["old"])).unwrap();
         assert_eq!(o.forget_other_sinks(&sinks(&["kept"])).unwrap(), vec![("old".to_string(), 2)]);
         assert_eq!((o.len().unwrap(), o.backlog("kept").unwrap()), (1, 1));
     }

@@ -7,7 +7,14 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::Output;
+use super::{FieldError, Output, SinkConfig, SinkTable, SinkType};
+
+pub const TYPE: SinkType = SinkType { name: "stdout", parse };
+
+fn parse(t: &SinkTable) -> Result<SinkConfig, FieldError> {
+    t.only(&[])?;
+    Ok(SinkConfig::Stdout {})
+}
 
 pub async fn run(mut rx: mpsc::Receiver<Arc<Output>>) -> anyhow::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 16, tokio::io::stdout());

@@ -1,18 +1,72 @@
 //! The syslog sink: each alert as one RFC 5424 message with a structured-data element holding
 //! its key fields (or RFC 3164 for old receivers), over a unix socket, UDP, TCP with RFC 6587
 //! octet counting, or TLS. App name `egress-monitor`; the alert's severity maps onto syslog's.
+//! The parameters are the alert fields [`crate::record::fields::ALERT`] gives a syslog name.
 
-use std::{fmt::Write as _, path::Path, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    fmt::{self, Write as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use serde_json::Value;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket, UnixDatagram, UnixStream},
 };
 use tokio_rustls::{TlsConnector, client::TlsStream, rustls};
 
-use super::{delivery::DeliveryError, outbox::Pending};
-use crate::config::{Facility, SyslogAddress, SyslogConfig, SyslogFormat};
+use super::{
+    ALERT_SINK_KEYS, AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig,
+    SinkTable, SinkType, delivery::DeliveryError,
+};
+use crate::record::{Alert, Severity, fields};
+
+pub const TYPE: SinkType = SinkType { name: "syslog", parse };
+
+/// The syslog sink's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogOptions {
+    pub address: SyslogAddress,
+    pub format: SyslogFormat,
+    pub facility: Facility,
+    /// PEM file of CA certificates that sign the server's certificate (tls:// only); the
+    /// system's trust store when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn parse(t: &SinkTable) -> Result<SinkConfig, FieldError> {
+    let keys: Vec<&str> =
+        ALERT_SINK_KEYS.iter().copied().chain(["address", "format", "facility", "ca_file"]).collect();
+    t.only(&keys)?;
+    let options = SyslogOptions {
+        address: t
+            .parsed("address", SyslogAddress::parse)?
+            .ok_or_else(|| t.missing("address", "udp://127.0.0.1:514"))?,
+        format: match t.choice("format", &["rfc5424", "rfc3164"])? {
+            Some("rfc3164") => SyslogFormat::Rfc3164,
+            _ => SyslogFormat::Rfc5424,
+        },
+        facility: t.parsed("facility", Facility::parse)?.unwrap_or_default(),
+        ca_file: t.text("ca_file")?.map(|(p, _)| PathBuf::from(p)),
+    };
+    Ok(SinkConfig::Alerts(AlertSinkConfig::read(t, Arc::new(options))?))
+}
+
+impl AlertSinkOptions for SyslogOptions {
+    fn default_name(&self) -> String {
+        format!("syslog:{}", self.address)
+    }
+
+    fn build(&self) -> anyhow::Result<Box<dyn AlertSink>> {
+        Ok(Box::new(SyslogSink::new(self)?))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
 /// The enterprise number in the structured-data id: 32473 is the number RFC 5612 sets aside
 /// for examples and documentation, as this project has none registered.
@@ -39,7 +93,7 @@ pub struct SyslogSink {
 
 impl SyslogSink {
     /// Prepares the sink (reads the CA file for tls://); connects on first delivery.
-    pub fn new(c: &SyslogConfig) -> anyhow::Result<SyslogSink> {
+    pub fn new(c: &SyslogOptions) -> anyhow::Result<SyslogSink> {
         let tls = match &c.address {
             SyslogAddress::Tls { .. } => Some(tls_connector(c.ca_file.as_deref())?),
             _ => None,
@@ -47,13 +101,8 @@ impl SyslogSink {
         Ok(SyslogSink { address: c.address.clone(), format: c.format, facility: c.facility, tls, conn: None })
     }
 
-    pub async fn deliver(&mut self, alert: &Pending) -> Result<(), DeliveryError> {
-        let v: Value = serde_json::from_str(&alert.body)
-            .map_err(|e| DeliveryError::Permanent(format!("the stored alert is not JSON: {e}")))?;
-        let message = match self.format {
-            SyslogFormat::Rfc5424 => rfc5424(&v, self.facility, std::process::id()),
-            SyslogFormat::Rfc3164 => rfc3164(&v, self.facility, std::process::id()),
-        };
+    async fn send(&mut self, alert: &Alert) -> Result<(), DeliveryError> {
+        let message = message(alert, self.format, self.facility, std::process::id());
         if self.conn.as_ref().is_some_and(|c| !alive(c)) {
             self.conn = None; // the receiver closed it: do not write into a dead connection
         }
@@ -182,56 +231,26 @@ fn octet_counted(message: &str) -> String {
 
 /// Syslog severity for an alert severity: critical -> crit, high -> err, medium -> warning,
 /// low -> notice.
-fn syslog_severity(severity: &str) -> u8 {
+fn syslog_severity(severity: Severity) -> u8 {
     match severity {
-        "critical" => 2,
-        "high" => 3,
-        "medium" => 4,
-        _ => 5,
+        Severity::Critical => 2,
+        Severity::High => 3,
+        Severity::Medium => 4,
+        Severity::Low => 5,
     }
 }
 
-fn pri(v: &Value, facility: Facility) -> u16 {
-    facility.0 as u16 * 8 + syslog_severity(v["severity"].as_str().unwrap_or("")) as u16
+fn pri(a: &Alert, facility: Facility) -> u16 {
+    facility.0 as u16 * 8 + syslog_severity(a.severity) as u16
 }
 
-/// A JSON field as text ("" for null).
-fn field(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The alert's key fields, in a fixed order: (structured-data parameter name, value).
-fn key_fields(v: &Value) -> Vec<(&'static str, String)> {
-    let p = &v["process"];
-    let d = &v["destination"];
-    let cloud = match (d["cloud_provider"].as_str(), d["cloud_region"].as_str()) {
-        (Some(p), Some(r)) => format!("{p}:{r}"),
-        _ => String::new(),
-    };
-    vec![
-        ("id", field(&v["id"])),
-        ("class", field(&v["class"])),
-        ("severity", field(&v["severity"])),
-        ("direction", field(&v["direction"])),
-        ("protocol", field(&v["protocol"])),
-        ("pid", field(&p["pid"])),
-        ("comm", field(&p["comm"])),
-        ("uid", field(&p["uid"])),
-        ("cgroup", field(&p["cgroup"])),
-        ("dst", field(&d["ip"])),
-        ("dport", field(&d["port"])),
-        ("country", field(&d["country"])),
-        ("subdivision", field(&d["subdivision"])),
-        ("asn", field(&d["asn"])),
-        ("cloud_region", cloud),
-        ("site", field(&d["site"])),
-        ("bytes", field(&v["bytes"])),
-        ("packets", field(&v["packets"])),
-    ]
+/// The alert's key fields, in the field table's order: (parameter name, value); empty values
+/// are left out.
+fn key_fields(a: &Alert) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    fields::ALERT
+        .iter()
+        .filter_map(move |f| f.syslog.map(|name| (name, (f.value)(a).text())))
+        .filter(|(_, v)| !v.is_empty())
 }
 
 /// RFC 5424 PARAM-VALUE escaping: '"', '\' and ']' are escaped with a backslash.
@@ -253,67 +272,186 @@ fn header(s: &str, max: usize) -> String {
 }
 
 /// One alert as a syslog message in `format` (without framing).
-pub fn message(
-    alert: &crate::alerts::Alert,
-    format: SyslogFormat,
-    facility: Facility,
-    procid: u32,
-) -> String {
-    let v = serde_json::to_value(alert).unwrap_or_default();
+pub fn message(alert: &Alert, format: SyslogFormat, facility: Facility, procid: u32) -> String {
     match format {
-        SyslogFormat::Rfc5424 => rfc5424(&v, facility, procid),
-        SyslogFormat::Rfc3164 => rfc3164(&v, facility, procid),
+        SyslogFormat::Rfc5424 => rfc5424(alert, facility, procid),
+        SyslogFormat::Rfc3164 => rfc3164(alert, facility, procid),
     }
 }
 
 /// One alert as an RFC 5424 message (without framing).
-pub fn rfc5424(v: &Value, facility: Facility, procid: u32) -> String {
+fn rfc5424(a: &Alert, facility: Facility, procid: u32) -> String {
     let mut sd = format!("[{SD_ID}");
-    for (name, value) in key_fields(v) {
-        if !value.is_empty() {
-            let _ = write!(sd, " {name}=\"{}\"", sd_escape(&value));
-        }
+    for (name, value) in key_fields(a) {
+        let _ = write!(sd, " {name}=\"{}\"", sd_escape(&value));
     }
     sd.push(']');
     format!(
         "<{}>1 {} {} egress-monitor {procid} residency-violation {sd} {}",
-        pri(v, facility),
-        header(v["time"].as_str().unwrap_or(""), 64),
-        header(v["host"].as_str().unwrap_or(""), 255),
-        v["reason"].as_str().unwrap_or("residency violation"),
+        pri(a, facility),
+        header(&a.time.rfc3339(), 64),
+        header(&a.host, 255),
+        a.reason,
     )
 }
 
 /// One alert as an RFC 3164 message: the key fields as key=value pairs after the reason.
-pub fn rfc3164(v: &Value, facility: Facility, procid: u32) -> String {
-    let time = v["time"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc).format("%b %e %H:%M:%S").to_string())
-        .unwrap_or_else(|| chrono::Utc::now().format("%b %e %H:%M:%S").to_string());
-    let mut msg = v["reason"].as_str().unwrap_or("residency violation").to_owned();
-    for (name, value) in key_fields(v) {
-        if !value.is_empty() {
-            if value.contains(' ') {
-                let _ = write!(msg, " {name}=\"{value}\"");
-            } else {
-                let _ = write!(msg, " {name}={value}");
-            }
+fn rfc3164(a: &Alert, facility: Facility, procid: u32) -> String {
+    let time = a.time.0.format("%b %e %H:%M:%S");
+    let mut msg = a.reason.clone();
+    for (name, value) in key_fields(a) {
+        if value.contains(' ') {
+            let _ = write!(msg, " {name}=\"{value}\"");
+        } else {
+            let _ = write!(msg, " {name}={value}");
         }
     }
-    format!(
-        "<{}>{time} {} egress-monitor[{procid}]: {msg}",
-        pri(v, facility),
-        header(v["host"].as_str().unwrap_or(""), 255)
-    )
+    format!("<{}>{time} {} egress-monitor[{procid}]: {msg}", pri(a, facility), header(&a.host, 255))
+}
+
+impl AlertSink for SyslogSink {
+    fn deliver<'a>(&'a mut self, alert: &'a Alert) -> Delivery<'a> {
+        Box::pin(self.send(alert))
+    }
+}
+
+/// Where a syslog receiver listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddress {
+    Unix(PathBuf),
+    Udp {
+        host: String,
+        port: u16,
+    },
+    /// RFC 6587 octet-counted framing.
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+    },
+}
+
+impl fmt::Display for SyslogAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyslogAddress::Unix(p) => write!(f, "unix://{}", p.display()),
+            SyslogAddress::Udp { host, port } => write!(f, "udp://{host}:{port}"),
+            SyslogAddress::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            SyslogAddress::Tls { host, port } => write!(f, "tls://{host}:{port}"),
+        }
+    }
+}
+
+impl SyslogAddress {
+    pub fn parse(text: &str) -> Result<SyslogAddress, String> {
+        let expected =
+            "expected unix:///path/to/socket, udp://host[:port], tcp://host[:port] or tls://host[:port]";
+        let (scheme, rest) =
+            text.split_once("://").ok_or_else(|| format!("invalid syslog address {text:?}: {expected}"))?;
+        if scheme == "unix" {
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "invalid syslog address {text:?}: the socket path must be absolute, like unix:///dev/log"
+                ));
+            }
+            return Ok(SyslogAddress::Unix(PathBuf::from(rest)));
+        }
+        let default_port = match scheme {
+            "udp" => 514,
+            "tcp" => 601,
+            "tls" => 6514,
+            _ => {
+                return Err(format!(
+                    "invalid syslog address {text:?}: unknown scheme {scheme:?}; {expected}"
+                ));
+            }
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            // IPv6 literals come in brackets: [::1]:514.
+            Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.starts_with('[')) => {
+                let port = p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    format!("invalid syslog address {text:?}: {p:?} is not a port (1-65535)")
+                })?;
+                (h, port)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("invalid syslog address {text:?}: no host; {expected}"));
+        }
+        let host = host.to_owned();
+        Ok(match scheme {
+            "udp" => SyslogAddress::Udp { host, port },
+            "tcp" => SyslogAddress::Tcp { host, port },
+            _ => SyslogAddress::Tls { host, port },
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyslogFormat {
+    #[default]
+    Rfc5424,
+    Rfc3164,
+}
+
+/// A syslog facility by its conventional name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facility(pub u8);
+
+const FACILITIES: [&str; 24] = [
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+];
+
+impl Default for Facility {
+    fn default() -> Self {
+        Facility(4) // auth
+    }
+}
+
+impl Facility {
+    pub fn parse(name: &str) -> Result<Facility, String> {
+        FACILITIES.iter().position(|f| *f == name).map(|i| Facility(i as u8)).ok_or_else(|| {
+            format!(
+                "unknown syslog facility {name:?}: expected one of auth, authpriv, daemon, user, security, local0 ... local7"
+            )
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn alert() -> Value {
-        serde_json::json!({
+    fn alert() -> Alert {
+        serde_json::from_value(serde_json::json!({
             "type": "alert", "id": "0123456789abcdef0123456789abcdef", "time": "2026-11-25T10:00:00.120Z",
             "host": "h1", "class": "us-user-data", "severity": "critical",
             "reason": "destination country CN is not approved for class us-user-data",
@@ -322,7 +460,8 @@ mod tests {
             "destination": {"ip": "175.16.199.1", "port": 443, "country": "CN", "subdivision": null, "asn": null,
                             "as_org": null, "cloud_provider": null, "cloud_region": null, "site": null, "internal": false},
             "bytes": 5120, "packets": 9, "first_seen": "2026-11-25T10:00:00.003Z", "last_seen": "2026-11-25T10:00:00.110Z"
-        })
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -340,9 +479,11 @@ mod tests {
     #[test]
     fn severities_and_facilities_make_the_priority() {
         let mut v = alert();
-        for (sev, pri) in [("critical", 34), ("high", 35), ("medium", 36), ("low", 37)] {
-            v["severity"] = sev.into();
-            assert!(rfc5424(&v, Facility(4), 1).starts_with(&format!("<{pri}>1 ")), "{sev}");
+        for (sev, pri) in
+            [(Severity::Critical, 34), (Severity::High, 35), (Severity::Medium, 36), (Severity::Low, 37)]
+        {
+            v.severity = sev;
+            assert!(rfc5424(&v, Facility(4), 1).starts_with(&format!("<{pri}>1 ")), "{sev:?}");
         }
         assert!(rfc5424(&v, Facility(16), 1).starts_with("<133>1 "), "local0.notice");
     }
@@ -350,7 +491,7 @@ mod tests {
     #[test]
     fn structured_data_values_are_escaped() {
         let mut v = alert();
-        v["process"]["comm"] = "a\"b]c\\d".into();
+        v.process.comm = Some("a\"b]c\\d".into());
         assert!(rfc5424(&v, Facility(4), 1).contains(r#"comm="a\"b\]c\\d""#));
     }
 

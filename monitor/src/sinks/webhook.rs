@@ -3,18 +3,89 @@
 //! `X-Egress-Monitor-Signature: sha256=<hex>`, the Unix timestamp in
 //! `X-Egress-Monitor-Timestamp`, so receivers can verify and refuse replays.
 
-use std::time::Duration;
+use std::{any::Any, collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{
     StatusCode,
     header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
 };
-use serde_json::Value;
 use sha2::Sha256;
 
-use super::{delivery::DeliveryError, outbox::Pending};
-use crate::config::{WebhookConfig, WebhookFormat};
+use super::{
+    ALERT_SINK_KEYS, AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig,
+    SinkTable, SinkType, delivery::DeliveryError,
+};
+use crate::record::Alert;
+
+pub const TYPE: SinkType = SinkType { name: "webhook", parse };
+
+/// The webhook sink's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookOptions {
+    pub url: reqwest::Url,
+    pub format: WebhookFormat,
+    /// File holding the shared secret that signs each request (HMAC-SHA256).
+    pub secret_file: Option<PathBuf>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Per-request timeout (connect, send, answer).
+    pub timeout: Duration,
+}
+
+fn parse(t: &SinkTable) -> Result<SinkConfig, FieldError> {
+    let keys: Vec<&str> = ALERT_SINK_KEYS
+        .iter()
+        .copied()
+        .chain(["url", "format", "secret_file", "headers", "timeout"])
+        .collect();
+    t.only(&keys)?;
+    let options = WebhookOptions {
+        url: t
+            .parsed("url", parse_http_url)?
+            .ok_or_else(|| t.missing("url", "https://hooks.example/egress"))?,
+        format: match t.choice("format", &["json", "slack"])? {
+            Some("slack") => WebhookFormat::Slack,
+            _ => WebhookFormat::Json,
+        },
+        secret_file: t.text("secret_file")?.map(|(p, _)| PathBuf::from(p)),
+        headers: t.string_table("headers")?,
+        timeout: t.duration("timeout")?.unwrap_or(Duration::from_secs(5)),
+    };
+    Ok(SinkConfig::Alerts(AlertSinkConfig::read(t, Arc::new(options))?))
+}
+
+/// An http:// or https:// URL with a host.
+pub fn parse_http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("invalid webhook URL {text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("invalid webhook URL {text:?}: expected an http:// or https:// URL with a host"));
+    }
+    Ok(url)
+}
+
+impl AlertSinkOptions for WebhookOptions {
+    fn default_name(&self) -> String {
+        format!("webhook:{}", self.url)
+    }
+
+    fn build(&self) -> anyhow::Result<Box<dyn AlertSink>> {
+        Ok(Box::new(WebhookSink::new(self)?))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookFormat {
+    /// The alert's JSON, as the stdout sink prints it.
+    #[default]
+    Json,
+    /// A chat-ready message (`{"text": ...}`) with the key fields.
+    Slack,
+}
 
 pub const ID_HEADER: &str = "x-egress-monitor-alert-id";
 pub const TIMESTAMP_HEADER: &str = "x-egress-monitor-timestamp";
@@ -29,7 +100,7 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     /// Builds the client and reads the secret; errors name the file.
-    pub fn new(c: &WebhookConfig) -> anyhow::Result<WebhookSink> {
+    pub fn new(c: &WebhookOptions) -> anyhow::Result<WebhookSink> {
         let secret = match &c.secret_file {
             Some(path) => {
                 let text = std::fs::read(path)
@@ -58,18 +129,11 @@ impl WebhookSink {
             .tls_backend_rustls()
             .build()
             .map_err(|e| anyhow::anyhow!("url: cannot build an HTTP client: {e}"))?;
-        Ok(WebhookSink { client, url: c.url.0.clone(), format: c.format, secret })
+        Ok(WebhookSink { client, url: c.url.clone(), format: c.format, secret })
     }
 
-    pub async fn deliver(&mut self, alert: &Pending) -> Result<(), DeliveryError> {
-        let body = match self.format {
-            WebhookFormat::Json => alert.body.clone(),
-            WebhookFormat::Slack => {
-                let v: Value = serde_json::from_str(&alert.body)
-                    .map_err(|e| DeliveryError::Permanent(format!("the stored alert is not JSON: {e}")))?;
-                serde_json::json!({ "text": slack_text(&v) }).to_string()
-            }
-        };
+    async fn send(&mut self, alert: &Alert) -> Result<(), DeliveryError> {
+        let body = body(alert, self.format);
         let mut req = self
             .client
             .post(self.url.clone())
@@ -132,48 +196,49 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &str) -> String {
 }
 
 /// The request body for an alert in `format`.
-pub fn body(alert: &crate::alerts::Alert, format: WebhookFormat) -> String {
+pub fn body(alert: &Alert, format: WebhookFormat) -> String {
     match format {
         WebhookFormat::Json => serde_json::to_string(alert).unwrap_or_default(),
-        WebhookFormat::Slack => {
-            let v = serde_json::to_value(alert).unwrap_or_default();
-            serde_json::json!({ "text": slack_text(&v) }).to_string()
-        }
+        WebhookFormat::Slack => serde_json::json!({ "text": slack_text(alert) }).to_string(),
     }
 }
 
 /// One line for people: severity, class, destination and place, process, reason, id.
-fn slack_text(v: &Value) -> String {
-    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    let d = &v["destination"];
-    let mut place: Vec<String> = Vec::new();
-    for key in ["site", "country", "subdivision"] {
-        if let Some(x) = d[key].as_str() {
-            place.push(x.to_owned());
-        }
-    }
-    if let (Some(p), Some(r)) = (d["cloud_provider"].as_str(), d["cloud_region"].as_str()) {
-        place.push(format!("{p}:{r}"));
-    }
-    let p = &v["process"];
-    let process = match (p["comm"].as_str(), p["pid"].as_u64()) {
+fn slack_text(a: &Alert) -> String {
+    let d = &a.destination;
+    let place: Vec<String> =
+        [d.place.site.as_deref(), d.place.country.as_deref(), d.place.subdivision.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::to_owned)
+            .chain(d.place.cloud())
+            .collect();
+    let p = &a.process;
+    let process = match (&p.comm, p.pid) {
         (Some(c), Some(pid)) => format!("{c}[{pid}]"),
         _ => "unknown process".into(),
     };
+    let or_null = |v: Option<String>| v.unwrap_or_else(|| "null".into());
     format!(
         ":rotating_light: *{}* residency violation on `{}`: class `{}` sent {} bytes to {}:{} ({}) from {} in {}. {}. (alert {})",
-        s(&v["severity"]),
-        s(&v["host"]),
-        s(&v["class"]),
-        s(&v["bytes"]),
-        s(&d["ip"]),
-        s(&d["port"]),
+        a.severity.name(),
+        a.host,
+        a.class,
+        a.bytes,
+        d.ip,
+        or_null(d.port.map(|p| p.to_string())),
         if place.is_empty() { "unknown location".into() } else { place.join(", ") },
         process,
-        s(&p["cgroup"]),
-        s(&v["reason"]),
-        s(&v["id"]),
+        or_null(p.cgroup.clone()),
+        a.reason,
+        a.id,
     )
+}
+
+impl AlertSink for WebhookSink {
+    fn deliver<'a>(&'a mut self, alert: &'a Alert) -> Delivery<'a> {
+        Box::pin(self.send(alert))
+    }
 }
 
 #[cfg(test)]
@@ -231,12 +296,15 @@ mod tests {
 
     #[test]
     fn slack_text_carries_the_key_fields() {
-        let v = serde_json::json!({
-            "id": "abc", "host": "h1", "class": "us-user-data", "severity": "critical", "bytes": 5120,
+        let v: Alert = serde_json::from_value(serde_json::json!({
+            "type": "alert", "id": "abc", "time": "2026-11-25T10:00:00.120Z", "host": "h1", "class": "us-user-data",
+            "severity": "critical", "bytes": 5120, "packets": 9, "direction": "outbound", "protocol": "tcp",
             "reason": "destination country CN is not approved for class us-user-data",
-            "process": {"pid": 1234, "comm": "api", "cgroup": "/payments/userdata"},
-            "destination": {"ip": "175.16.199.1", "port": 443, "country": "CN"}
-        });
+            "process": {"pid": 1234, "tid": 1234, "comm": "api", "uid": 1001, "cgroup": "/payments/userdata", "cgroup_id": 8},
+            "destination": {"ip": "175.16.199.1", "port": 443, "country": "CN", "internal": false},
+            "first_seen": "2026-11-25T10:00:00.003Z", "last_seen": "2026-11-25T10:00:00.110Z"
+        }))
+        .unwrap();
         assert_eq!(
             slack_text(&v),
             ":rotating_light: *critical* residency violation on `h1`: class `us-user-data` sent 5120 bytes to \

@@ -3,6 +3,7 @@
 //! are batched on a thread of their own, so a slow disk never stalls the kernel readers; when
 //! its queue is full, records are dropped and counted. Old rows are pruned in the background.
 
+pub mod export;
 mod migrations;
 pub mod query;
 mod writer;
@@ -17,6 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
+pub use export::ExportReader;
 use rusqlite::{Connection, OpenFlags};
 pub use writer::StoreWriter;
 

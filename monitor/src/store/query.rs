@@ -9,7 +9,7 @@ use rusqlite::{Connection, types::Value as SqlValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::writer::ip_bin;
+use crate::record::fields::{self, ip16 as ip_bin};
 
 /// A parameter that could not be used: the API answers 400 with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -383,25 +383,34 @@ impl AlertQuery {
             conds.push(format!("({c})"));
             values.extend(v.iter().cloned());
         }
+        let shown: Vec<_> = fields::stored(fields::ALERT).filter(|(_, f)| f.api).collect();
+        let columns: Vec<&str> = shown.iter().map(|(c, _)| *c).collect();
         let sql = format!(
-            "SELECT id, time, host, class, severity, reason, direction, protocol, pid, comm, uid, cgroup, dst_ip,
-                 dst_port, country, subdivision, asn, as_org, cloud_provider, cloud_region, site, bytes, packets,
-                 flows, first_seen, last_seen
-             FROM alerts WHERE {} ORDER BY time_unix DESC, id LIMIT {}",
+            "SELECT {} FROM alerts WHERE {} ORDER BY time_unix DESC, id LIMIT {}",
+            columns.join(", "),
             conds.join(" AND "),
             self.limit
         );
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-            let g = |i: usize| r.get::<_, SqlValue>(i).map(sql_to_json);
-            Ok(serde_json::json!({
-                "type": "alert", "id": g(0)?, "time": g(1)?, "host": g(2)?, "class": g(3)?, "severity": g(4)?,
-                "reason": g(5)?, "direction": g(6)?, "protocol": g(7)?,
-                "process": {"pid": g(8)?, "comm": g(9)?, "uid": g(10)?, "cgroup": g(11)?},
-                "destination": {"ip": g(12)?, "port": g(13)?, "country": g(14)?, "subdivision": g(15)?, "asn": g(16)?,
-                                "as_org": g(17)?, "cloud_provider": g(18)?, "cloud_region": g(19)?, "site": g(20)?},
-                "bytes": g(21)?, "packets": g(22)?, "flows": g(23)?, "first_seen": g(24)?, "last_seen": g(25)?,
-            }))
+            // Shaped like the alert records: each column at its field's place.
+            let mut alert = Map::new();
+            alert.insert("type".into(), "alert".into());
+            for (i, (_, f)) in shown.iter().enumerate() {
+                let v = sql_to_json(r.get::<_, SqlValue>(i)?);
+                match f.path.split_once('.') {
+                    Some((outer, inner)) => {
+                        let o = alert.entry(outer).or_insert_with(|| Value::Object(Map::new()));
+                        if let Value::Object(o) = o {
+                            o.insert(inner.into(), v);
+                        }
+                    }
+                    None => {
+                        alert.insert(f.path.into(), v);
+                    }
+                }
+            }
+            Ok(Value::Object(alert))
         })?;
         rows.collect()
     }

@@ -2,9 +2,8 @@
 //! transaction each), and old rows are pruned now and then.
 
 use std::{
-    net::IpAddr,
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::Ordering,
         mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
     },
@@ -12,11 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Transaction, params, params_from_iter, types::Value as SqlValue};
 use tracing::{error, warn};
 
 use super::{StoreCounters, StoreSettings};
-use crate::record::{Alert, AlertUpdate, FlowRecord, FlowState, Output};
+use crate::record::{
+    Alert, AlertUpdate, FlowRecord, FlowState, Output,
+    fields::{self, Field, Value},
+};
 
 /// Records waiting for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 100_000;
@@ -142,122 +144,67 @@ impl Writer {
     }
 }
 
-/// An address as 16 bytes (IPv4 mapped into IPv6), so CIDR filters are byte ranges.
-pub fn ip_bin(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
+/// A field's value as SQLite stores it.
+fn sql(v: Value<'_>) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Text(t) => SqlValue::Text(t.into_owned()),
+        Value::Int(n) => SqlValue::Integer(n),
+        Value::Bool(b) => SqlValue::Integer(b as i64),
+        Value::Time(t) => SqlValue::Text(t.rfc3339()),
+        Value::Address(a) => SqlValue::Blob(a.to_vec()),
     }
 }
 
-/// Adds a flow record's new bytes and packets to its row in the bucket of the record's time.
-fn write_flow(tx: &Transaction<'_>, r: &FlowRecord, bucket_secs: i64) -> rusqlite::Result<u64> {
-    let (bytes, packets) = (r.delta_bytes, r.delta_packets);
-    if bytes == 0 && packets == 0 && r.state != FlowState::New {
-        return Ok(0);
-    }
-    let id = &r.flow_id;
-    let bucket = r.time.0.timestamp().div_euclid(bucket_secs) * bucket_secs;
-    let d = &r.destination;
-    let p = &r.process;
-    tx.prepare_cached(
-        "INSERT INTO flows (bucket, flow_id, host, class, verdict, direction, protocol, src_ip, src_port, dst_ip,
-             dst_port, dst_bin, country, subdivision, asn, as_org, cloud_provider, cloud_region, site, internal, pid,
-             comm, uid, cgroup, bytes, packets, first_seen, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28)
-         ON CONFLICT (bucket, flow_id) DO UPDATE SET
+/// `INSERT INTO table (every stored column) VALUES (?1, ...)`, followed by `tail`.
+fn insert<R>(verb: &str, table: &str, fields: &'static [Field<R>], tail: &str) -> String {
+    let columns: Vec<&str> = fields::stored(fields).map(|(c, _)| c).collect();
+    let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    format!("{verb} INTO {table} ({}) VALUES ({}) {tail}", columns.join(", "), marks.join(", "))
+}
+
+static FLOW_SQL: LazyLock<String> = LazyLock::new(|| {
+    insert(
+        "INSERT",
+        "flows",
+        fields::FLOW,
+        "ON CONFLICT (bucket, flow_id) DO UPDATE SET
              bytes = bytes + excluded.bytes, packets = packets + excluded.packets, last_seen = excluded.last_seen,
              class = excluded.class, verdict = excluded.verdict",
-    )?
-    .execute(params![
-        bucket,
-        id,
-        &*r.host,
-        r.class.as_deref(),
-        text(&r.verdict),
-        text(&r.direction),
-        r.protocol.name(),
-        r.source.ip.to_string(),
-        r.source.port,
-        d.ip.to_string(),
-        d.port,
-        &ip_bin(d.ip)[..],
-        d.place.country.as_deref(),
-        d.place.subdivision.as_deref(),
-        d.place.asn,
-        d.place.as_org.as_deref(),
-        d.place.cloud_provider.map(|c| c.name()),
-        d.place.cloud_region.as_deref(),
-        d.place.site.as_deref(),
-        d.place.internal,
-        p.pid,
-        p.comm.as_deref(),
-        p.uid,
-        p.cgroup.as_deref(),
-        bytes as i64,
-        packets as i64,
-        text(&r.first_seen),
-        text(&r.last_seen),
-    ])?;
+    )
+});
+
+static ALERT_SQL: LazyLock<String> =
+    LazyLock::new(|| insert("INSERT OR IGNORE", "alerts", fields::ALERT, ""));
+
+/// Adds a flow record's new bytes and packets to its row in the bucket of the record's time.
+fn write_flow(tx: &Transaction<'_>, r: &FlowRecord, bucket_secs: i64) -> rusqlite::Result<u64> {
+    if r.delta_bytes == 0 && r.delta_packets == 0 && r.state != FlowState::New {
+        return Ok(0);
+    }
+    let bucket = r.time.0.timestamp().div_euclid(bucket_secs) * bucket_secs;
+    let values = fields::stored(fields::FLOW).map(|(column, f)| match column {
+        // The bucket comes from the store's bucket length, not from the record.
+        "bucket" => SqlValue::Integer(bucket),
+        _ => sql((f.value)(r)),
+    });
+    tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(values))?;
     Ok(1)
 }
 
 fn write_alert(tx: &Transaction<'_>, a: &Alert) -> rusqlite::Result<u64> {
-    let d = &a.destination;
-    let p = &a.process;
-    let n = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO alerts (id, time, time_unix, host, class, severity, reason, direction, protocol,
-                 pid, comm, uid, cgroup, dst_ip, dst_port, country, subdivision, asn, as_org, cloud_provider,
-                 cloud_region, site, bytes, packets, flows, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                 ?22, ?23, ?24, 1, ?25, ?26)",
-        )?
-        .execute(params![
-            a.id,
-            text(&a.time),
-            a.time.0.timestamp(),
-            &*a.host,
-            &*a.class,
-            a.severity.name(),
-            a.reason,
-            text(&a.direction),
-            a.protocol.name(),
-            p.pid,
-            p.comm.as_deref(),
-            p.uid,
-            p.cgroup.as_deref(),
-            d.ip.to_string(),
-            d.port,
-            d.place.country.as_deref(),
-            d.place.subdivision.as_deref(),
-            d.place.asn,
-            d.place.as_org.as_deref(),
-            d.place.cloud_provider.map(|c| c.name()),
-            d.place.cloud_region.as_deref(),
-            d.place.site.as_deref(),
-            a.bytes as i64,
-            a.packets as i64,
-            text(&a.first_seen),
-            text(&a.last_seen),
-        ])?;
+    let values = fields::stored(fields::ALERT).map(|(_, f)| sql((f.value)(a)));
+    let n = tx.prepare_cached(&ALERT_SQL)?.execute(params_from_iter(values))?;
     Ok(n as u64)
 }
 
 fn write_update(tx: &Transaction<'_>, u: &AlertUpdate) -> rusqlite::Result<u64> {
-    let last_seen = serde_json::to_value(u.last_seen).ok().and_then(|v| v.as_str().map(str::to_owned));
     let n = tx
         .prepare_cached(
             "UPDATE alerts SET bytes = ?2, packets = ?3, flows = ?4, last_seen = ?5 WHERE id = ?1",
         )?
-        .execute(params![u.id, u.bytes as i64, u.packets as i64, u.flows as i64, last_seen])?;
+        .execute(params![u.id, u.bytes as i64, u.packets as i64, u.flows as i64, u.last_seen.rfc3339()])?;
     Ok(n as u64)
-}
-
-/// A value's JSON string form ("outbound", "2026-11-25T10:00:00.000Z").
-fn text(v: &impl serde::Serialize) -> Option<String> {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned))
 }
 
 /// Deletes flow summaries and alerts older than the retention.
