@@ -10,6 +10,7 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
+use aya_log_ebpf::debug;
 use monitor_common::{
     DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4, FAMILY_V6, FlowKey,
     FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS, SockInfo, stat,
@@ -113,7 +114,11 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
                 add(&raw mut (*v).packets, packets);
                 add(&raw mut (*v).bytes, len);
             },
-            None => count(stat::FLOW_INSERT_FAILED),
+            None => {
+                count(stat::FLOW_INSERT_FAILED);
+                // Rare: shown at debug level when the agent's RUST_LOG asks for kernel messages.
+                debug!(&skb, "a new flow to port {} got no slot in the flow map", key.dport);
+            }
         }
         return;
     }

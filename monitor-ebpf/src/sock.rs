@@ -8,6 +8,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_uid, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id},
     },
 };
+use aya_log_ebpf::debug;
 use monitor_common::{CLASS_NONE, CONFIG_GENERATION, MAX_CGROUP_DEPTH, ProcessInfo, SockInfo, stat};
 
 use crate::maps::{CGROUP_CLASSES, CONFIG, SOCKS, UID_CLASSES, count};
@@ -26,6 +27,8 @@ pub fn storage(sk: *mut bpf_sock) -> Option<&'static mut SockInfo> {
     } as *mut SockInfo;
     if p.is_null() {
         count(stat::SOCK_STORAGE_FAILED);
+        // Rare: shown at debug level when the agent's RUST_LOG asks for kernel messages.
+        debug!(&sk, "a socket got no storage (memory?): its process and class are unknown");
         None
     } else {
         // SAFETY: non-null storage returned by the kernel, valid while the program runs.

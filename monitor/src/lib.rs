@@ -1,7 +1,8 @@
 //! egress-monitor's agent as a library: the binary (`main.rs`) only parses the command line.
-//! Modules follow one packet to one alert: probe (kernel) -> flows -> enrich -> policy ->
-//! alerts -> sinks, with flows also going to the store, which the api (and the cli through it)
-//! reads; config and classes say what to classify; cli holds one file per subcommand.
+//! One road from packet to alert: probe (kernel) -> flows -> pipeline (enrich -> policy ->
+//! record and alert) -> outputs (sinks, store, export); the api (and the cli through it) reads
+//! the store. `record` holds the shapes every layer speaks; `config` alone knows TOML and builds
+//! each part's options. The README's architecture section has the layers (a test checks them).
 
 pub mod alerts;
 pub mod api;
@@ -14,6 +15,8 @@ pub mod export;
 pub mod flows;
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

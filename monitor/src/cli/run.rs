@@ -23,7 +23,7 @@ use crate::{
     flows::FlowTable,
     metrics::Metrics,
     pipeline::{Pipeline, RecordContext},
-    probe::{DRAIN_INTERVAL, Probe},
+    probe::{DRAIN_INTERVAL, Probe, ProbeOptions},
     record::Output,
     sinks::Sinks,
     state,
@@ -53,7 +53,12 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     for (kind, source) in enricher.sources() {
         info!(kind, %source, "geolocation source");
     }
-    let mut probe = Probe::load(&config.probe_options())?;
+    // RUST_LOG=debug (or kernel=debug) also turns the kernel programs' messages on.
+    let kernel_log = tracing::enabled!(target: "kernel", tracing::Level::DEBUG);
+    let mut probe = Probe::load(&ProbeOptions { kernel_log, ..config.probe_options() })?;
+    if let Some(log) = probe.take_kernel_log()? {
+        tokio::spawn(log.run());
+    }
 
     // Fill the class maps before attaching, so the first packets are already classified.
     let mut selectors = ClassSelectors::new(&config.class_selectors(), &root);

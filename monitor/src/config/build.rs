@@ -79,7 +79,11 @@ impl Config {
     }
 
     pub fn probe_options(&self) -> ProbeOptions {
-        ProbeOptions { max_flows: self.agent.max_flows(), ring_buffer_size: self.agent.ring_buffer_size.0 }
+        ProbeOptions {
+            max_flows: self.agent.max_flows(),
+            ring_buffer_size: self.agent.ring_buffer_size.0,
+            kernel_log: false,
+        }
     }
 
     pub fn table_settings(&self) -> TableSettings {

@@ -23,6 +23,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 pub struct ProbeOptions {
     pub max_flows: u32,
     pub ring_buffer_size: u32,
+    /// Turn the kernel programs' debug messages on (rare paths only: a socket that got no
+    /// storage, a flow that got no slot); they are logged with target `kernel`.
+    pub kernel_log: bool,
 }
 
 /// One program attached to the cgroup root.
@@ -33,9 +36,11 @@ pub struct AttachedProgram {
     pub id: u32,
 }
 
-/// The programs, in attach order: attribution hooks first, so that by the time the egress
-/// program counts a socket's packets, the socket's process is being recorded.
-const PROGRAMS: &[(&str, &str)] = &[
+/// The programs attached to the cgroup v2 root, in attach order: attribution hooks first, so
+/// that by the time the egress program counts a socket's packets, the socket's process is being
+/// recorded. The root carries the host's own connections: these programs count and attribute,
+/// and always allow.
+pub const ROOT_PROGRAMS: &[(&str, &str)] = &[
     ("sock_lifecycle", "sock_ops"),
     ("sock_release", "cgroup/sock_release"),
     ("sock_connect4", "cgroup/connect4"),
@@ -47,22 +52,64 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("flow_egress", "cgroup_skb/egress"),
 ];
 
+/// Programs attached only to chosen cgroups (those of the classes that need them), never to
+/// the root: the place for programs that may deny traffic. None yet.
+pub const CGROUP_PROGRAMS: &[(&str, &str)] = &[];
+
 /// The loaded programs and their maps. Dropping it (or calling [`Probe::detach`]) detaches
 /// every program: the attachments are bpf_links owned by this process, so they also go away
 /// when the process dies, even by SIGKILL.
 pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
+    /// The cgroup v2 root the root programs are attached to.
+    root: Option<std::path::PathBuf>,
+    /// Programs of [`CGROUP_PROGRAMS`] and the cgroup each is attached to.
+    attached_to_cgroups: Vec<(std::path::PathBuf, AttachedProgram)>,
     pub flows: FlowMap,
     pub classes: ClassMaps,
     pub stats: StatsMap,
     events: Option<RingBuf<MapData>>,
+    kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+}
+
+/// Kernel messages (aya-log) into the agent's log, with target `kernel`.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::debug!(target: "kernel", "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// The kernel programs' messages, registered with the tokio reactor.
+pub struct KernelLogStream {
+    fd: AsyncFd<aya_log::EbpfLogger<KernelLog>>,
+}
+
+impl KernelLogStream {
+    /// Logs messages as they arrive, until the programs are unloaded.
+    pub async fn run(mut self) {
+        while let Ok(mut guard) = self.fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }
 }
 
 impl Probe {
     /// Loads the programs and creates the maps; nothing is attached yet.
     pub fn load(opts: &ProbeOptions) -> anyhow::Result<Probe> {
+        // Off, the level check is a constant the verifier prunes: no cost on the packet path.
+        let level: u8 = if opts.kernel_log { aya_log::Level::Debug as u8 } else { 0 };
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, false)
             .map_max_entries("FLOWS", opts.max_flows)
             .map_max_entries("EVENTS", opts.ring_buffer_size)
             .load(OBJECT)
@@ -83,17 +130,36 @@ impl Probe {
         };
         let stats = StatsMap { map: PerCpuArray::try_from(take("STATS")?)? };
         let events = Some(RingBuf::try_from(take("EVENTS")?)?);
-        for (name, _) in PROGRAMS {
+        let kernel_log = if opts.kernel_log {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                    .context("reading kernel messages")?,
+            )
+        } else {
+            None
+        };
+        for (name, _) in ROOT_PROGRAMS.iter().chain(CGROUP_PROGRAMS) {
             load_program(&mut ebpf, name).with_context(|| format!("loading program {name}"))?;
         }
-        Ok(Probe { ebpf, attached: Vec::new(), flows, classes, stats, events })
+        Ok(Probe {
+            ebpf,
+            attached: Vec::new(),
+            root: None,
+            attached_to_cgroups: Vec::new(),
+            flows,
+            classes,
+            stats,
+            events,
+            kernel_log,
+        })
     }
 
     /// Attaches every program to the cgroup v2 root. On error, whatever was attached is
     /// detached again when the probe is dropped.
     pub fn attach(&mut self, cgroup_root: &Path) -> anyhow::Result<()> {
         let root = crate::cgroup::open_root(cgroup_root)?;
-        for (name, hook) in PROGRAMS {
+        self.root = Some(cgroup_root.to_owned());
+        for (name, hook) in ROOT_PROGRAMS {
             let id = attach_program(&mut self.ebpf, name, &root)
                 .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup_root.display()))?;
             self.attached.push(AttachedProgram { name, hook, id });
@@ -105,6 +171,29 @@ impl Probe {
         &self.attached
     }
 
+    /// Attaches every program of [`CGROUP_PROGRAMS`] to one chosen cgroup. Refuses the cgroup
+    /// v2 root: programs that may deny traffic never go there.
+    pub fn attach_to_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        if self.root.as_deref().is_some_and(|r| r == cgroup) {
+            return Err(anyhow!(
+                "{}: refusing to attach per-cgroup programs to the cgroup v2 root",
+                cgroup.display()
+            ));
+        }
+        let dir = crate::cgroup::open_root(cgroup)?;
+        for (name, hook) in CGROUP_PROGRAMS {
+            let id = attach_program(&mut self.ebpf, name, &dir)
+                .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup.display()))?;
+            self.attached_to_cgroups.push((cgroup.to_owned(), AttachedProgram { name, hook, id }));
+        }
+        Ok(())
+    }
+
+    /// Programs attached to chosen cgroups, with their cgroup.
+    pub fn attached_to_cgroups(&self) -> &[(std::path::PathBuf, AttachedProgram)] {
+        &self.attached_to_cgroups
+    }
+
     /// The ring buffer of kernel events, registered with the tokio reactor. Can be taken once.
     pub fn take_events(&mut self) -> anyhow::Result<EventStream> {
         let ring = self.events.take().ok_or_else(|| anyhow!("the event stream was already taken"))?;
@@ -113,6 +202,16 @@ impl Probe {
             .map_err(|e| e.into_parts().1)
             .context("registering the ring buffer with the event loop")?;
         Ok(EventStream { fd })
+    }
+
+    /// The kernel programs' debug messages, when [`ProbeOptions::kernel_log`] turned them on.
+    pub fn take_kernel_log(&mut self) -> anyhow::Result<Option<KernelLogStream>> {
+        let Some(logger) = self.kernel_log.take() else { return Ok(None) };
+        // SAFETY: the logger owns the ring buffer's fd for as long as the AsyncFd lives.
+        let fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("registering the kernel messages with the event loop")?;
+        Ok(Some(KernelLogStream { fd }))
     }
 
     /// Detaches and unloads every program.
