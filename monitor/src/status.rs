@@ -1,11 +1,11 @@
 //! What `GET /v1/status` reports: the agent's health in one document, refreshed by the agent
-//! on every sweep.
+//! on every sweep, and decoded as the same type by the CLI.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
-    pub version: &'static str,
+    pub version: String,
     pub host: String,
     /// RFC 3339 start time.
     pub started: String,
@@ -22,14 +22,14 @@ pub struct Status {
     pub export: Vec<ExportStatus>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ProgramStatus {
-    pub name: &'static str,
-    pub hook: &'static str,
+    pub name: String,
+    pub hook: String,
     pub id: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventCounts {
     pub new_flow: u64,
     pub connect: u64,
@@ -39,7 +39,7 @@ pub struct EventCounts {
 }
 
 /// Everything that means data was lost, since the agent started.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Losses {
     pub ringbuf_drops: u64,
     pub flow_insert_failed: u64,
@@ -51,13 +51,13 @@ pub struct Losses {
     pub outbox_dropped: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertCounts {
     pub raised: u64,
     pub open: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LookupCounts {
     pub lookups: u64,
     pub cache_hits: u64,
@@ -66,7 +66,7 @@ pub struct LookupCounts {
     pub reload_failures: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SinkStatus {
     pub name: String,
     pub backlog: u64,
@@ -76,14 +76,14 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Databases {
     pub store_path: String,
     pub store_bytes: u64,
     pub outbox_bytes: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExportStatus {
     pub name: String,
     /// Start of the first bucket not yet sent (RFC 3339).

@@ -1,6 +1,7 @@
-//! The integration-test harness. Each test builds its own world and tears it down on drop,
-//! also when the test fails: network namespaces joined by a veth pair, a cgroup under the
-//! cgroup v2 root, the real agent binary, and traffic processes placed in both.
+//! The integration-test harness. Each test builds its own world (the `test-world` crate, which
+//! the benchmarks use too) and tears it down on drop, also when the test fails: network
+//! namespaces joined by a veth pair, a cgroup under the cgroup v2 root, the real agent binary,
+//! and traffic processes placed in both.
 
 pub mod agent;
 pub mod api;
@@ -22,11 +23,7 @@ pub use agent::Agent;
 pub use cgroups::TestCgroup;
 pub use netns::Topology;
 
-/// A name unique to this test process and call: "em<pid>x<n>".
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
+pub use test_world::unique;
 
 /// A small number unique within this test process (for addresses and uids).
 pub fn unique_index() -> u32 {
@@ -59,15 +56,7 @@ pub fn built_binary(name: &str) -> PathBuf {
 
 /// Runs a command and panics with its output when it fails.
 pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    test_world::run(cmd, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

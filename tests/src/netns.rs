@@ -1,43 +1,11 @@
-//! Two hosts in their own network namespaces, joined by a veth pair, with IPv4 and IPv6
-//! addresses the test chooses. Deleted on drop.
+//! Two hosts in their own network namespaces, joined by a veth pair (the shared test world's
+//! topology, failing the test on error). Deleted on drop.
 
-use std::{fs::File, net::IpAddr};
+use std::ops::Deref;
 
-use crate::{run, unique};
+pub use test_world::Netns;
 
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    fn create(name: String) -> Netns {
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// The namespace file, for setns().
-    pub fn file(&self) -> File {
-        File::open(format!("/run/netns/{}", self.name)).expect("open netns file")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// Host `a` and host `b`, each with one address per family on the veth between them.
-pub struct Topology {
-    pub a: Netns,
-    pub b: Netns,
-    pub a_v4: IpAddr,
-    pub b_v4: IpAddr,
-    pub a_v6: IpAddr,
-    pub b_v6: IpAddr,
-}
+pub struct Topology(test_world::Topology);
 
 impl Topology {
     /// A pair on private test addresses.
@@ -45,51 +13,21 @@ impl Topology {
         Topology::with_addresses(["10.99.0.1", "10.99.0.2"], ["fd99::1", "fd99::2"])
     }
 
-    /// A pair with the given addresses (/24 for IPv4, /64 for IPv6). Each namespace has its
-    /// own routing, so tests may reuse addresses without seeing each other.
+    /// A pair with the given addresses (/24 for IPv4, /64 for IPv6).
     pub fn with_addresses(v4: [&str; 2], v6: [&str; 2]) -> Topology {
-        let a = Netns::create(unique("em") + "a");
-        let b = Netns::create(unique("em") + "b");
-        // Created directly inside the namespaces, so interface names never collide.
-        run(
-            "ip",
-            &[
-                "link", "add", "veth0", "netns", &a.name, "type", "veth", "peer", "name", "veth0", "netns",
-                &b.name,
-            ],
-        );
-        for (ns, a4, a6) in [(&a, v4[0], v6[0]), (&b, v4[1], v6[1])] {
-            run("ip", &["-n", &ns.name, "addr", "add", &format!("{a4}/24"), "dev", "veth0"]);
-            run("ip", &["-n", &ns.name, "addr", "add", &format!("{a6}/64"), "dev", "veth0", "nodad"]);
-            run("ip", &["-n", &ns.name, "link", "set", "veth0", "up"]);
-        }
-        Topology {
-            a,
-            b,
-            a_v4: v4[0].parse().unwrap(),
-            b_v4: v4[1].parse().unwrap(),
-            a_v6: v6[0].parse().unwrap(),
-            b_v6: v6[1].parse().unwrap(),
-        }
+        Topology(test_world::Topology::with_addresses(v4, v6).unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    /// Gives host `b` one more address and routes everything from `a` over the veth to it.
+    pub fn add_remote_address(&self, ip: &str) {
+        self.0.add_remote_address(ip).unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
-impl Topology {
-    /// Gives host `b` one more address (/32 or /128) and routes everything from `a` over the
-    /// veth, so `a` reaches it: a stand-in for a host anywhere on the map. The address exists
-    /// only inside this test's namespaces.
-    pub fn add_remote_address(&self, ip: &str) {
-        let v6 = ip.contains(':');
-        let prefix = if v6 { "128" } else { "32" };
-        let mut args = vec!["-n", &self.b.name, "addr", "add"];
-        let addr = format!("{ip}/{prefix}");
-        args.extend([addr.as_str(), "dev", "veth0"]);
-        if v6 {
-            args.push("nodad");
-        }
-        run("ip", &args);
-        let family = if v6 { "-6" } else { "-4" };
-        run("ip", &["-n", &self.a.name, family, "route", "replace", "default", "dev", "veth0"]);
+impl Deref for Topology {
+    type Target = test_world::Topology;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

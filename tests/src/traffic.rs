@@ -1,28 +1,17 @@
-//! Traffic processes (the em-traffic helper) placed in a test cgroup, a network namespace and
-//! optionally under another uid, before they exec. Killed on drop.
+//! Traffic processes (the em-traffic helper) placed, through the shared test world, in a test
+//! cgroup, a network namespace and optionally under another uid, before they exec. Killed on drop.
 
 use std::{
-    fs::OpenOptions,
     io::{BufRead, BufReader},
-    os::{fd::AsRawFd, unix::process::CommandExt},
-    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+pub use test_world::Placement;
 
-use crate::{built_binary, netns::Netns};
-
-/// Where a traffic process runs.
-pub struct Placement<'a> {
-    pub netns: &'a Netns,
-    /// Directory of the cgroup to join.
-    pub cgroup: &'a Path,
-    /// Run under this uid (and gid), not root.
-    pub uid: Option<u32>,
-}
+use crate::built_binary;
 
 pub struct Traffic {
     child: Child,
@@ -35,35 +24,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 impl Traffic {
     /// Starts `em-traffic ARGS` in the placement.
     pub fn start(place: &Placement<'_>, args: &[&str]) -> Traffic {
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(place.cgroup.join("cgroup.procs"))
-            .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", place.cgroup.display()));
-        let ns = place.netns.file();
-        let uid = place.uid;
         let mut cmd = Command::new(built_binary("em-traffic"));
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let (procs_fd, ns_fd) = (procs.as_raw_fd(), ns.as_raw_fd());
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Join the cgroup first ("0" = the writing process), then the namespace.
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(uid) = uid
-                    && (libc::setgid(uid) != 0 || libc::setuid(uid) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn em-traffic");
-        drop((procs, ns));
+        let mut child =
+            test_world::spawn(&mut cmd, place).unwrap_or_else(|e| panic!("em-traffic {args:?}: {e:#}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

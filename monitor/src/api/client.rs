@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::answers::ApiError;
 
 pub struct ApiClient {
     client: reqwest::Client,
@@ -45,8 +48,13 @@ impl ApiClient {
         Ok(ApiClient { client, base, token, target: url.to_owned() })
     }
 
-    /// GETs `path` with `params`; the JSON body of a 2xx answer, or an error that explains.
-    pub async fn get(&self, path: &str, params: &[(&str, String)]) -> anyhow::Result<Value> {
+    /// GETs `path` with `params`: the answer decoded as `T`, and as JSON (for `-o json`, which
+    /// prints it as sent); or an error that explains.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<(T, Value)> {
         let mut url = self.base.join(path)?;
         url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
         let mut req = self.client.get(url);
@@ -61,21 +69,22 @@ impl ApiClient {
         })?;
         let code = resp.status();
         let text = resp.text().await?;
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if code.is_success() {
-            return Ok(body);
+            let body: Value = serde_json::from_str(&text).context("the API's answer is not JSON")?;
+            let typed = T::deserialize(&body)
+                .with_context(|| format!("the API's answer to {path} is not what this CLI expects"))?;
+            return Ok((typed, body));
         }
         if code == reqwest::StatusCode::UNAUTHORIZED {
             bail!(
                 "the API refused the request (401): pass --token-file with the token of the agent's api.token_file"
             );
         }
-        if let (Some(p), Some(e)) = (body["parameter"].as_str(), body["expected"].as_str()) {
-            bail!("invalid {p}={:?}: expected {e}", body["value"].as_str().unwrap_or(""));
+        let err: ApiError =
+            serde_json::from_str(&text).unwrap_or(ApiError { error: text, ..Default::default() });
+        if let (Some(p), Some(e)) = (&err.parameter, &err.expected) {
+            bail!("invalid {p}={:?}: expected {e}", err.value.as_deref().unwrap_or(""));
         }
-        bail!(
-            "the API answered {code}: {}",
-            body["error"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string())
-        )
+        bail!("the API answered {code}: {}", err.error)
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP/JSON API over the store and the agent's status: on a unix socket (mode 0660) and,
 //! optionally, on TCP where every request must carry the bearer token. The CLI is its client.
 
+pub mod answers;
 pub mod client;
 
 use std::{
@@ -23,6 +24,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use self::answers::{AlertsAnswer, FlowsAnswer};
 use crate::{
     metrics::Metrics,
     status::Status,
@@ -202,9 +204,12 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let store = s.store.clone();
     let q2 = q.clone();
     match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c, store.bucket))).await {
-        Ok(Ok(rows)) => Json(json!({
-            "since": rfc3339(q.since), "until": rfc3339(q.until), "group_by": q.group_by, "rows": rows,
-        }))
+        Ok(Ok(rows)) => Json(FlowsAnswer {
+            since: rfc3339(q.since),
+            until: rfc3339(q.until),
+            group_by: q.group_by.iter().map(|g| g.name().to_owned()).collect(),
+            rows,
+        })
         .into_response(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
@@ -219,8 +224,9 @@ async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response 
     let store = s.store.clone();
     let q2 = q.clone();
     match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c))).await {
-        Ok(Ok(rows)) => Json(json!({"since": rfc3339(q.since), "until": rfc3339(q.until), "alerts": rows}))
-            .into_response(),
+        Ok(Ok(alerts)) => {
+            Json(AlertsAnswer { since: rfc3339(q.since), until: rfc3339(q.until), alerts }).into_response()
+        }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }

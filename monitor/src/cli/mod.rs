@@ -1,10 +1,14 @@
 //! The command line: one file per subcommand.
 
+mod alerts;
 mod check_config;
+mod flows;
 mod lookup;
+mod output;
 mod prepare;
-mod query;
 mod run;
+mod status;
+mod top;
 
 use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -45,9 +49,9 @@ enum Command {
     )]
     Flows {
         #[command(flatten)]
-        filters: query::FlowArgs,
+        filters: flows::FlowArgs,
         #[command(flatten)]
-        api: query::ApiArgs,
+        api: output::ApiArgs,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -55,25 +59,25 @@ enum Command {
     #[command(after_help = "Example:\n  egress-monitor alerts --since 7d --severity critical,high")]
     Alerts {
         #[command(flatten)]
-        filters: query::AlertArgs,
+        filters: alerts::AlertArgs,
         #[command(flatten)]
-        api: query::ApiArgs,
+        api: output::ApiArgs,
         #[command(flatten)]
         output: OutputArg,
     },
     /// A running agent's health: programs, flows, losses, sinks, databases
     Status {
         #[command(flatten)]
-        api: query::ApiArgs,
+        api: output::ApiArgs,
         #[command(flatten)]
         output: OutputArg,
     },
     /// Live view of where data goes now, refreshed like top (Ctrl-C stops)
     Top {
         #[command(flatten)]
-        args: query::TopArgs,
+        args: top::TopArgs,
         #[command(flatten)]
-        api: query::ApiArgs,
+        api: output::ApiArgs,
     },
 }
 
@@ -81,7 +85,7 @@ enum Command {
 struct OutputArg {
     /// Output format: aligned table, JSON, or CSV
     #[arg(short, long, value_enum, default_value = "table")]
-    output: query::Format,
+    output: output::Format,
 }
 
 #[derive(Args)]
@@ -133,9 +137,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),
         Command::Lookup(args) => lookup::lookup(&args.config.load()?, &args.addresses, args.json),
-        Command::Flows { filters, api, output } => query::flows(&api, &filters, output.output),
-        Command::Alerts { filters, api, output } => query::alerts(&api, &filters, output.output),
-        Command::Status { api, output } => query::status(&api, output.output),
-        Command::Top { args, api } => query::top(&api, &args),
+        Command::Flows { filters, api, output } => flows::flows(&api, &filters, output.output),
+        Command::Alerts { filters, api, output } => alerts::alerts(&api, &filters, output.output),
+        Command::Status { api, output } => status::status(&api, output.output),
+        Command::Top { args, api } => top::top(&api, &args),
     }
 }

@@ -81,14 +81,14 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let host: Arc<str> = host_name(&config).into();
     let started = Instant::now();
     let status = Arc::new(Mutex::new(Status {
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").into(),
         host: host.to_string(),
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         cgroup_root: root.display().to_string(),
         programs: probe
             .attached()
             .iter()
-            .map(|p| status::ProgramStatus { name: p.name, hook: p.hook, id: p.id })
+            .map(|p| status::ProgramStatus { name: p.name.into(), hook: p.hook.into(), id: p.id })
             .collect(),
         databases: status::Databases {
             store_path: store.reader.path().display().to_string(),

@@ -51,8 +51,18 @@ impl GroupKey {
         ("process", GroupKey::Process),
     ];
 
+    /// The name questions and answers give this key.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("", |(n, _)| n)
+    }
+
+    /// The key a name stands for.
+    pub fn from_name(name: &str) -> Option<GroupKey> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+
     /// The columns a group shows, in order.
-    fn columns(self) -> &'static [&'static str] {
+    pub fn columns(self) -> &'static [&'static str] {
         match self {
             GroupKey::Class => &["class"],
             GroupKey::Country => &["country"],
@@ -63,6 +73,19 @@ impl GroupKey {
         }
     }
 }
+
+/// The columns of a flows answer grouped by `group_by` (one row per flow when empty), in
+/// order: the group's columns, then the sums.
+pub fn answer_columns(group_by: &[GroupKey]) -> Vec<&'static str> {
+    let keys: Vec<&str> = if group_by.is_empty() {
+        FLOW_COLUMNS.to_vec()
+    } else {
+        group_by.iter().flat_map(|g| g.columns().iter().copied()).collect()
+    };
+    keys.into_iter().chain(SUM_COLUMNS).collect()
+}
+
+const SUM_COLUMNS: [&str; 5] = ["bytes", "packets", "flows", "first_seen", "last_seen"];
 
 /// Columns of a flow without grouping (one row per flow).
 const FLOW_COLUMNS: &[&str] = &[

@@ -3,11 +3,10 @@
 //! child, processes placed in them, and the real agent (release build).
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Read,
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,79 +16,44 @@ use serde_json::Value;
 pub const A_ADDR: &str = "10.200.0.1";
 pub const B_ADDR: &str = "10.200.0.2";
 
-/// Runs a command, failing with its output.
-pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("starting {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use test_world::{Placement, TestCgroup, Topology};
+pub use test_world::{Proc, run};
 
 pub struct World {
+    // Dropped in this order: the processes (killed with their cgroup) before the namespaces.
+    cg: TestCgroup,
+    topo: Topology,
+    /// The namespaces of host a (clients) and host b (servers).
     pub a: String,
     pub b: String,
-    cg_root: PathBuf,
-    /// This benchmark's cgroup, relative to the root ("/em-bench-123").
+    /// This benchmark's cgroup, relative to the root ("/em-bench-123x0").
     pub rel: String,
     pub bin_dir: PathBuf,
 }
 
 impl World {
     pub fn new(bin_dir: &Path) -> anyhow::Result<World> {
-        let id = std::process::id();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let cg_root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mount = left.split_whitespace().nth(4)?;
-                (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
-            })
-            .context("no cgroup2 mount in /proc/self/mountinfo")?;
-        let w = World {
-            a: format!("emb{id}a"),
-            b: format!("emb{id}b"),
-            cg_root,
-            rel: format!("/em-bench-{id}"),
-            bin_dir: bin_dir.to_owned(),
-        };
         // From here on, drop cleans up whatever was made.
-        for ns in [&w.a, &w.b] {
-            run("ip", &["netns", "add", ns])?;
-            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        run(
-            "ip",
-            &["link", "add", "veth0", "netns", &w.a, "type", "veth", "peer", "name", "veth0", "netns", &w.b],
-        )?;
-        for (ns, addr) in [(&w.a, A_ADDR), (&w.b, B_ADDR)] {
-            run("ip", &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "veth0"])?;
-            run("ip", &["-n", ns, "link", "set", "veth0", "up"])?;
-        }
+        let topo = Topology::with_addresses([A_ADDR, B_ADDR], ["fd98::1", "fd98::2"])?;
         // Minutes of short connections leave tens of thousands in TIME_WAIT on the client:
         // let it reuse them and use the whole port range (both settings are per namespace).
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &w.a,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.tcp_tw_reuse=1",
-                "net.ipv4.ip_local_port_range=1024 65000",
-            ],
-        )?;
+        topo.a.sysctl(&["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"])?;
+        let cg = TestCgroup::new("em-bench-")?;
         for child in ["client", "server"] {
-            std::fs::create_dir_all(w.cgroup_dir(child))?;
+            cg.create(child)?;
         }
-        Ok(w)
+        Ok(World {
+            a: topo.a.name.clone(),
+            b: topo.b.name.clone(),
+            rel: cg.rel.clone(),
+            topo,
+            cg,
+            bin_dir: bin_dir.to_owned(),
+        })
     }
 
     pub fn cgroup_dir(&self, child: &str) -> PathBuf {
-        self.cg_root.join(&self.rel[1..]).join(child)
+        self.cg.dir(child)
     }
 
     /// Starts `program args` in namespace `ns` and cgroup child `cgroup`.
@@ -102,23 +66,11 @@ impl World {
         stdout: Stdio,
         stderr: Stdio,
     ) -> anyhow::Result<Proc> {
-        let procs = OpenOptions::new().write(true).open(self.cgroup_dir(cgroup).join("cgroup.procs"))?;
-        let netns = File::open(format!("/run/netns/{ns}"))?;
-        let (procs_fd, ns_fd) = (procs.as_raw_fd(), netns.as_raw_fd());
+        let netns = if ns == self.topo.a.name { &self.topo.a } else { &self.topo.b };
+        let dir = self.cgroup_dir(cgroup);
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1
-                    || libc::setns(ns_fd, libc::CLONE_NEWNET) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+        let child = test_world::spawn(&mut cmd, &Placement { netns, cgroup: &dir, uid: None })?;
         Ok(Proc { child })
     }
 
@@ -203,66 +155,6 @@ fn pinned(cpu: Option<usize>, program: &str, args: &[&str]) -> (String, Vec<Stri
         None => (program.to_owned(), args),
         Some(c) => {
             ("taskset".into(), [vec!["-c".to_owned(), c.to_string(), program.to_owned()], args].concat())
-        }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let top = self.cg_root.join(&self.rel[1..]);
-        for child in ["client", "server", ""] {
-            let dir = if child.is_empty() { top.clone() } else { top.join(child) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                if procs.trim().is_empty() || Instant::now() > deadline {
-                    break;
-                }
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: killing a benchmark process we placed in this cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = std::fs::remove_dir(&dir);
-        }
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM and waits (SIGKILL after 20 s).
-    pub fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Ok(None) = self.child.try_wait() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -1,0 +1,113 @@
+//! `egress-monitor alerts`: alerts from a running agent, newest first.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::output::{
+    ApiArgs, Format, bytes, cloud, endpoint, place, print_json, process, runtime, table, text, write_csv,
+};
+use crate::api::answers::{AlertsAnswer, StoredAlert};
+
+#[derive(Args, Debug)]
+pub struct AlertArgs {
+    /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d)
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// End of the window (default: now)
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this class (comma-separated for several)
+    #[arg(long)]
+    class: Option<String>,
+    /// critical, high, medium or low (comma-separated)
+    #[arg(long)]
+    severity: Option<String>,
+    /// Most alerts to show (newest first)
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let mut params = vec![("since", args.since.clone()), ("limit", args.limit.to_string())];
+    for (k, v) in [("until", &args.until), ("class", &args.class), ("severity", &args.severity)] {
+        if let Some(v) = v {
+            params.push((k, v.clone()));
+        }
+    }
+    let (answer, body) =
+        runtime()?.block_on(client.get::<AlertsAnswer<StoredAlert>>("v1/alerts", &params))?;
+    let alerts = &answer.alerts;
+    match format {
+        Format::Json => print_json(&body)?,
+        Format::Csv => {
+            let header = [
+                "time",
+                "id",
+                "severity",
+                "class",
+                "pid",
+                "comm",
+                "cgroup",
+                "dst_ip",
+                "dst_port",
+                "country",
+                "cloud_region",
+                "site",
+                "bytes",
+                "reason",
+            ];
+            let rows = alerts.iter().map(|a| {
+                let (p, d) = (&a.process, &a.destination);
+                vec![
+                    a.time.clone(),
+                    a.id.clone(),
+                    a.severity.clone(),
+                    a.class.clone(),
+                    text(&p.pid),
+                    text(&p.comm),
+                    text(&p.cgroup),
+                    d.ip.clone(),
+                    text(&d.port),
+                    text(&d.country),
+                    cloud(d.cloud_provider.as_deref(), d.cloud_region.as_deref()),
+                    text(&d.site),
+                    a.bytes.to_string(),
+                    a.reason.clone(),
+                ]
+            });
+            write_csv(&header, rows)?;
+        }
+        Format::Table => {
+            let mut t =
+                table(&["TIME", "SEVERITY", "CLASS", "PROCESS", "DESTINATION", "WHERE", "BYTES", "REASON"]);
+            for a in alerts {
+                let d = &a.destination;
+                t.add_row(vec![
+                    a.time.clone(),
+                    a.severity.clone(),
+                    a.class.clone(),
+                    process(a.process.comm.as_deref(), a.process.pid),
+                    endpoint(Some(&d.ip), d.port),
+                    place(
+                        d.site.as_deref(),
+                        d.country.as_deref(),
+                        d.cloud_provider.as_deref(),
+                        d.cloud_region.as_deref(),
+                    ),
+                    bytes(a.bytes),
+                    a.reason.clone(),
+                ]);
+            }
+            println!("{t}");
+            println!(
+                "{} alert{} since {}",
+                alerts.len(),
+                if alerts.len() == 1 { "" } else { "s" },
+                answer.since
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

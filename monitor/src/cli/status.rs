@@ -1,0 +1,75 @@
+//! `egress-monitor status`: a running agent's health (programs, flows, losses, sinks,
+//! databases, exports) as a table, or the status document as JSON.
+
+use std::{process::ExitCode, time::Duration};
+
+use comfy_table::{Table, presets};
+
+use super::output::{ApiArgs, Format, bytes, print_json, runtime};
+use crate::status::Status;
+
+pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let (s, body) = runtime()?.block_on(client.get::<Status>("v1/status", &[]))?;
+    if format != Format::Table {
+        print_json(&body)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    let programs: Vec<&str> = s.programs.iter().map(|p| p.hook.as_str()).collect();
+    let lost: Vec<String> = serde_json::to_value(&s.losses)?
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let (e, g) = (&s.events, &s.geolocation);
+    let rows: Vec<(&str, String)> = vec![
+        ("version", s.version.clone()),
+        ("host", s.host.clone()),
+        ("uptime", humantime::format_duration(Duration::from_secs(s.uptime_seconds)).to_string()),
+        ("cgroup root", s.cgroup_root.clone()),
+        ("programs", format!("{} attached ({})", programs.len(), programs.join(", "))),
+        ("flows tracked", s.flows_tracked.to_string()),
+        (
+            "events",
+            format!(
+                "{} new flows, {} connects, {} closes, {} found by sweep",
+                e.new_flow, e.connect, e.close, e.found_by_sweep
+            ),
+        ),
+        ("losses", if lost.is_empty() { "none".into() } else { lost.join(", ") }),
+        ("alerts", format!("{} raised, {} open", s.alerts.raised, s.alerts.open)),
+        ("lookups", format!("{} ({} from cache)", g.lookups, g.cache_hits)),
+        ("store", format!("{} ({})", s.databases.store_path, bytes(s.databases.store_bytes))),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_owned(), v]);
+    }
+    for sink in &s.sinks {
+        let mut v = format!(
+            "{} delivered, {} waiting, {} retries, {} failed",
+            sink.delivered, sink.backlog, sink.retries, sink.failed
+        );
+        if let Some(e) = &sink.last_error {
+            v += &format!("; last error: {e}");
+        }
+        t.add_row(vec![format!("sink {}", sink.name), v]);
+    }
+    for e in &s.export {
+        let mut v = format!(
+            "{} rows and {} alerts sent, next bucket {}",
+            e.rows_sent,
+            e.alerts_sent,
+            e.next_bucket.as_deref().unwrap_or("-")
+        );
+        if let Some(err) = &e.last_error {
+            v += &format!("; last error: {err}");
+        }
+        t.add_row(vec![format!("export {}", e.name), v]);
+    }
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
