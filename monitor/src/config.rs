@@ -275,7 +275,7 @@ impl Config {
             let inner = e.into_inner();
             at(inner.span(), key, inner.message().to_owned())
         })?;
-        config.validate().map_err(|(span, key, message)| at(Some(span), key, message))?;
+        config.validate(text).map_err(|(span, key, message)| at(Some(span), key, message))?;
         config.sinks = config
             .sink_entries
             .iter()
@@ -294,7 +294,7 @@ impl Config {
     }
 
     /// Checks that need the whole document: names and selectors used twice.
-    fn validate(&self) -> Result<(), (Range<usize>, String, String)> {
+    fn validate(&self, text: &str) -> Result<(), (Range<usize>, String, String)> {
         let mut sites: HashMap<&str, usize> = HashMap::new();
         for (i, site) in self.sites.iter().enumerate() {
             let name = site.name.get_ref().0.as_str();
@@ -374,7 +374,7 @@ impl Config {
                 if !names.contains_key(class) {
                     let known: Vec<&str> = names.keys().copied().collect();
                     return Err((
-                        classes.span(),
+                        sinks::item_span(text, classes.span(), class),
                         format!("sinks[{i}].classes[{j}]"),
                         format!("no class is named {class:?} (classes: {})", known.join(", ")),
                     ));

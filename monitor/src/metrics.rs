@@ -49,6 +49,7 @@ pub struct Metrics {
     sink_backlog: Family<SinkLabel, Gauge>,
     lookups: Counter,
     lookup_cache_hits: Counter,
+    lookup_errors: Counter,
     /// The snapshot the counters were last brought up to.
     last: Mutex<Status>,
 }
@@ -76,6 +77,7 @@ impl Metrics {
             sink_backlog: Family::default(),
             lookups: Counter::default(),
             lookup_cache_hits: Counter::default(),
+            lookup_errors: Counter::default(),
             last: Mutex::new(Status::default()),
         };
         registry.register("flows", "Flows seen, by class and verdict", m.flows.clone());
@@ -93,6 +95,11 @@ impl Metrics {
         );
         registry.register("sink_backlog", "Alerts waiting in the outbox, by sink", m.sink_backlog.clone());
         registry.register("geolocation_lookups", "Destination lookups", m.lookups.clone());
+        registry.register(
+            "geolocation_errors",
+            "Destination lookups that failed (unreadable database record): judged as unknown",
+            m.lookup_errors.clone(),
+        );
         registry.register(
             "geolocation_cache_hits",
             "Destination lookups answered from the cache",
@@ -129,6 +136,8 @@ impl Metrics {
         }
         self.lookups.inc_by(now.geolocation.lookups.saturating_sub(last.geolocation.lookups));
         self.lookup_cache_hits.inc_by(now.geolocation.cache_hits.saturating_sub(last.geolocation.cache_hits));
+        self.lookup_errors
+            .inc_by(now.geolocation.decode_errors.saturating_sub(last.geolocation.decode_errors));
         *last = now.clone();
     }
 

@@ -24,7 +24,21 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 impl Traffic {
     /// Starts `em-traffic ARGS` in the placement.
     pub fn start(place: &Placement<'_>, args: &[&str]) -> Traffic {
-        let mut cmd = Command::new(built_binary("em-traffic"));
+        Traffic::start_wrapped(place, &[], args)
+    }
+
+    /// Starts `WRAPPER... em-traffic ARGS` in the placement: the wrapper (`unshare --user`,
+    /// say) execs em-traffic, which keeps the wrapper's pid.
+    pub fn start_wrapped(place: &Placement<'_>, wrapper: &[&str], args: &[&str]) -> Traffic {
+        let bin = built_binary("em-traffic");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child =
             test_world::spawn(&mut cmd, place).unwrap_or_else(|e| panic!("em-traffic {args:?}: {e:#}"));

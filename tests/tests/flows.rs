@@ -175,6 +175,34 @@ fn udp_sendto_and_connected_send_classified_by_uid() {
 }
 
 #[test]
+fn a_uid_inside_a_user_namespace_is_not_the_host_uid() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let app = cg.create("app");
+    let uid = 62000 + unique_index();
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[], &[uid])]));
+    // Root on the host, `uid` inside a user namespace of its own.
+    let (map_user, map_group) = (format!("--map-user={uid}"), format!("--map-group={uid}"));
+    let t = Traffic::start_wrapped(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["unshare", "--user", &map_user, &map_group],
+        &["udp-send", "10.99.0.2:5353", "200", "2"],
+    );
+    let pid = t.pid();
+    let p = port(&t.finish()["local"]);
+    let r = agent.wait_for("for the flow", WAIT, ended(&cg, "udp", p, 5353));
+    assert_eq!(
+        r["class"],
+        serde_json::Value::Null,
+        "uid {uid} only inside its namespace: not the class's uid"
+    );
+    assert_eq!(u64_of(&r["process"]["uid"]), 0, "the uid as the host sees it");
+    assert_eq!(u64_of(&r["process"]["pid"]), pid as u64);
+    assert_eq!(u64_of(&r["bytes"]), 2 * 228);
+}
+
+#[test]
 fn udp_server_answering_a_client_is_inbound() {
     let topo = Topology::new();
     let cg = TestCgroup::new();

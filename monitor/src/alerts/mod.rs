@@ -1,5 +1,6 @@
-//! Violations become alerts: one per (class, workload, destination address, destination port)
-//! per cooldown window. Later traffic of the same key adds to the open alert's totals, reported
+//! Violations become alerts: one per (class, workload, remote address, remote port) per
+//! cooldown window; for inbound flows (a classified server answering a client) the client's
+//! ephemeral port is left out, so one client is one alert. Later traffic of the same key adds to the open alert's totals, reported
 //! as `alert_update` records, instead of raising more alerts.
 
 use std::{
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 pub use crate::record::{Alert, AlertUpdate};
 use crate::{
     policy::{ClassPolicy, Verdict},
-    record::{FlowRecord, Timestamp},
+    record::{Direction, FlowRecord, Timestamp},
 };
 
 /// What makes two violations "the same alert". The workload is the cgroup and, when known,
@@ -90,7 +91,9 @@ impl AlertBook {
                 .unwrap_or_else(|| format!("cgroup-id:{}", rec.process.cgroup_id)),
             comm: rec.process.comm.clone(),
             ip: rec.destination.ip,
-            port: rec.destination.port,
+            // A classified server answering a client: the client's port is ephemeral, a new one
+            // per connection; the alert is about the client, whatever port it came from.
+            port: if rec.direction == Direction::Inbound { None } else { rec.destination.port },
         };
         if let Some(open) = self.open.get_mut(&key)
             && now.duration_since(open.raised) < self.cooldown

@@ -132,3 +132,24 @@ fn pending_totals_are_reported_at_shutdown() {
     let ups = book.updates(&"h1".into(), t0, true);
     assert_eq!(ups.iter().map(|u| u.bytes).collect::<Vec<_>>(), vec![700]);
 }
+
+#[test]
+fn a_classified_server_answering_one_client_is_one_alert_whatever_its_ports() {
+    let mut book = AlertBook::new(10 * MIN, MIN);
+    let (c, t0) = (class(), Instant::now());
+    // The same client connects three times, each time from another ephemeral port.
+    let raised: Vec<bool> = [50001u16, 50002, 50003]
+        .iter()
+        .map(|&port| {
+            let mut r = record("175.16.199.1", port, 100, "api", 1000);
+            r.direction = crate::record::Direction::Inbound;
+            book.observe(&key(443, port), &r, &c, &verdict(), t0).is_some()
+        })
+        .collect();
+    assert_eq!(raised, [true, false, false]);
+    assert_eq!((book.counters.raised, book.counters.folded), (1, 2));
+    // An outbound flow keeps its port in the key: another port is another alert.
+    let mut r = record("175.16.199.1", 8443, 100, "api", 1000);
+    r.direction = crate::record::Direction::Outbound;
+    assert!(book.observe(&key(41000, 8443), &r, &c, &verdict(), t0).is_some());
+}

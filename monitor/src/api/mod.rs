@@ -137,7 +137,14 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("api.socket: creating {}", dir.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "api.socket: {} exists and is not a socket: not removing it; choose another path or remove it yourself",
+                path.display()
+            );
+        }
         // Refuse to take over the socket of a running agent.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("api.socket: {} is in use by another process (another agent?)", path.display());
@@ -241,4 +248,21 @@ async fn status(State(s): State<ApiState>) -> Response {
 
 async fn metrics(State(s): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_file_at_the_socket_path_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("api.sock");
+        std::fs::write(&p, b"precious").unwrap();
+        let e = super::bind_socket(&p).unwrap_err().to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"precious");
+        // A stale socket (no agent behind it) is replaced.
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(super::bind_socket(&stale).is_ok());
+    }
 }

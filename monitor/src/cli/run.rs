@@ -41,6 +41,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn agent(config: Config) -> anyhow::Result<()> {
+    // Everything the agent creates (state directory, store, outbox) is private to it; the API
+    // socket's mode is set explicitly.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let root = match &config.agent.cgroup_root {
         Some(p) => p.clone(),
         None => cgroup::detect_root()?,
@@ -146,8 +150,12 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     let started = Instant::now();
                     pipeline.sweep(&mut probe.flows, &mut out).context("reading the kernel flow map")?;
                     debug!(flows = pipeline.table().len(), took = ?started.elapsed(), "sweep");
+                    // Records first: a failing counter read must not cost them, and the status
+                    // below then counts what the sinks and the store were just handed.
+                    sinks.send_all(&mut out).await;
                     let kernel = probe.stats.read()?;
                     pipeline.check_losses(kernel, &mut out);
+                    sinks.send_all(&mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     pipeline.fill_status(&mut s, kernel);
                     sinks.fill_status(&mut s);
@@ -166,7 +174,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         // Report what was counted up to now, so nothing is left unsaid.
         let (batch, malformed) = events.drain();
         pipeline.on_events(batch, malformed, &mut out);
-        pipeline.finish(&mut probe.flows, probe.stats.read()?, &mut out)?;
+        let swept = pipeline.finish(&mut probe.flows, &mut out);
+        sinks.send_all(&mut out).await;
+        swept?;
+        // Read after the final sweep, so the last loss record counts everything.
+        pipeline.check_losses(probe.stats.read()?, &mut out);
         sinks.send_all(&mut out).await;
         Ok(())
     }

@@ -6,12 +6,12 @@ use std::{collections::BTreeMap, ops::Range};
 
 use toml::Spanned;
 
+use crate::sinks::{self, Field, SinkTable};
 pub use crate::sinks::{
     AlertFilter, RetryPolicy, SinkConfig,
     syslog::{Facility, SyslogAddress, SyslogFormat, SyslogOptions},
     webhook::{WebhookFormat, WebhookOptions},
 };
-use crate::sinks::{Field, SinkTable, sink_type};
 
 /// A `[[sinks]]` table as written.
 pub type SinkEntry = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
@@ -19,13 +19,12 @@ pub type SinkEntry = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 /// A configuration error inside one sink: where, which key (relative to the sink), what.
 pub type SinkError = (Range<usize>, String, String);
 
-/// The span of a sink table's `type`, or of its first key when it has none.
+/// The span of a sink table's `type` value, or of its first key when it has none.
 pub fn type_span(entry: &SinkEntry) -> Range<usize> {
-    entry
-        .iter()
-        .find(|(k, _)| k.get_ref() == "type")
-        .or_else(|| entry.iter().next())
-        .map_or(0..0, |(k, _)| k.span())
+    match entry.iter().find(|(k, _)| k.get_ref() == "type") {
+        Some((_, v)) => v.span(),
+        None => entry.iter().next().map_or(0..0, |(k, _)| k.span()),
+    }
 }
 
 /// Reads one table through the sink type it names.
@@ -40,19 +39,42 @@ pub fn check(entry: &SinkEntry) -> Result<SinkConfig, SinkError> {
         }
     }
     let Some(kind) = kind else {
-        return Err((
-            type_span(entry),
-            String::new(),
-            "missing field `type` (stdout, syslog or webhook)".into(),
-        ));
+        return Err((type_span(entry), String::new(), "missing field `type`".into()));
     };
     let toml::Value::String(name) = kind.get_ref() else {
-        return Err((kind.span(), "type".into(), "invalid type: expected a string".into()));
+        let what = field(kind.get_ref());
+        return Err((
+            kind.span(),
+            "type".into(),
+            format!("invalid type: {}, expected a string", unexpected(&what)),
+        ));
     };
-    let ty = sink_type(name).map_err(|e| (kind.span(), "type".to_owned(), e))?;
     table.kind = name.clone();
     table.kind_span = kind.span();
-    (ty.parse)(&table).map_err(|e| (e.span, e.key, e.message))
+    sinks::read(&table).map_err(|e| (e.span, e.key, e.message))
+}
+
+/// What was written, as serde's errors name it.
+fn unexpected(f: &Field) -> String {
+    match f {
+        Field::Text(s) => format!("string {s:?}"),
+        Field::Integer(n) => format!("integer `{n}`"),
+        Field::Float(x) => format!("floating point `{x}`"),
+        Field::Bool(b) => format!("boolean `{b}`"),
+        Field::List(_) => "sequence".into(),
+        Field::Table(_) => "map".into(),
+    }
+}
+
+/// Where the string `item` is written inside an array at `span` of `text` (the array's span
+/// when it cannot be found): errors then point at the item, not the whole list.
+pub fn item_span(text: &str, span: Range<usize>, item: &str) -> Range<usize> {
+    let Some(array) = text.get(span.clone()) else { return span };
+    let quoted = format!("{item:?}");
+    match array.find(&quoted) {
+        Some(i) => span.start + i..span.start + i + quoted.len(),
+        None => span,
+    }
 }
 
 fn field(v: &toml::Value) -> Field {

@@ -334,7 +334,7 @@ type = "stdout"
     let wh: &WebhookOptions = c.sinks[1].options().unwrap_or_else(|| panic!("{:?}", c.sinks[1]));
     assert_eq!((wh.format, wh.timeout), (WebhookFormat::Slack, Duration::from_secs(3)));
     assert_eq!(wh.headers.get("X-Team").map(String::as_str), Some("secops"));
-    assert_eq!(c.sinks[1].name(), "webhook:https://hooks.example/egress");
+    assert_eq!(c.sinks[1].name(), "webhook:https://hooks.example", "no path: it may hold the secret");
     assert_eq!(
         c.sinks[1].retry(),
         RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300) }

@@ -178,12 +178,12 @@ impl Source for CloudSource {
         self.files.iter().map(|f| format!("{} ({})", f.file.path.display(), f.value.describe())).collect()
     }
 
-    fn place(&self, ip: IpAddr, d: &mut Destination, _errors: &mut u64) -> Placed {
+    fn place(&self, ip: IpAddr, d: &mut Destination) -> Result<Placed, String> {
         if let Some((_, c)) = self.table.get_lpm(&IpNet::from(ip)) {
             d.cloud_provider = Some(c.provider);
             d.cloud_region = Some(c.region.clone());
         }
-        Placed::Continue
+        Ok(Placed::Continue)
     }
 
     fn reload(&mut self) -> Reload {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use maxminddb::Reader;
 use serde::Deserialize;
-use tracing::warn;
 
 use super::{Destination, Placed, Reload, Source, SourceFile};
 
@@ -106,6 +105,17 @@ impl GeoDb {
         // place while mapped would fault, as with any mmap-based MaxMind reader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{shown}: cannot map: {e}"))?;
         let db = GeoDb::from_bytes(DbBytes::Mapped(map), Some(path.to_owned()))?;
+        // The whole search tree and data section, walked once: a damaged file is refused here
+        // rather than answering "no data" (or failing) address by address later.
+        if let Err(e) = db.reader.verify() {
+            // The reader's verification also refuses metadata without a description, which many
+            // databases built by other tools lack: those are walked here instead, every
+            // network and every record.
+            if !e.to_string().contains("description") {
+                return Err(format!("{shown}: damaged MaxMind DB file: {e}"));
+            }
+            db.walk().map_err(|e| format!("{shown}: damaged MaxMind DB file: {e}"))?;
+        }
         Ok(GeoDb { stamp: Some(stamp), ..db })
     }
 
@@ -132,6 +142,14 @@ impl GeoDb {
             db.decode(ip).map_err(|e| format!("{shown}: cannot read records: {e}"))?;
         }
         Ok(db)
+    }
+
+    /// Visits every network of the search tree and decodes its record.
+    fn walk(&self) -> Result<(), maxminddb::MaxMindDbError> {
+        for network in self.reader.networks(Default::default())? {
+            network?.decode::<GeoRecord<'_>>()?;
+        }
+        Ok(())
     }
 
     /// Human description: type and build date.
@@ -232,15 +250,8 @@ impl Source for MmdbSource {
         vec![format!("{name} ({})", self.db.describe())]
     }
 
-    fn place(&self, ip: IpAddr, d: &mut Destination, errors: &mut u64) -> Placed {
-        let facts = match self.db.lookup(ip) {
-            Ok(f) => f,
-            Err(e) => {
-                *errors += 1;
-                warn!(address = %ip, error = %e, "cannot decode a database record; the address is placed without it");
-                return Placed::Continue;
-            }
-        };
+    fn place(&self, ip: IpAddr, d: &mut Destination) -> Result<Placed, String> {
+        let facts = self.db.lookup(ip).map_err(|e| format!("{}: {e}", self.label))?;
         match self.role {
             MmdbRole::Country => {
                 if d.country.is_none() {
@@ -258,7 +269,7 @@ impl Source for MmdbSource {
                 d.as_org = facts.as_org.as_deref().map(Arc::from);
             }
         }
-        Placed::Continue
+        Ok(Placed::Continue)
     }
 
     fn reload(&mut self) -> Reload {

@@ -11,7 +11,13 @@ pub mod fixtures;
 mod geoip;
 mod sites;
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub use cloud::{CloudRegion, CloudSource, RangeFile};
 pub use geoip::{GeoDb, GeoFacts, MmdbRole, MmdbSource};
@@ -65,9 +71,9 @@ pub trait Source: Send {
     fn kind(&self) -> &'static str;
     /// One line per file this source read, for the start-up log and `lookup`.
     fn describe(&self) -> Vec<String>;
-    /// Adds what this source knows about `ip` to `d`; `errors` counts records it could not
-    /// decode (the address is then placed without them).
-    fn place(&self, ip: IpAddr, d: &mut Destination, errors: &mut u64) -> Placed;
+    /// Adds what this source knows about `ip` to `d`. An error (a record that cannot be
+    /// decoded) makes the destination unknown: a half-placed address could be judged wrongly.
+    fn place(&self, ip: IpAddr, d: &mut Destination) -> Result<Placed, String>;
     /// Reopens the source's files that were replaced on disk.
     fn reload(&mut self) -> Reload;
 }
@@ -77,7 +83,8 @@ pub trait Source: Send {
 pub struct EnrichCounters {
     pub lookups: u64,
     pub cache_hits: u64,
-    /// Database records that could not be decoded (the address is then placed without them).
+    /// Lookups a source failed (a record that cannot be decoded): the destination is then
+    /// unknown (a company site keeps its name and country).
     pub decode_errors: u64,
     pub reloads: u64,
     pub reload_failures: u64,
@@ -88,7 +95,12 @@ pub struct Enricher {
     sources: Vec<Box<dyn Source>>,
     cache: HashMap<IpAddr, Arc<Destination>>,
     pub counters: EnrichCounters,
+    /// When a lookup error was last logged, and how many were not logged since.
+    error_log: Option<(Instant, u64)>,
 }
+
+/// Lookup errors are logged at most once per this long (each is counted).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Addresses remembered before the cache starts over.
 const CACHE_LIMIT: usize = 1 << 17;
@@ -118,7 +130,7 @@ impl Enricher {
 
     /// An enricher over the given sources, asked in this order.
     pub fn from_sources(sources: Vec<Box<dyn Source>>) -> Enricher {
-        Enricher { sources, cache: HashMap::new(), counters: EnrichCounters::default() }
+        Enricher { sources, cache: HashMap::new(), counters: EnrichCounters::default(), error_log: None }
     }
 
     /// One line per source file (kind, description), for the start-up log and `lookup`.
@@ -146,16 +158,45 @@ impl Enricher {
         self.cache.clear();
     }
 
-    /// Places an address without the cache.
+    /// Places an address without the cache. An IPv4-mapped address, and a NAT64 address
+    /// (`64:ff9b::/96`, RFC 6052), is placed where its IPv4 address is: that is where the
+    /// data goes.
     fn place(&mut self, ip: IpAddr) -> Destination {
-        let ip = ip.to_canonical();
+        let ip = embedded_ipv4(ip.to_canonical());
         let mut d = Destination::default();
         for s in &self.sources {
-            if s.place(ip, &mut d, &mut self.counters.decode_errors) == Placed::Done {
-                break;
+            match s.place(ip, &mut d) {
+                Ok(Placed::Continue) => {}
+                Ok(Placed::Done) => break,
+                Err(e) => {
+                    self.lookup_failed(ip, &e);
+                    // Unknown, but for what the company's own sites say.
+                    return Destination {
+                        site: d.site.clone(),
+                        country: d.site.and(d.country),
+                        ..Default::default()
+                    };
+                }
             }
         }
         d
+    }
+
+    /// Counts a failed lookup and logs it, at most once per [`ERROR_LOG_EVERY`].
+    fn lookup_failed(&mut self, ip: IpAddr, error: &str) {
+        self.counters.decode_errors += 1;
+        let now = Instant::now();
+        match &mut self.error_log {
+            Some((at, quiet)) if now.duration_since(*at) < ERROR_LOG_EVERY => *quiet += 1,
+            slot => {
+                let not_logged = slot.map_or(0, |(_, q)| q);
+                warn!(
+                    address = %ip, error, not_logged,
+                    "cannot read the geolocation record of an address: it is judged as unknown (counted in geolocation errors)"
+                );
+                *slot = Some((now, 0));
+            }
+        }
     }
 
     /// Reopens every file that was replaced on disk. A file that fails to load keeps the
@@ -178,6 +219,17 @@ impl Enricher {
             self.cache.clear();
         }
         changed
+    }
+}
+
+/// The IPv4 address a NAT64 address (`64:ff9b::/96`) stands for; any other address as it is.
+pub fn embedded_ipv4(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let o = v6.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
+        other => other,
     }
 }
 

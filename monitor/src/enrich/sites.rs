@@ -43,8 +43,8 @@ impl Source for Sites {
         Vec::new() // configured inline, not read from a file
     }
 
-    fn place(&self, ip: IpAddr, d: &mut Destination, _errors: &mut u64) -> Placed {
-        if let Some((_, (name, country))) = self.table.get_lpm(&IpNet::from(ip)) {
+    fn place(&self, ip: IpAddr, d: &mut Destination) -> Result<Placed, String> {
+        Ok(if let Some((_, (name, country))) = self.table.get_lpm(&IpNet::from(ip)) {
             d.site = Some(name.clone());
             d.country = Some(country.clone());
             Placed::Continue
@@ -53,7 +53,7 @@ impl Source for Sites {
             Placed::Done
         } else {
             Placed::Continue
-        }
+        })
     }
 
     fn reload(&mut self) -> Reload {

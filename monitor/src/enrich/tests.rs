@@ -255,3 +255,65 @@ fn embedded_database_places_public_addresses() {
     assert_eq!(e.locate(ip("8.8.8.8")).country.as_deref(), Some("US"));
     assert!(e.sources()[0].1.starts_with("embedded DB-IP Lite"), "{:?}", e.sources());
 }
+
+/// A database whose last search-tree node points past the data section: lookups on most
+/// paths still work, so only a walk of the whole tree finds it.
+fn with_broken_search_tree(mut db: Vec<u8>) -> Vec<u8> {
+    let meta = maxminddb::Reader::from_source(db.clone()).unwrap().metadata().clone();
+    let node_bytes = meta.record_size as usize * 2 / 8;
+    let last = (meta.node_count as usize - 1) * node_bytes;
+    db[last..last + node_bytes].fill(0xff);
+    db
+}
+
+#[test]
+fn a_database_with_a_broken_search_tree_is_refused_at_start_and_at_reload() {
+    let good =
+        fixtures::geoip2_country(&[("175.16.199.0/24", Some("CN"), None), ("2.16.0.0/13", Some("FR"), None)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("country.mmdb");
+    let text = format!("[geoip]\ncountry_db = {:?}\n", path.to_str().unwrap());
+    let config = Config::parse(&text, Origin::File("t.toml".into())).unwrap();
+    // With a description in its metadata (the reader's verification) and without (our walk).
+    let mut described = mmdb_writer::Writer::builder("GeoIP2-Country").description(&[("en", "test")]).build();
+    described
+        .insert(
+            "175.16.199.0/24".parse::<ipnet::IpNet>().unwrap(),
+            &serde_json::json!({"country": {"iso_code": "CN"}}),
+        )
+        .unwrap();
+    described
+        .insert(
+            "2.16.0.0/13".parse::<ipnet::IpNet>().unwrap(),
+            &serde_json::json!({"country": {"iso_code": "FR"}}),
+        )
+        .unwrap();
+    for db in [described.to_bytes().unwrap(), good.clone()] {
+        std::fs::write(&path, &db).unwrap();
+        assert!(open(&config).is_ok(), "the intact file loads");
+        std::fs::write(&path, with_broken_search_tree(db)).unwrap();
+        let e = open(&config).err().unwrap().to_string();
+        assert!(
+            e.starts_with(&format!("t.toml: geoip.country_db: {}: damaged MaxMind DB file", path.display())),
+            "{e}"
+        );
+    }
+
+    // Running on a good file, a broken replacement keeps the good one in force.
+    std::fs::write(&path, &good).unwrap();
+    let mut e = open(&config).unwrap();
+    let tmp = dir.path().join("new.mmdb");
+    std::fs::write(&tmp, with_broken_search_tree(good)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert!(!e.reload_replaced());
+    assert_eq!(e.counters.reload_failures, 1);
+    assert_eq!(e.locate(ip("175.16.199.1")).country.as_deref(), Some("CN"));
+}
+
+#[test]
+fn nat64_addresses_are_placed_where_their_ipv4_address_is() {
+    let (_d, mut e) = country_only(fixtures::geoip2_country(&[("175.16.199.0/24", Some("CN"), None)]));
+    assert_eq!(e.locate(ip("64:ff9b::af10:c701")).country.as_deref(), Some("CN"), "64:ff9b::175.16.199.1");
+    assert_eq!(e.locate(ip("64:ff9b::a00:1")).internal, true, "64:ff9b::10.0.0.1 is internal");
+    assert_eq!(e.locate(ip("64:ff9c::af10:c701")).country, None, "another prefix is not NAT64");
+}

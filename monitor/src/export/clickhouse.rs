@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use rusqlite::types::Value as SqlValue;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::{
     record::fields::Kind,
-    sinks::{Backoff, RetryPolicy},
+    sinks::{Backoff, RetryPolicy, webhook::redacted},
     status::ExportStatus,
     store::{self, ExportReader, export::Row},
 };
@@ -85,7 +85,12 @@ impl ClickHouse {
             );
         }
         crate::install_crypto();
-        let client = reqwest::Client::builder().timeout(c.timeout).tls_backend_rustls().build()?;
+        // Redirects are not followed: a 3xx is an error, like any answer that is not 2xx.
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .tls_backend_rustls()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         Ok(ClickHouse {
             client,
             url: c.url.clone(),
@@ -112,7 +117,10 @@ impl ClickHouse {
         if let Some(p) = &self.password {
             req = req.header("X-ClickHouse-Key", p);
         }
-        let resp = req.send().await.with_context(|| format!("ClickHouse at {}", self.url))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("ClickHouse at {}: {}", redacted(&self.url), e.without_url()))?;
         let code = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !code.is_success() {
@@ -144,7 +152,7 @@ pub async fn run(ch: ClickHouse, status: Arc<Mutex<ExportStatus>>, mut stop: wat
         if !version_logged {
             match ch.query("SELECT version()", None).await {
                 Ok(v) => {
-                    info!(url = %ch.url, version = %v.trim(), database = %ch.database, "exporting to ClickHouse");
+                    info!(url = %redacted(&ch.url), version = %v.trim(), database = %ch.database, "exporting to ClickHouse");
                     version_logged = true;
                 }
                 Err(e) => {

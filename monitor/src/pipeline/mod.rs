@@ -108,20 +108,15 @@ impl Pipeline {
         }
     }
 
-    /// At shutdown: reports everything counted up to now, so that nothing is left unsaid.
-    pub fn finish(
-        &mut self,
-        map: &mut dyn KernelFlows,
-        kernel: KernelStats,
-        out: &mut Vec<Output>,
-    ) -> std::io::Result<()> {
+    /// At shutdown: reports everything counted up to now, so that nothing is left unsaid (the
+    /// caller then reports losses with the kernel's final counters).
+    pub fn finish(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) -> std::io::Result<()> {
         let now = Instant::now();
         self.table.sweep(map, now, monotonic_ns(), &mut self.updates)?;
         self.table.flush_all(now, &mut self.updates);
         self.emit(out);
         let host = self.records.host.clone();
         out.extend(self.alerts.updates(&host, now, true).into_iter().map(Output::AlertUpdate));
-        self.check_losses(kernel, out);
         Ok(())
     }
 

@@ -45,16 +45,35 @@ pub static REGISTRY: &[SinkType] = &[stdout::TYPE, syslog::TYPE, webhook::TYPE];
 /// A sink type in the registry.
 pub struct SinkType {
     pub name: &'static str,
-    /// Reads and checks a table of this type.
+    /// The keys a table of this type takes besides `type`.
+    pub keys: &'static [&'static str],
+    /// Reads and checks a table of this type (whose keys were checked against `keys`).
     pub parse: fn(&SinkTable) -> Result<SinkConfig, FieldError>,
 }
 
-/// The sink type a `type` value names; the error lists the known ones.
-pub fn sink_type(name: &str) -> Result<&'static SinkType, String> {
-    REGISTRY.iter().find(|t| t.name == name).ok_or_else(|| {
-        let known: Vec<&str> = REGISTRY.iter().map(|t| t.name).collect();
-        format!("unknown sink type {name:?}: expected one of {}", known.join(", "))
-    })
+/// Reads a `[[sinks]]` table through the sink type its `type` names.
+pub fn read(t: &SinkTable) -> Result<SinkConfig, FieldError> {
+    let Some(ty) = REGISTRY.iter().find(|ty| ty.name == t.kind) else {
+        let known: Vec<String> = REGISTRY.iter().map(|ty| format!("`{}`", ty.name)).collect();
+        return Err(t.error(
+            "type",
+            t.kind_span.clone(),
+            format!("unknown variant `{}`, expected one of {}", t.kind, known.join(", ")),
+        ));
+    };
+    t.only(ty.keys, &all_keys())?;
+    (ty.parse)(t)
+}
+
+/// Every key some sink type takes, `type` first.
+fn all_keys() -> Vec<&'static str> {
+    let mut keys = vec!["type"];
+    for k in REGISTRY.iter().flat_map(|ty| ty.keys.iter()) {
+        if !keys.contains(k) {
+            keys.push(k);
+        }
+    }
+    keys
 }
 
 /// A future a sink returns from a delivery attempt.
@@ -103,11 +122,9 @@ pub struct AlertSinkConfig {
     pub options: Arc<dyn AlertSinkOptions>,
 }
 
-/// The keys every alert sink takes besides its own.
-pub const ALERT_SINK_KEYS: &[&str] = &["name", "min_severity", "classes", "retry_initial", "retry_max"];
-
 impl AlertSinkConfig {
-    /// Reads the keys every alert sink takes; `options` are the sink's own settings.
+    /// Reads the keys every alert sink takes (`name`, `min_severity`, `classes`,
+    /// `retry_initial`, `retry_max`); `options` are the sink's own settings.
     pub fn read(t: &SinkTable, options: Arc<dyn AlertSinkOptions>) -> Result<AlertSinkConfig, FieldError> {
         let retry = RetryPolicy {
             initial: t.duration("retry_initial")?.unwrap_or(RetryPolicy::DEFAULT.initial),
@@ -187,6 +204,67 @@ impl SinkConfig {
     }
 }
 
+/// An alert on its way into the outbox: the sinks it is for, and how to wake them.
+type Queued = (Alert, Vec<String>, Vec<Arc<Notify>>);
+
+/// Writes alerts into the outbox on a thread of its own, in batches (one transaction, one
+/// fsync, for all the alerts queued meanwhile): the agent's loop never waits for the disk.
+struct OutboxWriter {
+    tx: Option<std::sync::mpsc::Sender<Queued>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Alerts written per transaction at most.
+const OUTBOX_BATCH: usize = 1000;
+
+impl OutboxWriter {
+    fn start(outbox: Arc<Outbox>) -> anyhow::Result<OutboxWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
+        let thread = std::thread::Builder::new().name("outbox-writer".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < OUTBOX_BATCH
+                    && let Ok(more) = rx.try_recv()
+                {
+                    batch.push(more);
+                }
+                let rows: Vec<(&Alert, &[String])> = batch.iter().map(|(a, n, _)| (a, n.as_slice())).collect();
+                match outbox.push_batch(&rows) {
+                    Ok(_) => batch.iter().flat_map(|(_, _, w)| w).for_each(|w| w.notify_one()),
+                    Err(e) => {
+                        for (a, _, _) in &batch {
+                            error!(
+                                id = %a.id, error = %e, file = %outbox.path().display(),
+                                "cannot write the alert to the outbox: it is printed but will not be delivered to syslog/webhook sinks"
+                            );
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(OutboxWriter { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn queue(&self, alert: Alert, sinks: Vec<String>, wakes: Vec<Arc<Notify>>) {
+        if let Some(tx) = &self.tx {
+            // Fails only when the thread died; the alert is then printed but not delivered.
+            if tx.send((alert, sinks, wakes)).is_err() {
+                error!(
+                    "the outbox writer stopped: alerts are printed but not delivered to syslog/webhook sinks"
+                );
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    fn close(mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Records queued per stdout sink before the agent waits for it.
 const QUEUE: usize = 65536;
 
@@ -231,6 +309,8 @@ pub struct Sinks {
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     alert_sinks: Vec<Running>,
     outbox: Option<Arc<Outbox>>,
+    /// Writes alerts into the outbox off the agent's loop.
+    outbox_writer: Option<OutboxWriter>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     /// The embedded store takes every record too.
@@ -251,6 +331,7 @@ impl Sinks {
             tasks: Vec::new(),
             alert_sinks: Vec::new(),
             outbox: None,
+            outbox_writer: None,
             stop,
             workers: Vec::new(),
             store,
@@ -266,6 +347,7 @@ impl Sinks {
                     "pending alerts of a sink that is no longer configured were dropped"
                 );
             }
+            sinks.outbox_writer = Some(OutboxWriter::start(o.clone())?);
             sinks.outbox = Some(o);
         }
         for (config, sink) in prepared.sinks {
@@ -302,8 +384,8 @@ impl Sinks {
     /// Hands a record to every sink. An alert is written to the outbox (for the alert sinks
     /// whose filters take it) before anything else sees it.
     pub async fn send(&self, output: Output) {
-        if let (Output::Alert(alert), Some(outbox)) = (&output, &self.outbox) {
-            self.store_alert(outbox, alert);
+        if let (Output::Alert(alert), Some(writer)) = (&output, &self.outbox_writer) {
+            self.store_alert(writer, alert);
         }
         let output = Arc::new(output);
         if let Some(store) = &self.store {
@@ -322,21 +404,16 @@ impl Sinks {
         }
     }
 
-    fn store_alert(&self, outbox: &Outbox, alert: &Alert) {
+    /// Queues an alert for the outbox writer, for the alert sinks whose filters take it.
+    fn store_alert(&self, writer: &OutboxWriter, alert: &Alert) {
         let takers: Vec<&Running> =
             self.alert_sinks.iter().filter(|s| s.filter.accepts(&alert.class, alert.severity)).collect();
         if takers.is_empty() {
             return;
         }
-        let names: Vec<String> = takers.iter().map(|s| s.name.clone()).collect();
-        // Writing is a few milliseconds (fsync); alerts are rare next to flow records.
-        match outbox.push(alert, &names) {
-            Ok(_) => takers.iter().for_each(|s| s.wake.notify_one()),
-            Err(e) => error!(
-                id = %alert.id, error = %e, file = %outbox.path().display(),
-                "cannot write the alert to the outbox: it is printed but will not be delivered to syslog/webhook sinks"
-            ),
-        }
+        let names = takers.iter().map(|s| s.name.clone()).collect();
+        let wakes = takers.iter().map(|s| s.wake.clone()).collect();
+        writer.queue(alert.clone(), names, wakes);
     }
 
     /// Brings the sinks' part of the status document up to date.
@@ -385,7 +462,11 @@ impl Sinks {
 
     /// Flushes the stdout sinks and stops the alert workers; undelivered alerts stay in the
     /// outbox for the next start.
-    pub async fn close(self) -> anyhow::Result<()> {
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        // Every alert handed over is in the outbox before the sinks stop.
+        if let Some(w) = self.outbox_writer.take() {
+            tokio::task::spawn_blocking(move || w.close()).await?;
+        }
         let stats = self.alert_sink_stats();
         let _ = self.stop.send(true);
         for w in self.workers {

@@ -71,18 +71,60 @@ impl Outbox {
     /// Stores an alert for `sinks` (durably, before returning). When the outbox holds
     /// `outbox_max` alerts, the oldest are dropped first; their ids are returned.
     pub fn push(&self, alert: &Alert, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
-        let body =
-            serde_json::to_string(alert).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-        self.push_raw(&alert.id, &body, sinks)
+        self.push_batch(&[(alert, sinks)])
+    }
+
+    /// Stores several alerts, each for its sinks, in one transaction (one fsync).
+    pub fn push_batch(&self, alerts: &[(&Alert, &[String])]) -> rusqlite::Result<Vec<String>> {
+        let bodies = alerts
+            .iter()
+            .map(|(a, sinks)| {
+                let body = serde_json::to_string(a)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                Ok((a.id.as_str(), body, *sinks))
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let raw: Vec<(&str, &str, &[String])> =
+            bodies.iter().map(|(id, b, s)| (*id, b.as_str(), *s)).collect();
+        self.push_raw_batch(&raw)
     }
 
     /// Stores an alert's JSON as it is.
+    #[cfg(test)]
     fn push_raw(&self, id: &str, body: &str, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
-        if sinks.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.push_raw_batch(&[(id, body, sinks)])
+    }
+
+    fn push_raw_batch(&self, alerts: &[(&str, &str, &[String])]) -> rusqlite::Result<Vec<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let mut dropped = Vec::new();
+        for (id, body, sinks) in alerts {
+            if !sinks.is_empty() {
+                dropped.extend(self.insert(&tx, id, body, sinks)?);
+            }
+        }
+        tx.commit()?;
+        if !dropped.is_empty() {
+            self.dropped_full.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            warn!(
+                dropped = dropped.len(),
+                ids = %dropped.join(","),
+                outbox_max = self.max,
+                "alert outbox full: dropped the oldest undelivered alerts (raise alerts.outbox_max, or fix the sinks)"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// One alert into the transaction, making room first; the ids of alerts dropped for it.
+    fn insert(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: &str,
+        body: &str,
+        sinks: &[String],
+    ) -> rusqlite::Result<Vec<String>> {
         let held = tx.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get::<_, i64>(0))? as u64;
         let mut dropped = Vec::new();
         if held >= self.max {
@@ -100,16 +142,6 @@ impl Outbox {
         let seq = tx.last_insert_rowid();
         for sink in sinks {
             tx.execute("INSERT INTO pending (sink, seq) VALUES (?1, ?2)", params![sink, seq])?;
-        }
-        tx.commit()?;
-        if !dropped.is_empty() {
-            self.dropped_full.fetch_add(dropped.len() as u64, Ordering::Relaxed);
-            warn!(
-                dropped = dropped.len(),
-                ids = %dropped.join(","),
-                outbox_max = self.max,
-                "alert outbox full: dropped the oldest undelivered alerts (raise alerts.outbox_max, or fix the sinks)"
-            );
         }
         Ok(dropped)
     }
@@ -234,6 +266,30 @@ mod tests {
         assert_eq!(o.dropped_full.load(Ordering::Relaxed), 2);
         assert_eq!((o.len().unwrap(), o.backlog("w").unwrap()), (3, 3));
         assert_eq!(o.next("w").unwrap().map(|p| p.id), Some("a2".into()));
+    }
+
+    #[test]
+    fn a_batch_is_one_transaction_and_keeps_each_alerts_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), 10).unwrap();
+        let alert = |id: &str| -> Alert {
+            let mut a: Alert = serde_json::from_value(serde_json::json!({
+                "type": "alert", "id": "x", "time": "2026-11-25T10:00:00.120Z", "host": "h1", "class": "c",
+                "severity": "high", "bytes": 1, "packets": 1, "direction": "outbound", "protocol": "tcp",
+                "reason": "r", "process": {"pid": 1, "tid": 1, "comm": "a", "uid": 0, "cgroup": "/x", "cgroup_id": 8},
+                "destination": {"ip": "192.0.2.1", "port": 443, "internal": false},
+                "first_seen": "2026-11-25T10:00:00.003Z", "last_seen": "2026-11-25T10:00:00.110Z"
+            }))
+            .unwrap();
+            a.id = id.into();
+            a
+        };
+        let (a1, a2) = (alert("a1"), alert("a2"));
+        let (both, one) = (sinks(&["s", "w"]), sinks(&["w"]));
+        o.push_batch(&[(&a1, &both), (&a2, &one)]).unwrap();
+        assert_eq!((o.backlog("s").unwrap(), o.backlog("w").unwrap()), (1, 2));
+        let p = o.next("w").unwrap().unwrap();
+        assert_eq!(p.alert.unwrap(), a1, "read back as the alert that was written");
     }
 
     #[test]

@@ -18,12 +18,26 @@ use tokio::{
 use tokio_rustls::{TlsConnector, client::TlsStream, rustls};
 
 use super::{
-    ALERT_SINK_KEYS, AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig,
-    SinkTable, SinkType, delivery::DeliveryError,
+    AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig, SinkTable, SinkType,
+    delivery::DeliveryError,
 };
 use crate::record::{Alert, Severity, fields};
 
-pub const TYPE: SinkType = SinkType { name: "syslog", parse };
+pub const TYPE: SinkType = SinkType {
+    name: "syslog",
+    keys: &[
+        "name",
+        "address",
+        "format",
+        "facility",
+        "ca_file",
+        "min_severity",
+        "classes",
+        "retry_initial",
+        "retry_max",
+    ],
+    parse,
+};
 
 /// The syslog sink's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +51,6 @@ pub struct SyslogOptions {
 }
 
 fn parse(t: &SinkTable) -> Result<SinkConfig, FieldError> {
-    let keys: Vec<&str> =
-        ALERT_SINK_KEYS.iter().copied().chain(["address", "format", "facility", "ca_file"]).collect();
-    t.only(&keys)?;
     let options = SyslogOptions {
         address: t
             .parsed("address", SyslogAddress::parse)?
@@ -75,6 +86,12 @@ pub const SD_ID: &str = "alert@32473";
 /// How long connecting to the receiver may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long writing one message may take. A stream receiver that stops reading fills the
+/// socket buffers and would otherwise stall this sink for good: the write fails, the
+/// connection is dropped (a half-written message must not be completed later) and the alert
+/// is retried on a new one.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 enum Conn {
     Udp(UdpSocket),
     UnixDgram(UnixDatagram),
@@ -89,6 +106,7 @@ pub struct SyslogSink {
     facility: Facility,
     tls: Option<TlsConnector>,
     conn: Option<Conn>,
+    write_timeout: Duration,
 }
 
 impl SyslogSink {
@@ -98,7 +116,14 @@ impl SyslogSink {
             SyslogAddress::Tls { .. } => Some(tls_connector(c.ca_file.as_deref())?),
             _ => None,
         };
-        Ok(SyslogSink { address: c.address.clone(), format: c.format, facility: c.facility, tls, conn: None })
+        Ok(SyslogSink {
+            address: c.address.clone(),
+            format: c.format,
+            facility: c.facility,
+            tls,
+            conn: None,
+            write_timeout: WRITE_TIMEOUT,
+        })
     }
 
     async fn send(&mut self, alert: &Alert) -> Result<(), DeliveryError> {
@@ -111,16 +136,26 @@ impl SyslogSink {
                 self.connect().await.map_err(|e| retry(format!("connecting to {}: {e}", self.address)))?,
             );
         }
+        let timeout = self.write_timeout;
         let conn = self.conn.as_mut().expect("connected above");
-        let sent = match conn {
-            Conn::Udp(s) => s.send(message.as_bytes()).await.map(drop),
-            Conn::UnixDgram(s) => s.send(message.as_bytes()).await.map(drop),
-            Conn::UnixStream(s) => s.write_all(format!("{message}\n").as_bytes()).await,
-            Conn::Tcp(s) => s.write_all(octet_counted(&message).as_bytes()).await,
-            Conn::Tls(s) => match s.write_all(octet_counted(&message).as_bytes()).await {
-                Ok(()) => s.flush().await,
-                Err(e) => Err(e),
-            },
+        let write = async {
+            match conn {
+                Conn::Udp(s) => s.send(message.as_bytes()).await.map(drop),
+                Conn::UnixDgram(s) => s.send(message.as_bytes()).await.map(drop),
+                Conn::UnixStream(s) => s.write_all(format!("{message}\n").as_bytes()).await,
+                Conn::Tcp(s) => s.write_all(octet_counted(&message).as_bytes()).await,
+                Conn::Tls(s) => match s.write_all(octet_counted(&message).as_bytes()).await {
+                    Ok(()) => s.flush().await,
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        let sent = match tokio::time::timeout(timeout, write).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("write timed out after {timeout:?} (the receiver stopped reading)"),
+            )),
         };
         sent.map_err(|e| {
             self.conn = None;
@@ -300,13 +335,29 @@ fn rfc3164(a: &Alert, facility: Facility, procid: u32) -> String {
     let time = a.time.0.format("%b %e %H:%M:%S");
     let mut msg = a.reason.clone();
     for (name, value) in key_fields(a) {
-        if value.contains(' ') {
-            let _ = write!(msg, " {name}=\"{value}\"");
-        } else {
-            let _ = write!(msg, " {name}={value}");
-        }
+        let _ = write!(msg, " {name}={}", pair_value(&value));
     }
     format!("<{}>{time} {} egress-monitor[{procid}]: {msg}", pri(a, facility), header(&a.host, 255))
+}
+
+/// A value of an RFC 3164 key=value pair that cannot forge another pair: quoted (with `"` and
+/// `\` escaped) when it holds a space, `=`, a quote or a backslash; control characters become
+/// spaces, so a value cannot end the line either.
+fn pair_value(value: &str) -> String {
+    let clean: String = value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if !clean.contains([' ', '=', '"', '\\']) {
+        return clean;
+    }
+    let mut out = String::with_capacity(clean.len() + 2);
+    out.push('"');
+    for c in clean.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 impl AlertSink for SyslogSink {
@@ -503,6 +554,48 @@ mod tests {
              id=0123456789abcdef0123456789abcdef class=us-user-data severity=critical direction=outbound protocol=tcp \
              pid=1234 comm=api uid=1001 cgroup=/payments/userdata dst=175.16.199.1 dport=443 country=CN bytes=5120 packets=9"
         );
+    }
+
+    #[test]
+    fn rfc3164_values_cannot_forge_pairs() {
+        let mut a = alert();
+        a.process.comm = Some("x country=US \"y".into());
+        let line = rfc3164(&a, Facility(10), 77);
+        assert!(line.contains(r#" comm="x country=US \"y" "#), "{line}");
+        assert!(line.contains(r#"\"y" uid=1001 "#), "the quoted value ends where it should: {line}");
+        a.process.comm = Some("a\nb".into());
+        assert!(rfc3164(&a, Facility(10), 77).contains(" comm=\"a b\" "), "no line break");
+    }
+
+    #[tokio::test]
+    async fn a_tcp_receiver_that_stops_reading_is_a_timed_out_write_not_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, then holds the connection without ever reading from it.
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().flatten().collect();
+            drop(held);
+        });
+        let options = SyslogOptions {
+            address: SyslogAddress::Tcp { host: "127.0.0.1".into(), port },
+            format: SyslogFormat::Rfc5424,
+            facility: Facility::default(),
+            ca_file: None,
+        };
+        let mut sink = SyslogSink::new(&options).unwrap();
+        sink.write_timeout = Duration::from_millis(200);
+        let mut a = alert();
+        a.reason = "x".repeat(4000);
+        let started = std::time::Instant::now();
+        let failure = loop {
+            match sink.send(&a).await {
+                Ok(()) => assert!(started.elapsed() < Duration::from_secs(60), "the buffers never filled"),
+                Err(e) => break e,
+            }
+        };
+        let DeliveryError::Retry { reason, .. } = failure else { panic!("{failure:?}") };
+        assert!(reason.contains("timed out"), "{reason}");
+        assert!(sink.conn.is_none(), "the half-written connection is dropped");
     }
 
     #[test]

@@ -23,14 +23,15 @@ pub enum Field {
 }
 
 impl Field {
-    fn kind(&self) -> &'static str {
+    /// What was written, as serde's errors name it (`integer \`5\``, `string "x"`).
+    fn unexpected(&self) -> String {
         match self {
-            Field::Text(_) => "a string",
-            Field::Integer(_) => "an integer",
-            Field::Float(_) => "a float",
-            Field::Bool(_) => "a boolean",
-            Field::List(_) => "an array",
-            Field::Table(_) => "a table",
+            Field::Text(s) => format!("string {s:?}"),
+            Field::Integer(n) => format!("integer `{n}`"),
+            Field::Float(f) => format!("floating point `{f}`"),
+            Field::Bool(b) => format!("boolean `{b}`"),
+            Field::List(_) => "sequence".into(),
+            Field::Table(_) => "map".into(),
         }
     }
 }
@@ -68,7 +69,7 @@ impl SinkTable {
     }
 
     fn wrong_type(&self, key: &str, span: &Span, f: &Field, expected: &str) -> FieldError {
-        self.error(key, span.clone(), format!("invalid type: {}, expected {expected}", f.kind()))
+        self.error(key, span.clone(), format!("invalid type: {}, expected {expected}", f.unexpected()))
     }
 
     /// A string value, and its span.
@@ -147,12 +148,27 @@ impl SinkTable {
         }
     }
 
-    /// Refuses keys that `allowed` does not list, naming what this sink type takes.
-    pub fn only(&self, allowed: &[&str]) -> Result<(), FieldError> {
-        // In the order written, so the first stray key is the one reported.
-        let mut present: Vec<(&String, &Span)> = self.entries.iter().map(|(k, (_, s))| (k, s)).collect();
+    /// Refuses keys that `allowed` does not list: a key of another sink type is named as such
+    /// (with what this type takes), any other as an unknown field (with every key there is).
+    pub fn only(&self, allowed: &[&str], known: &[&str]) -> Result<(), FieldError> {
+        // In the order written, so the first stray key is the one reported. An empty `classes`
+        // says nothing and is taken by every type.
+        let mut present: Vec<(&String, &Span)> = self
+            .entries
+            .iter()
+            .filter(|(k, (v, _))| !(k.as_str() == "classes" && *v == Field::List(Vec::new())))
+            .map(|(k, (_, s))| (k, s))
+            .collect();
         present.sort_by_key(|(_, s)| s.start);
         for (key, span) in present {
+            if !known.contains(&key.as_str()) {
+                let all: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                return Err(self.error(
+                    key,
+                    span.clone(),
+                    format!("unknown field `{key}`, expected one of {}", all.join(", ")),
+                ));
+            }
             if !allowed.contains(&key.as_str()) {
                 let kind = &self.kind;
                 let takes = if allowed.is_empty() { "no other keys".to_owned() } else { allowed.join(", ") };

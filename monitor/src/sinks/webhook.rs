@@ -13,12 +13,27 @@ use reqwest::{
 use sha2::Sha256;
 
 use super::{
-    ALERT_SINK_KEYS, AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig,
-    SinkTable, SinkType, delivery::DeliveryError,
+    AlertSink, AlertSinkConfig, AlertSinkOptions, Delivery, FieldError, SinkConfig, SinkTable, SinkType,
+    delivery::DeliveryError,
 };
 use crate::record::Alert;
 
-pub const TYPE: SinkType = SinkType { name: "webhook", parse };
+pub const TYPE: SinkType = SinkType {
+    name: "webhook",
+    keys: &[
+        "name",
+        "url",
+        "format",
+        "secret_file",
+        "headers",
+        "timeout",
+        "min_severity",
+        "classes",
+        "retry_initial",
+        "retry_max",
+    ],
+    parse,
+};
 
 /// The webhook sink's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +49,6 @@ pub struct WebhookOptions {
 }
 
 fn parse(t: &SinkTable) -> Result<SinkConfig, FieldError> {
-    let keys: Vec<&str> = ALERT_SINK_KEYS
-        .iter()
-        .copied()
-        .chain(["url", "format", "secret_file", "headers", "timeout"])
-        .collect();
-    t.only(&keys)?;
     let options = WebhookOptions {
         url: t
             .parsed("url", parse_http_url)?
@@ -64,9 +73,20 @@ pub fn parse_http_url(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
+/// A URL as logs, status, metrics, sink names and errors show it: scheme, host and port only.
+/// Webhook URLs often carry their secret in the path (Slack's `/services/T../B../XXXX`), the
+/// query (`?token=`) or the userinfo; none of it is ever shown.
+pub fn redacted(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(p) => format!("{}://{host}:{p}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
 impl AlertSinkOptions for WebhookOptions {
     fn default_name(&self) -> String {
-        format!("webhook:{}", self.url)
+        format!("webhook:{}", redacted(&self.url))
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn AlertSink>> {
@@ -127,6 +147,8 @@ impl WebhookSink {
             .default_headers(headers)
             .user_agent(concat!("egress-monitor/", env!("CARGO_PKG_VERSION")))
             .tls_backend_rustls()
+            // A 3xx is an answer, and a permanent failure (see `classify`): never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("url: cannot build an HTTP client: {e}"))?;
         Ok(WebhookSink { client, url: c.url.clone(), format: c.format, secret })
@@ -150,7 +172,7 @@ impl WebhookSink {
             Err(e) => {
                 let what = if e.is_timeout() { "timed out" } else { "failed" };
                 return Err(DeliveryError::Retry {
-                    reason: format!("POST {} {what}: {e}", self.url),
+                    reason: format!("POST {} {what}: {}", redacted(&self.url), e.without_url()),
                     after: None,
                 });
             }
@@ -311,5 +333,94 @@ mod tests {
              175.16.199.1:443 (CN) from api[1234] in /payments/userdata. destination country CN is not approved \
              for class us-user-data. (alert abc)"
         );
+    }
+
+    fn options(url: &str) -> WebhookOptions {
+        WebhookOptions {
+            url: parse_http_url(url).unwrap(),
+            format: WebhookFormat::Json,
+            secret_file: None,
+            headers: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn alert() -> Alert {
+        serde_json::from_value(serde_json::json!({
+            "type": "alert", "id": "abc", "time": "2026-11-25T10:00:00.120Z", "host": "h1", "class": "c",
+            "severity": "critical", "bytes": 1, "packets": 1, "direction": "outbound", "protocol": "tcp", "reason": "r",
+            "process": {"pid": 1, "tid": 1, "comm": "api", "uid": 0, "cgroup": "/x", "cgroup_id": 8},
+            "destination": {"ip": "175.16.199.1", "port": 443, "internal": false},
+            "first_seen": "2026-11-25T10:00:00.003Z", "last_seen": "2026-11-25T10:00:00.110Z"
+        }))
+        .unwrap()
+    }
+
+    /// An HTTP server on 127.0.0.1 answering every request with `response`; its URL and how
+    /// many requests it got.
+    fn server(response: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as many body bytes as content-length says.
+                while let Ok(n) = conn.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_a_permanent_failure_and_is_not_followed() {
+        let (target, target_hits) = server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into());
+        let (url, hits) = server(format!(
+            "HTTP/1.1 302 Found\r\nlocation: {target}/elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ));
+        let mut sink = WebhookSink::new(&options(&url)).unwrap();
+        let r = sink.send(&alert()).await;
+        assert!(matches!(&r, Err(DeliveryError::Permanent(m)) if m.contains("302")), "{r:?}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(target_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn the_secret_in_a_webhook_url_never_shows() {
+        let o = options("https://user:pw@hooks.example:8443/services/T0/B0/SECRET?token=abc");
+        assert_eq!(o.default_name(), "webhook:https://hooks.example:8443");
+        // Nothing listens on this port: the error says where it tried, without the secret.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut sink =
+            WebhookSink::new(&options(&format!("http://u:pw@127.0.0.1:{port}/hook/SECRET?token=abc")))
+                .unwrap();
+        let Err(DeliveryError::Retry { reason, .. }) = sink.send(&alert()).await else {
+            panic!("a refused connection is retried")
+        };
+        assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+        for secret in ["SECRET", "token", "pw", "hook"] {
+            assert!(!reason.contains(secret), "{secret} shows in {reason:?}");
+        }
     }
 }

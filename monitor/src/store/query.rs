@@ -146,10 +146,10 @@ pub fn parse_time(parameter: &str, value: &str, now: DateTime<Utc>) -> Result<Da
         return Ok(t.with_timezone(&Utc));
     }
     match humantime::parse_duration(value) {
-        Ok(d) => {
-            Ok(now
-                - chrono::Duration::from_std(d).map_err(|_| bad(parameter, value, "a shorter duration"))?)
-        }
+        Ok(d) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| bad(parameter, value, "a shorter duration")),
         Err(_) => Err(bad(
             parameter,
             value,
@@ -284,10 +284,16 @@ impl FlowQuery {
                             "a cgroup path from the cgroup v2 root, like /payments/userdata",
                         ));
                     }
-                    let below = format!("{}/%", path.replace('%', "\\%").replace('_', "\\_"));
+                    // Exact and case-sensitive (LIKE is neither: it ignores ASCII case and treats
+                    // % and _ as wildcards).
+                    let below = format!("{path}/");
                     filters.push((
-                        "(cgroup = ? OR cgroup LIKE ? ESCAPE '\\')".into(),
-                        vec![SqlValue::Text(path.to_owned()), SqlValue::Text(below)],
+                        "(cgroup = ? OR substr(cgroup, 1, length(?)) = ?)".into(),
+                        vec![
+                            SqlValue::Text(path.to_owned()),
+                            SqlValue::Text(below.clone()),
+                            SqlValue::Text(below),
+                        ],
                     ));
                 }
                 "pid" => {

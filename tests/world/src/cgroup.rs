@@ -18,9 +18,39 @@ pub fn cgroup_root() -> anyhow::Result<PathBuf> {
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let mount = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(unescape(mount)))
         })
         .context("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (`\040`).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(super::unescape("/sys/fs/cgroup\\040x"), "/sys/fs/cgroup x");
+        assert_eq!(super::unescape("/plain"), "/plain");
+    }
 }
 
 pub struct TestCgroup {

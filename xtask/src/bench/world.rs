@@ -66,7 +66,10 @@ impl World {
         stdout: Stdio,
         stderr: Stdio,
     ) -> anyhow::Result<Proc> {
-        let netns = if ns == self.topo.a.name { &self.topo.a } else { &self.topo.b };
+        let netns = [&self.topo.a, &self.topo.b]
+            .into_iter()
+            .find(|n| n.name == ns)
+            .with_context(|| format!("no namespace {ns} in the benchmark world"))?;
         let dir = self.cgroup_dir(cgroup);
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);

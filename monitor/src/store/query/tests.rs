@@ -212,3 +212,31 @@ fn retention_prunes_old_rows() {
     assert_eq!(rows.iter().map(|r| r["dst_ip"].as_str().unwrap()).collect::<Vec<_>>(), ["175.16.199.2"]);
     assert_eq!(crate::store::StoreCounters::get(&counters.rows_pruned), 1);
 }
+
+#[test]
+fn the_cgroup_filter_matches_paths_exactly() {
+    let mut a = FlowRecord::sample("175.16.199.1", 443, cn());
+    a.process.cgroup = Some("/Payments/x".into());
+    let mut b = FlowRecord::sample("175.16.199.2", 443, cn());
+    (b.process.cgroup, b.source.port) = (Some("/pay_ments/x".into()), Some(41001));
+    let mut c = FlowRecord::sample("175.16.199.3", 443, cn());
+    (c.process.cgroup, c.source.port) = (Some("/pay%/x".into()), Some(41002));
+    let (_d, reader) = store_with(vec![Output::Flow(a), Output::Flow(b), Output::Flow(c)]);
+    let count = |q: &str| run(&reader, q).len();
+    assert_eq!(count("cgroup=/payments"), 0, "case matters");
+    assert_eq!(count("cgroup=/Payments"), 1);
+    assert_eq!(count("cgroup=/pay.ments"), 0);
+    assert_eq!(count("cgroup=/payXments"), 0, "_ is no wildcard");
+    assert_eq!(count("cgroup=/pay_ments"), 1);
+    assert_eq!(count("cgroup=/pay%25"), 1, "% is no wildcard either");
+    assert_eq!(count("cgroup=/pa%25"), 0);
+}
+
+#[test]
+fn times_out_of_range_are_refused_not_a_panic() {
+    for q in ["since=300000y", "until=300000y"] {
+        let e = FlowQuery::parse(&params(q), now()).unwrap_err();
+        assert_eq!(e.expected, "a shorter duration", "{q}");
+        assert!(AlertQuery::parse(&params(q), now()).is_err(), "{q}");
+    }
+}
