@@ -42,28 +42,12 @@ pub fn check(entry: &SinkEntry) -> Result<SinkConfig, SinkError> {
         return Err((type_span(entry), String::new(), "missing field `type`".into()));
     };
     let toml::Value::String(name) = kind.get_ref() else {
-        let what = field(kind.get_ref());
-        return Err((
-            kind.span(),
-            "type".into(),
-            format!("invalid type: {}, expected a string", unexpected(&what)),
-        ));
+        let what = field(kind.get_ref()).unexpected();
+        return Err((kind.span(), "type".into(), format!("invalid type: {what}, expected a string")));
     };
     table.kind = name.clone();
     table.kind_span = kind.span();
     sinks::read(&table).map_err(|e| (e.span, e.key, e.message))
-}
-
-/// What was written, as serde's errors name it.
-fn unexpected(f: &Field) -> String {
-    match f {
-        Field::Text(s) => format!("string {s:?}"),
-        Field::Integer(n) => format!("integer `{n}`"),
-        Field::Float(x) => format!("floating point `{x}`"),
-        Field::Bool(b) => format!("boolean `{b}`"),
-        Field::List(_) => "sequence".into(),
-        Field::Table(_) => "map".into(),
-    }
 }
 
 /// Where the string `item` is written inside an array at `span` of `text` (the array's span

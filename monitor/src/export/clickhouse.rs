@@ -192,6 +192,20 @@ async fn send_round(
     // Buckets that ended at least SETTLE ago are final.
     let now = chrono::Utc::now().timestamp() - SETTLE.as_secs() as i64;
     let done_before = now.div_euclid(bucket_secs) * bucket_secs;
+    // Buckets written into after they were sent go again, whole: the rows keep their ids, and
+    // ReplacingMergeTree keeps the last version of each.
+    let s2 = store.clone();
+    for b in tokio::task::spawn_blocking(move || s2.late_buckets(FLOWS_CURSOR)).await?? {
+        let s2 = store.clone();
+        let rows = tokio::task::spawn_blocking(move || s2.bucket_rows(b)).await??;
+        let rows = clickhouse_rows(b, &rows);
+        for chunk in rows.chunks(CHUNK) {
+            ch.insert("flows", chunk).await?;
+        }
+        let s2 = store.clone();
+        tokio::task::spawn_blocking(move || s2.sent_late_bucket(FLOWS_CURSOR, b)).await??;
+        status.lock().unwrap_or_else(|e| e.into_inner()).rows_sent += rows.len() as u64;
+    }
     loop {
         let s2 = store.clone();
         let (next, rows) = tokio::task::spawn_blocking(move || flow_rows(&s2, done_before)).await??;
@@ -221,8 +235,12 @@ async fn send_round(
 fn flow_rows(store: &ExportReader, done_before: i64) -> rusqlite::Result<(Option<i64>, Vec<Value>)> {
     let from = store.cursor(FLOWS_CURSOR)?.unwrap_or(i64::MIN);
     let Some((bucket, rows)) = store.flow_bucket(from, done_before)? else { return Ok((None, Vec::new())) };
-    let rows = rows
-        .iter()
+    Ok((Some(bucket), clickhouse_rows(bucket, &rows)))
+}
+
+/// A bucket's rows as ClickHouse takes them.
+fn clickhouse_rows(bucket: i64, rows: &[Row]) -> Vec<Value> {
+    rows.iter()
         .map(|r| {
             let text = |c: &str| match r.get(c) {
                 Some(SqlValue::Text(t)) => t.clone(),
@@ -233,8 +251,7 @@ fn flow_rows(store: &ExportReader, done_before: i64) -> rusqlite::Result<(Option
             m.extend(exported(r));
             Value::Object(m)
         })
-        .collect();
-    Ok((Some(bucket), rows))
+        .collect()
 }
 
 /// Alerts stored since the last send (at most a chunk), and the last one's position.

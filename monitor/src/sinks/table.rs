@@ -24,7 +24,7 @@ pub enum Field {
 
 impl Field {
     /// What was written, as serde's errors name it (`integer \`5\``, `string "x"`).
-    fn unexpected(&self) -> String {
+    pub fn unexpected(&self) -> String {
         match self {
             Field::Text(s) => format!("string {s:?}"),
             Field::Integer(n) => format!("integer `{n}`"),

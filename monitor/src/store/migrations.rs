@@ -77,6 +77,51 @@ const MIGRATIONS: &[&str] = &[
         position INTEGER NOT NULL
     );
     ",
+    // 3: alerts numbered by a sequence SQLite never reuses (AUTOINCREMENT; a rowid is reused
+    //    once the newest rows are pruned, and an export cursor then skipped new alerts); and
+    //    the buckets an exporter must send again because rows were written into them after
+    //    it had sent them.
+    "
+    CREATE TABLE alerts_v3 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        time TEXT NOT NULL,
+        time_unix INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        class TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        pid INTEGER,
+        comm TEXT,
+        uid INTEGER NOT NULL,
+        cgroup TEXT,
+        dst_ip TEXT NOT NULL,
+        dst_port INTEGER,
+        country TEXT,
+        subdivision TEXT,
+        asn INTEGER,
+        as_org TEXT,
+        cloud_provider TEXT,
+        cloud_region TEXT,
+        site TEXT,
+        bytes INTEGER NOT NULL,
+        packets INTEGER NOT NULL,
+        flows INTEGER NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL
+    );
+    INSERT INTO alerts_v3 (seq, id, time, time_unix, host, class, severity, reason, direction, protocol, pid, comm, uid, cgroup, dst_ip, dst_port, country, subdivision, asn, as_org, cloud_provider, cloud_region, site, bytes, packets, flows, first_seen, last_seen) SELECT rowid, id, time, time_unix, host, class, severity, reason, direction, protocol, pid, comm, uid, cgroup, dst_ip, dst_port, country, subdivision, asn, as_org, cloud_provider, cloud_region, site, bytes, packets, flows, first_seen, last_seen FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v3 RENAME TO alerts;
+    CREATE INDEX alerts_by_time ON alerts (time_unix);
+    CREATE TABLE late_buckets (
+        exporter TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        PRIMARY KEY (exporter, bucket)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -110,6 +155,27 @@ mod tests {
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v as usize, VERSION);
         c.execute("INSERT INTO export_cursors VALUES ('clickhouse', 0)", []).unwrap();
+    }
+
+    #[test]
+    fn version_3_keeps_alerts_and_their_positions() {
+        let mut c = Connection::open_in_memory().unwrap();
+        let tx = c.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(MIGRATIONS[1]).unwrap();
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.commit().unwrap();
+        c.execute(
+            "INSERT INTO alerts (rowid, id, time, time_unix, host, class, severity, reason, direction, protocol, uid,
+                 dst_ip, bytes, packets, flows, first_seen, last_seen)
+             VALUES (7, 'a7', 't', 0, 'h', 'c', 'high', 'r', 'outbound', 'tcp', 0, '192.0.2.1', 1, 1, 1, 't', 't')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let (seq, id): (i64, String) =
+            c.query_row("SELECT seq, id FROM alerts", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((seq, id.as_str()), (7, "a7"), "an export cursor on rowid 7 still points at it");
     }
 
     #[test]

@@ -189,6 +189,12 @@ fn write_flow(tx: &Transaction<'_>, r: &FlowRecord, bucket_secs: i64) -> rusqlit
         _ => sql((f.value)(r)),
     });
     tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(values))?;
+    // Written into a bucket an exporter has already sent: it sends that bucket again.
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO late_buckets (exporter, bucket)
+         SELECT exporter, ?1 FROM export_cursors WHERE exporter LIKE '%.flows' AND position > ?1",
+    )?
+    .execute([bucket])?;
     Ok(1)
 }
 
