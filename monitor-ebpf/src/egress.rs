@@ -262,7 +262,30 @@ fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers
                 key.proto = *data.add(6);
                 key.saddr = core::ptr::read_unaligned(data.add(8).cast());
                 key.daddr = core::ptr::read_unaligned(data.add(24).cast());
-                l4 = 40;
+                let mut off = 40usize;
+                // Extension headers (hop-by-hop, routing, fragment, destination options), walked
+                // to the transport header; a few at most, as the verifier wants loops bounded.
+                for _ in 0..MAX_EXT_HEADERS {
+                    if !is_ext_header(key.proto) {
+                        break;
+                    }
+                    let h = data.add(off & 0x1ff);
+                    if h.add(8) > end {
+                        return None;
+                    }
+                    let (next, len, later_fragment) =
+                        ext_header(key.proto, [*h, *h.add(1), *h.add(2), *h.add(3)]);
+                    key.proto = next;
+                    off = (off & 0x1ff) + len;
+                    if later_fragment {
+                        // No transport header in this fragment: its ports are unknown.
+                        return Some(Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 }));
+                    }
+                }
+                if is_ext_header(key.proto) || off > 0x1ff {
+                    return Some(Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 }));
+                }
+                l4 = off & 0x1ff;
             }
             _ => return Some(None),
         }
@@ -311,12 +334,27 @@ fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
             key.proto = ctx.load(6).ok()?;
             key.saddr = ctx.load(8).ok()?;
             key.daddr = ctx.load(24).ok()?;
-            l4 = 40;
+            let mut off = 40usize;
+            for _ in 0..MAX_EXT_HEADERS {
+                if !is_ext_header(key.proto) {
+                    break;
+                }
+                let (next, len, later_fragment) = ext_header(key.proto, ctx.load(off & 0x1ff).ok()?);
+                key.proto = next;
+                off = (off & 0x1ff) + len;
+                if later_fragment {
+                    return Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 });
+                }
+            }
+            if is_ext_header(key.proto) || off > 0x1ff {
+                return Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 });
+            }
+            l4 = off;
         }
         _ => return None,
     }
-    // Bounded for the verifier: an IPv4 header is at most 60 bytes.
-    let l4 = l4 & 0x3f;
+    // Bounded for the verifier: an IPv4 header is at most 60 bytes, IPv6 ones as walked above.
+    let l4 = l4 & 0x1ff;
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return Some(Headers { tcp_flags: 0, l4, l4_len: 0 });
     }
@@ -328,6 +366,27 @@ fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
     }
     let [off, flags]: [u8; 2] = ctx.load(l4 + 12).unwrap_or([0, 0]);
     Some(Headers { tcp_flags: flags, l4, l4_len: ((off >> 4) as usize) * 4 })
+}
+
+/// IPv6 extension headers walked at most, before the transport header.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// Hop-by-hop options, routing, fragment, destination options.
+#[inline(always)]
+fn is_ext_header(proto: u8) -> bool {
+    matches!(proto, 0 | 43 | 44 | 60)
+}
+
+/// An extension header's next header, its length, and whether it is a fragment other than the
+/// first, from its first four bytes.
+#[inline(always)]
+fn ext_header(proto: u8, h: [u8; 4]) -> (u8, usize, bool) {
+    if proto == 44 {
+        let offset = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+        (h[0], 8, offset != 0)
+    } else {
+        (h[0], (h[1] as usize + 1) * 8, false)
+    }
 }
 
 /// Bytes on the wire at L3. A GSO packet is one skb holding several segments; each segment

@@ -175,6 +175,27 @@ fn udp_sendto_and_connected_send_classified_by_uid() {
 }
 
 #[test]
+fn ipv6_extension_headers_are_walked_to_the_ports() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let app = cg.create("app");
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("app")], &[])]));
+    // Each datagram: 40 (IPv6) + 8 (destination options) + 8 (UDP) + 100 bytes.
+    let t = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["udp-send", "[fd99::2]:5355", "100", "3", "--dstopts"],
+    );
+    let p = port(&t.finish()["local"]);
+    let r = agent.wait_for("for the flow with extension headers", WAIT, ended(&cg, "udp", p, 5355));
+    assert_eq!(r["class"], class.as_str());
+    assert_eq!(r["protocol"], "udp", "the transport protocol, not the extension header's");
+    assert_eq!(u64_of(&r["destination"]["port"]), 5355);
+    assert_eq!(u64_of(&r["packets"]), 3);
+    assert_eq!(u64_of(&r["bytes"]), 3 * (40 + 8 + 8 + 100));
+}
+
+#[test]
 fn a_uid_inside_a_user_namespace_is_not_the_host_uid() {
     let topo = Topology::new();
     let cg = TestCgroup::new();

@@ -5,7 +5,9 @@
 //!   em-traffic tcp-serve  LISTEN_ADDR REPLY_BYTES CONNECTIONS
 //!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork]
 //!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
-//!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N]
+//!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
+//!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
+//!                         options extension header)
 //!
 //! and load for the benchmarks:
 //!
@@ -40,7 +42,7 @@ fn main() {
         Some("udp-flows") => udp_flows(addr, num(2, 1), num(3, 1), num(4, 1000), num(5, 0)),
         Some("udp-send") => {
             let ports = args.iter().position(|a| a == "--ports").map_or(1, |i| num(i + 1, 1));
-            udp_send(addr, num(2, 0), num(3, 1), flag("--connect"), ports)
+            udp_send(addr, num(2, 0), num(3, 1), flag("--connect"), ports, flag("--dstopts"))
         }
         _ => usage(),
     }
@@ -131,10 +133,26 @@ fn udp_serve(addr: SocketAddr, reply: usize, datagrams: usize) {
 
 /// Sends COUNT datagrams of BYTES to each of PORTS consecutive ports from one socket:
 /// with sendto (default) or connect + send.
-fn udp_send(addr: SocketAddr, bytes: usize, count: usize, connect: bool, ports: usize) {
+fn udp_send(addr: SocketAddr, bytes: usize, count: usize, connect: bool, ports: usize, dstopts: bool) {
     let bind: SocketAddr =
         if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let s = UdpSocket::bind(bind).expect("bind");
+    if dstopts {
+        use std::os::fd::AsRawFd;
+        // Next header (the kernel fills it in), length 0 (8 bytes), one PadN option of 4 bytes.
+        let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+        // SAFETY: a valid socket and a buffer of the length given.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_DSTOPTS,
+                opts.as_ptr().cast(),
+                opts.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
+    }
     let payload = vec![b'u'; bytes];
     for p in 0..ports {
         let mut to = addr;
