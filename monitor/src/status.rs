@@ -46,6 +46,9 @@ pub struct Losses {
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
     pub flows_evicted: u64,
+    /// Reads of the kernel maps that failed and were retried at the next sweep (counts arrive
+    /// late; none is lost while the kernel keeps counting).
+    pub kernel_read_errors: u64,
     pub store_dropped: u64,
     pub store_write_errors: u64,
     pub outbox_dropped: u64,

@@ -11,7 +11,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{self, ApiState},
@@ -23,7 +23,7 @@ use crate::{
     flows::FlowTable,
     metrics::Metrics,
     pipeline::{Pipeline, RecordContext},
-    probe::{DRAIN_INTERVAL, Probe, ProbeOptions},
+    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions},
     record::Output,
     sinks::Sinks,
     state,
@@ -129,6 +129,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     info!(classes = config.classes.len(), host = %host, "agent running; stop with SIGINT or SIGTERM");
 
     let mut out: Vec<Output> = Vec::new();
+    let mut classes_to_write = None;
+    let mut last_kernel = probe::KernelStats::default();
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -144,16 +146,36 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     // Cgroups first: a flow ends at least one sweep after its socket closed, so
                     // a cgroup created while it ran is known before its final record.
                     if let Some(cgroups) = selectors.rescan().cloned() {
-                        probe.classes.replace(&cgroups, selectors.uids())?;
+                        classes_to_write = Some(cgroups);
                         pipeline.reclassify(|path| selectors.class_of_path(path));
                     }
+                    // A failed write of the class maps is retried at every sweep until it works.
+                    if let Some(cgroups) = &classes_to_write {
+                        match probe.classes.replace(cgroups, selectors.uids()) {
+                            Ok(()) => classes_to_write = None,
+                            Err(e) => {
+                                pipeline.kernel_read_failed();
+                                warn!(error = %format!("{e:#}"), "writing the kernel class maps failed; retrying at the next sweep");
+                            }
+                        }
+                    }
                     let started = Instant::now();
-                    pipeline.sweep(&mut probe.flows, &mut out).context("reading the kernel flow map")?;
+                    pipeline.sweep(&mut probe.flows, &mut out);
                     debug!(flows = pipeline.table().len(), took = ?started.elapsed(), "sweep");
                     // Records first: a failing counter read must not cost them, and the status
                     // below then counts what the sinks and the store were just handed.
                     sinks.send_all(&mut out).await;
-                    let kernel = probe.stats.read()?;
+                    let kernel = match probe.stats.read() {
+                        Ok(k) => {
+                            last_kernel = k;
+                            k
+                        }
+                        Err(e) => {
+                            pipeline.kernel_read_failed();
+                            warn!(error = %format!("{e:#}"), "reading the kernel counters failed; retrying at the next sweep");
+                            last_kernel
+                        }
+                    };
                     pipeline.check_losses(kernel, &mut out);
                     sinks.send_all(&mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,11 +196,10 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         // Report what was counted up to now, so nothing is left unsaid.
         let (batch, malformed) = events.drain();
         pipeline.on_events(batch, malformed, &mut out);
-        let swept = pipeline.finish(&mut probe.flows, &mut out);
+        pipeline.finish(&mut probe.flows, &mut out);
         sinks.send_all(&mut out).await;
-        swept?;
         // Read after the final sweep, so the last loss record counts everything.
-        pipeline.check_losses(probe.stats.read()?, &mut out);
+        pipeline.check_losses(probe.stats.read().unwrap_or(last_kernel), &mut out);
         sinks.send_all(&mut out).await;
         Ok(())
     }

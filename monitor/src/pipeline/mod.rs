@@ -37,6 +37,9 @@ pub struct Pipeline {
     labels: Vec<[ClassVerdict; 3]>,
     losses: LossReporter,
     updates: Vec<FlowUpdate>,
+    /// Failed reads of the kernel maps (retried), and sweeps failed in a row.
+    kernel_read_errors: u64,
+    failing_sweeps: u64,
 }
 
 impl Pipeline {
@@ -59,6 +62,8 @@ impl Pipeline {
             labels,
             losses: LossReporter::default(),
             updates: Vec::new(),
+            kernel_read_errors: 0,
+            failing_sweeps: 0,
         }
     }
 
@@ -91,14 +96,35 @@ impl Pipeline {
     }
 
     /// Reads the whole kernel flow map: new, changed and ended flows are reported, and alerts
-    /// whose totals changed get an update.
-    pub fn sweep(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) -> std::io::Result<()> {
+    /// whose totals changed get an update. A failed read of the map (a transient bpf() error)
+    /// is counted and logged, never fatal: the kernel keeps counting, and the next sweep reads
+    /// what this one could not (counts arrive late, none is lost).
+    pub fn sweep(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) {
         let now = Instant::now();
-        self.table.sweep(map, now, monotonic_ns(), &mut self.updates)?;
+        self.swept(map, now);
         self.emit(out);
         let host = self.records.host.clone();
         out.extend(self.alerts.updates(&host, Instant::now(), false).into_iter().map(Output::AlertUpdate));
-        Ok(())
+    }
+
+    /// One sweep of the table, its failure counted.
+    fn swept(&mut self, map: &mut dyn KernelFlows, now: Instant) {
+        match self.table.sweep(map, now, monotonic_ns(), &mut self.updates) {
+            Ok(()) => self.failing_sweeps = 0,
+            Err(e) => {
+                self.kernel_read_errors += 1;
+                self.failing_sweeps += 1;
+                // The first failure, then every 60th in a row: one line a minute at most.
+                if self.failing_sweeps % 60 == 1 {
+                    warn!(error = %e, in_a_row = self.failing_sweeps, "reading the kernel flow map failed; retrying at the next sweep (the kernel keeps counting)");
+                }
+            }
+        }
+    }
+
+    /// Counts a failed read of the kernel's other maps (counters, class maps).
+    pub fn kernel_read_failed(&mut self) {
+        self.kernel_read_errors += 1;
     }
 
     /// A loss record when a loss counter grew since the last call.
@@ -110,14 +136,13 @@ impl Pipeline {
 
     /// At shutdown: reports everything counted up to now, so that nothing is left unsaid (the
     /// caller then reports losses with the kernel's final counters).
-    pub fn finish(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) -> std::io::Result<()> {
+    pub fn finish(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) {
         let now = Instant::now();
-        self.table.sweep(map, now, monotonic_ns(), &mut self.updates)?;
+        self.swept(map, now);
         self.table.flush_all(now, &mut self.updates);
         self.emit(out);
         let host = self.records.host.clone();
         out.extend(self.alerts.updates(&host, now, true).into_iter().map(Output::AlertUpdate));
-        Ok(())
     }
 
     /// Places, judges and reports the pending flow updates.
@@ -166,6 +191,7 @@ impl Pipeline {
         s.losses.sock_storage_failed = kernel.sock_storage_failed;
         s.losses.unparsed_packets = kernel.unparsed_packets;
         s.losses.flows_evicted = c.flows_evicted;
+        s.losses.kernel_read_errors = self.kernel_read_errors;
         s.alerts = status::AlertCounts {
             raised: self.alerts.counters.raised,
             open: self.alerts.open_alerts() as u64,

@@ -156,7 +156,7 @@ fn a_sweep_reports_later_bytes_and_the_alert_update_and_finish_ends_the_flow() {
     out.clear();
     let mut map = FakeMap::default();
     map.0.insert(k, value(1, 9, 5120));
-    p.finish(&mut map, &mut out).unwrap();
+    p.finish(&mut map, &mut out);
     let flows: Vec<(FlowState, u64, u64)> = out
         .iter()
         .filter_map(|o| match o {
@@ -173,6 +173,44 @@ fn a_sweep_reports_later_bytes_and_the_alert_update_and_finish_ends_the_flow() {
         })
         .collect();
     assert_eq!(updates, [(5120, 1)]);
+}
+
+/// A kernel map whose reads fail while `failing` is set.
+struct Flaky {
+    map: FakeMap,
+    failing: bool,
+}
+
+impl KernelFlows for Flaky {
+    fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()> {
+        if self.failing {
+            return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        self.map.for_each(f)
+    }
+    fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>> {
+        self.map.take(key)
+    }
+}
+
+#[test]
+fn a_failing_map_read_is_counted_and_retried_not_fatal() {
+    let (_d, mut p) = pipeline();
+    let k = key([175, 16, 199, 1], 443);
+    let mut map = Flaky { map: FakeMap::default(), failing: true };
+    map.map.0.insert(k, value(1, 5, 1120));
+    let mut out = Vec::new();
+    p.sweep(&mut map, &mut out);
+    p.sweep(&mut map, &mut out);
+    assert!(out.is_empty(), "nothing read yet: {out:?}");
+    let mut s = Status::default();
+    p.fill_status(&mut s, KernelStats::default());
+    assert_eq!(s.losses.kernel_read_errors, 2);
+    // The read works again: the flow counted meanwhile is reported, with everything.
+    map.failing = false;
+    p.sweep(&mut map, &mut out);
+    let Some(Output::Flow(f)) = out.first() else { panic!("{out:?}") };
+    assert_eq!((f.bytes, f.state), (1120, FlowState::New));
 }
 
 #[test]
