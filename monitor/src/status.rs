@@ -76,6 +76,9 @@ pub struct SinkStatus {
     pub delivered: u64,
     pub retries: u64,
     pub failed: u64,
+    /// Alerts given up on (`egress-monitor alerts --undelivered` lists them).
+    #[serde(default)]
+    pub dead_lettered: u64,
     pub last_error: Option<String>,
 }
 

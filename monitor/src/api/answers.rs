@@ -131,6 +131,13 @@ pub struct StoredDestination {
     pub site: Option<String>,
 }
 
+/// `GET /v1/undelivered`: alerts sinks gave up on (refused for good, or failing for longer
+/// than the sink's `max_age`), newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UndeliveredAnswer {
+    pub undelivered: Vec<crate::sinks::DeadLetter>,
+}
+
 /// A refused question (`400`): which parameter, what it was, what was expected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ApiError {

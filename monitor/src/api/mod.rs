@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use self::answers::{AlertsAnswer, FlowsAnswer};
+use self::answers::{AlertsAnswer, FlowsAnswer, UndeliveredAnswer};
 use crate::{
     metrics::Metrics,
     status::Status,
@@ -41,6 +41,8 @@ pub struct ApiState {
     pub status: Arc<Mutex<Status>>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// The state directory, whose outbox holds the alerts sinks gave up on.
+    pub state_dir: PathBuf,
 }
 
 /// The running servers; dropping the stop sender ends them.
@@ -86,6 +88,7 @@ fn router(state: ApiState) -> Router {
         .route("/v1/flows", get(flows))
         .route("/v1/alerts", get(alerts))
         .route("/v1/status", get(status))
+        .route("/v1/undelivered", get(undelivered))
         .route("/metrics", get(metrics))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})) })
         .with_state(state)
@@ -234,6 +237,33 @@ async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response 
         Ok(Ok(alerts)) => {
             Json(AlertsAnswer { since: rfc3339(q.since), until: rfc3339(q.until), alerts }).into_response()
         }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// Alerts a sink gave up on, newest first.
+async fn undelivered(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
+    let params = params(raw);
+    let limit = match params.iter().rev().find(|(k, _)| k == "limit").map(|(_, v)| v.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return bad_request(ParamError {
+                parameter: "limit".into(),
+                value: params
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "limit")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+                expected: "a number from 1 to 10000".into(),
+            });
+        }
+    };
+    let dir = s.state_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::sinks::Outbox::dead_letters_in(&dir, limit)).await {
+        Ok(Ok(undelivered)) => Json(UndeliveredAnswer { undelivered }).into_response(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }

@@ -7,7 +7,40 @@ use clap::Args;
 use super::output::{
     ApiArgs, Format, bytes, cloud, endpoint, place, print_json, process, runtime, table, text, write_csv,
 };
-use crate::api::answers::{AlertsAnswer, StoredAlert};
+use crate::api::answers::{AlertsAnswer, StoredAlert, UndeliveredAnswer};
+
+/// `alerts --undelivered`.
+fn undelivered(api: &ApiArgs, limit: u32, format: Format) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
+    let (answer, body) = runtime()?
+        .block_on(client.get::<UndeliveredAnswer>("v1/undelivered", &[("limit", limit.to_string())]))?;
+    let rows = answer.undelivered.iter().map(|d| {
+        vec![
+            d.given_up.clone(),
+            d.sink.clone(),
+            d.id.clone(),
+            d.failing_since.clone().unwrap_or_else(|| "-".into()),
+            d.reason.clone(),
+        ]
+    });
+    match format {
+        Format::Json => print_json(&body)?,
+        Format::Csv => write_csv(&["given_up", "sink", "id", "failing_since", "reason"], rows)?,
+        Format::Table => {
+            let mut t = table(&["GIVEN UP", "SINK", "ID", "FAILING SINCE", "REASON"]);
+            for r in rows {
+                t.add_row(r);
+            }
+            println!("{t}");
+            println!(
+                "{} undelivered alert{}",
+                answer.undelivered.len(),
+                if answer.undelivered.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 #[derive(Args, Debug)]
 pub struct AlertArgs {
@@ -26,9 +59,16 @@ pub struct AlertArgs {
     /// Most alerts to show (newest first)
     #[arg(long, default_value_t = 100)]
     limit: u32,
+    /// Instead, the alerts a syslog or webhook sink gave up on: refused for good, or failing
+    /// for longer than the sink's max_age (newest first; the window filters do not apply)
+    #[arg(long, conflicts_with_all = ["until", "class", "severity"])]
+    undelivered: bool,
 }
 
 pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow::Result<ExitCode> {
+    if args.undelivered {
+        return undelivered(api, args.limit, format);
+    }
     let client = api.client()?;
     let mut params = vec![("since", args.since.clone()), ("limit", args.limit.to_string())];
     for (k, v) in [("until", &args.until), ("class", &args.class), ("severity", &args.severity)] {

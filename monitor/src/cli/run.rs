@@ -101,8 +101,13 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let metrics = Arc::new(Metrics::new());
-    let state =
-        ApiState { store: store.reader.clone(), status: status.clone(), metrics: metrics.clone(), started };
+    let state = ApiState {
+        store: store.reader.clone(),
+        status: status.clone(),
+        metrics: metrics.clone(),
+        started,
+        state_dir: config.agent.state_dir.clone(),
+    };
     let api = api::serve(&config.api_options(), token, state).await?;
     let (stop_export, stop_export_rx) = tokio::sync::watch::channel(false);
     let mut export = Vec::new();

@@ -325,7 +325,11 @@ type = "stdout"
     assert_eq!((s.format, s.facility), (SyslogFormat::Rfc3164, Facility(20)));
     assert_eq!(
         c.sinks[0].retry(),
-        RetryPolicy { initial: Duration::from_secs(2), max: Duration::from_secs(60) }
+        RetryPolicy {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+            max_age: Duration::from_secs(86400)
+        }
     );
     let f = c.sinks[0].alert_filter().unwrap();
     assert!(f.accepts("us-user-data", Severity::Critical) && f.accepts("us-user-data", Severity::High));
@@ -337,7 +341,11 @@ type = "stdout"
     assert_eq!(c.sinks[1].name(), "webhook:https://hooks.example", "no path: it may hold the secret");
     assert_eq!(
         c.sinks[1].retry(),
-        RetryPolicy { initial: Duration::from_secs(1), max: Duration::from_secs(300) }
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            max_age: Duration::from_secs(86400)
+        }
     );
     assert!(c.sinks[2].alert_filter().is_none());
 }

@@ -147,7 +147,8 @@ pub async fn run(ch: ClickHouse, status: Arc<Mutex<ExportStatus>>, mut stop: wat
     let store = ExportReader::new(&ch.state_dir);
     let mut version_logged = false;
     // While it stays down, wait longer each time, up to 16 intervals (the sinks' backoff).
-    let mut backoff = Backoff::new(RetryPolicy { initial: interval * 2, max: interval * 16 });
+    let mut backoff =
+        Backoff::new(RetryPolicy { initial: interval * 2, max: interval * 16, max_age: Duration::MAX });
     loop {
         if !version_logged {
             match ch.query("SELECT version()", None).await {

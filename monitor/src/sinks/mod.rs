@@ -23,7 +23,7 @@ use std::{
 };
 
 pub use delivery::{Backoff, DeliveryError, RetryPolicy, SinkStats};
-pub use outbox::{Outbox, Pending};
+pub use outbox::{DeadLetter, Outbox, Pending};
 pub use table::{Field, FieldError, SinkTable, Span, parse_duration};
 use tokio::{
     sync::{Notify, mpsc, watch},
@@ -124,11 +124,12 @@ pub struct AlertSinkConfig {
 
 impl AlertSinkConfig {
     /// Reads the keys every alert sink takes (`name`, `min_severity`, `classes`,
-    /// `retry_initial`, `retry_max`); `options` are the sink's own settings.
+    /// `retry_initial`, `retry_max`, `max_age`); `options` are the sink's own settings.
     pub fn read(t: &SinkTable, options: Arc<dyn AlertSinkOptions>) -> Result<AlertSinkConfig, FieldError> {
         let retry = RetryPolicy {
             initial: t.duration("retry_initial")?.unwrap_or(RetryPolicy::DEFAULT.initial),
             max: t.duration("retry_max")?.unwrap_or(RetryPolicy::DEFAULT.max),
+            max_age: t.duration("max_age")?.unwrap_or(RetryPolicy::DEFAULT.max_age),
         };
         if retry.max < retry.initial {
             let span = t.entries.get("retry_max").map_or(0..0, |(_, s)| s.clone());
@@ -428,6 +429,7 @@ impl Sinks {
                 delivered: st.delivered,
                 retries: st.retries,
                 failed: st.failed,
+                dead_lettered: st.dead_lettered,
                 last_error: st.last_error,
             })
             .collect();

@@ -45,7 +45,40 @@ CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER NOT NULL REFERENCES alerts(seq) ON DELETE CASCADE,
     PRIMARY KEY (sink, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    failing_since_ms INTEGER,
+    given_up_ms INTEGER NOT NULL
+);
 ";
+
+/// An alert a sink gave up on: refused for good, or failing for longer than its `max_age`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub sink: String,
+    pub id: String,
+    pub reason: String,
+    /// RFC 3339: the first failed attempt (None for a refusal on the first attempt).
+    pub failing_since: Option<String>,
+    pub given_up: String,
+    /// The alert as it was stored.
+    pub alert: serde_json::Value,
+}
+
+/// Outboxes written before dead letters existed lack the column that times a failing delivery.
+fn add_failing_since(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('pending') WHERE name = 'failing_since_ms'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE pending ADD COLUMN failing_since_ms INTEGER")?;
+    }
+    Ok(())
+}
 
 impl Outbox {
     /// Opens (or creates) `outbox.sqlite` in `dir`.
@@ -55,6 +88,7 @@ impl Outbox {
             .with_context(|| format!("opening the alert outbox {}", path.display()))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .and_then(|_| conn.execute_batch(SCHEMA))
+            .and_then(|_| add_failing_since(&conn))
             .with_context(|| format!("preparing the alert outbox {}", path.display()))?;
         Ok(Outbox { path, conn: Mutex::new(conn), max: max.max(1), dropped_full: AtomicU64::new(0) })
     }
@@ -175,6 +209,88 @@ impl Outbox {
         tx.commit()
     }
 
+    /// When the delivery of `seq` to `sink` first failed, in Unix milliseconds (`now_ms` when
+    /// this is its first failure).
+    pub fn failing_since(&self, sink: &str, seq: i64, now_ms: i64) -> rusqlite::Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE pending SET failing_since_ms = COALESCE(failing_since_ms, ?3) WHERE sink = ?1 AND seq = ?2",
+            params![sink, seq, now_ms],
+        )?;
+        conn.query_row(
+            "SELECT COALESCE(failing_since_ms, ?3) FROM pending WHERE sink = ?1 AND seq = ?2",
+            params![sink, seq, now_ms],
+            |r| r.get(0),
+        )
+        .optional()
+        .map(|v| v.unwrap_or(now_ms))
+    }
+
+    /// `sink` gives up on alert `seq`: it moves to the dead-letter table, and leaves the outbox
+    /// when no sink still needs it.
+    pub fn give_up(&self, sink: &str, seq: i64, reason: &str) -> rusqlite::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO dead_letters (sink, id, body, reason, failing_since_ms, given_up_ms)
+             SELECT p.sink, a.id, a.body, ?3, p.failing_since_ms, ?4
+             FROM pending p JOIN alerts a ON a.seq = p.seq WHERE p.sink = ?1 AND p.seq = ?2",
+            params![sink, seq, reason, chrono::Utc::now().timestamp_millis()],
+        )?;
+        tx.execute("DELETE FROM pending WHERE sink = ?1 AND seq = ?2", params![sink, seq])?;
+        tx.execute(
+            "DELETE FROM alerts WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM pending WHERE seq = ?1)",
+            [seq],
+        )?;
+        tx.commit()
+    }
+
+    /// Every alert given up on, newest first (at most `limit`).
+    pub fn dead_letters(&self, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+        query_dead_letters(&self.conn(), limit)
+    }
+
+    /// The dead letters of the outbox in state directory `dir`, read-only (none when there is
+    /// no outbox).
+    pub fn dead_letters_in(dir: &Path, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+        let path = dir.join("outbox.sqlite");
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let has: bool = conn.prepare("SELECT 1 FROM sqlite_master WHERE name = 'dead_letters'")?.exists([])?;
+        if !has {
+            return Ok(Vec::new());
+        }
+        query_dead_letters(&conn, limit)
+    }
+}
+
+fn query_dead_letters(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+    {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT sink, id, reason, failing_since_ms, given_up_ms, body FROM dead_letters
+             ORDER BY seq DESC LIMIT {limit}"
+        ))?;
+        let time =
+            |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
+        stmt.query_map([], |r| {
+            let body: String = r.get(5)?;
+            Ok(DeadLetter {
+                sink: r.get(0)?,
+                id: r.get(1)?,
+                reason: r.get(2)?,
+                failing_since: r.get::<_, Option<i64>>(3)?.map(time),
+                given_up: time(r.get(4)?),
+                alert: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            })
+        })?
+        .collect()
+    }
+}
+
+impl Outbox {
     /// Alerts waiting for `sink`.
     pub fn backlog(&self, sink: &str) -> rusqlite::Result<u64> {
         self.conn()

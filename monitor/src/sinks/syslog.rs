@@ -35,6 +35,7 @@ pub const TYPE: SinkType = SinkType {
         "classes",
         "retry_initial",
         "retry_max",
+        "max_age",
     ],
     parse,
 };

@@ -31,6 +31,7 @@ pub const TYPE: SinkType = SinkType {
         "classes",
         "retry_initial",
         "retry_max",
+        "max_age",
     ],
     parse,
 };
