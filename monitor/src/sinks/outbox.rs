@@ -201,11 +201,7 @@ impl Outbox {
     pub fn done(&self, sink: &str, seq: i64) -> rusqlite::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM pending WHERE sink = ?1 AND seq = ?2", params![sink, seq])?;
-        tx.execute(
-            "DELETE FROM alerts WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM pending WHERE seq = ?1)",
-            [seq],
-        )?;
+        leave(&tx, sink, seq)?;
         tx.commit()
     }
 
@@ -237,11 +233,7 @@ impl Outbox {
              FROM pending p JOIN alerts a ON a.seq = p.seq WHERE p.sink = ?1 AND p.seq = ?2",
             params![sink, seq, reason, chrono::Utc::now().timestamp_millis()],
         )?;
-        tx.execute("DELETE FROM pending WHERE sink = ?1 AND seq = ?2", params![sink, seq])?;
-        tx.execute(
-            "DELETE FROM alerts WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM pending WHERE seq = ?1)",
-            [seq],
-        )?;
+        leave(&tx, sink, seq)?;
         tx.commit()
     }
 
@@ -265,6 +257,16 @@ impl Outbox {
         }
         query_dead_letters(&conn, limit)
     }
+}
+
+/// `sink` is done with alert `seq`; the alert leaves when no sink still needs it.
+fn leave(tx: &rusqlite::Transaction<'_>, sink: &str, seq: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM pending WHERE sink = ?1 AND seq = ?2", params![sink, seq])?;
+    tx.execute(
+        "DELETE FROM alerts WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM pending WHERE seq = ?1)",
+        [seq],
+    )?;
+    Ok(())
 }
 
 fn query_dead_letters(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
