@@ -129,10 +129,17 @@ impl Writer {
     fn write(&mut self, batch: &[Arc<Output>]) -> rusqlite::Result<()> {
         let bucket_secs = self.settings.bucket.as_secs().max(1) as i64;
         let tx = self.conn.transaction()?;
+        // Buckets before this have been sent by some exporter: a row written there makes its
+        // bucket late. Read once per batch; records are almost always for the current bucket.
+        let sent_before: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(position), -9223372036854775808) FROM export_cursors WHERE exporter LIKE '%.flows'",
+            [],
+            |r| r.get(0),
+        )?;
         let mut rows = 0;
         for o in batch {
             rows += match &**o {
-                Output::Flow(r) => write_flow(&tx, r, bucket_secs)?,
+                Output::Flow(r) => write_flow(&tx, r, bucket_secs, sent_before)?,
                 Output::Alert(a) => write_alert(&tx, a)?,
                 Output::AlertUpdate(u) => write_update(&tx, u)?,
                 Output::Loss(_) => 0,
@@ -178,7 +185,12 @@ static ALERT_SQL: LazyLock<String> =
     LazyLock::new(|| insert("INSERT OR IGNORE", "alerts", fields::ALERT, ""));
 
 /// Adds a flow record's new bytes and packets to its row in the bucket of the record's time.
-fn write_flow(tx: &Transaction<'_>, r: &FlowRecord, bucket_secs: i64) -> rusqlite::Result<u64> {
+fn write_flow(
+    tx: &Transaction<'_>,
+    r: &FlowRecord,
+    bucket_secs: i64,
+    sent_before: i64,
+) -> rusqlite::Result<u64> {
     if r.delta_bytes == 0 && r.delta_packets == 0 && r.state != FlowState::New {
         return Ok(0);
     }
@@ -190,11 +202,13 @@ fn write_flow(tx: &Transaction<'_>, r: &FlowRecord, bucket_secs: i64) -> rusqlit
     });
     tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(values))?;
     // Written into a bucket an exporter has already sent: it sends that bucket again.
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO late_buckets (exporter, bucket)
-         SELECT exporter, ?1 FROM export_cursors WHERE exporter LIKE '%.flows' AND position > ?1",
-    )?
-    .execute([bucket])?;
+    if bucket < sent_before {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO late_buckets (exporter, bucket)
+             SELECT exporter, ?1 FROM export_cursors WHERE exporter LIKE '%.flows' AND position > ?1",
+        )?
+        .execute([bucket])?;
+    }
     Ok(1)
 }
 
