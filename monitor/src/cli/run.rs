@@ -169,7 +169,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     debug!(flows = pipeline.table().len(), took = ?started.elapsed(), "sweep");
                     // Records first: a failing counter read must not cost them, and the status
                     // below then counts what the sinks and the store were just handed.
-                    sinks.send_all(&mut out).await;
+                    deliver(&mut pipeline, &sinks, &mut out).await;
                     let kernel = match probe.stats.read() {
                         Ok(k) => {
                             last_kernel = k;
@@ -182,7 +182,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                         }
                     };
                     pipeline.check_losses(kernel, &mut out);
-                    sinks.send_all(&mut out).await;
+                    deliver(&mut pipeline, &sinks, &mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     pipeline.fill_status(&mut s, kernel);
                     sinks.fill_status(&mut s);
@@ -196,16 +196,16 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break }
             }
-            sinks.send_all(&mut out).await;
+            deliver(&mut pipeline, &sinks, &mut out).await;
         }
         // Report what was counted up to now, so nothing is left unsaid.
         let (batch, malformed) = events.drain();
         pipeline.on_events(batch, malformed, &mut out);
         pipeline.finish(&mut probe.flows, &mut out);
-        sinks.send_all(&mut out).await;
+        deliver(&mut pipeline, &sinks, &mut out).await;
         // Read after the final sweep, so the last loss record counts everything.
         pipeline.check_losses(probe.stats.read().unwrap_or(last_kernel), &mut out);
-        sinks.send_all(&mut out).await;
+        deliver(&mut pipeline, &sinks, &mut out).await;
         Ok(())
     }
     .await;
@@ -233,4 +233,15 @@ fn host_name(config: &Config) -> String {
         return String::from_utf8_lossy(&buf[..n]).into_owned();
     }
     "localhost".into()
+}
+
+/// Hands the records to the outputs, a chunk at a time while the pipeline has more.
+async fn deliver(pipeline: &mut Pipeline, sinks: &Sinks, out: &mut Vec<Output>) {
+    loop {
+        sinks.send_all(out).await;
+        if !pipeline.pending() {
+            return;
+        }
+        pipeline.emit_more(out);
+    }
 }

@@ -145,7 +145,20 @@ impl Pipeline {
         out.extend(self.alerts.updates(&host, now, true).into_iter().map(Output::AlertUpdate));
     }
 
-    /// Places, judges and reports the pending flow updates.
+    /// Whether flow updates wait for [`Pipeline::emit_more`] (a sweep found more than one
+    /// chunk of them).
+    pub fn pending(&self) -> bool {
+        !self.updates.is_empty()
+    }
+
+    /// Reports the next chunk of pending flow updates. The caller hands each chunk to the
+    /// outputs before asking for the next, so a sweep that finds 100,000 new flows never holds
+    /// 100,000 records at once.
+    pub fn emit_more(&mut self, out: &mut Vec<Output>) {
+        self.emit(out);
+    }
+
+    /// Places, judges and reports the pending flow updates, at most [`EMIT_CHUNK`] of them.
     fn emit(&mut self, out: &mut Vec<Output>) {
         if self.updates.is_empty() {
             return;
@@ -153,7 +166,8 @@ impl Pipeline {
         let clock = Clock::sample();
         let time = Timestamp::now();
         let now = Instant::now();
-        for u in self.updates.drain(..) {
+        let n = self.updates.len().min(EMIT_CHUNK);
+        for u in self.updates.drain(..n) {
             let ip = ip_of(&u.key, &u.key.daddr);
             let place = self.enricher.locate(ip);
             let verdict = self.policy.evaluate(u.flow.class_id, &place);
@@ -222,6 +236,9 @@ impl Pipeline {
         );
     }
 }
+
+/// Flow updates turned into records at a time.
+const EMIT_CHUNK: usize = 4096;
 
 /// The labels of every (class, verdict) pair, indexed by class id.
 fn metric_labels(class_names: &[Arc<str>]) -> Vec<[ClassVerdict; 3]> {

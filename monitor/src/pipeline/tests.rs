@@ -226,3 +226,20 @@ fn a_grown_loss_counter_becomes_one_loss_record() {
     let Output::Loss(l) = &out[0] else { panic!() };
     assert_eq!((l.ringbuf_drops, &*l.host), (3, "h1"));
 }
+
+#[test]
+fn a_sweep_with_many_new_flows_is_reported_a_chunk_at_a_time() {
+    let (_d, mut p) = pipeline();
+    let mut map = FakeMap::default();
+    for port in 0..(EMIT_CHUNK as u16 + 10) {
+        map.0.insert(key([3, 5, 140, 2], 10000 + port), value(1, 1, 60));
+    }
+    let mut out = Vec::new();
+    p.sweep(&mut map, &mut out);
+    assert_eq!(out.len(), EMIT_CHUNK, "one chunk of records at a time");
+    assert!(p.pending());
+    out.clear();
+    p.emit_more(&mut out);
+    assert_eq!(out.len(), 10);
+    assert!(!p.pending());
+}
