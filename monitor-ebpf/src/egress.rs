@@ -277,8 +277,9 @@ fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers
                         ext_header(key.proto, [*h, *h.add(1), *h.add(2), *h.add(3)]);
                     key.proto = next;
                     off = (off & 0x1ff) + len;
-                    if later_fragment {
-                        // No transport header in this fragment: its ports are unknown.
+                    if later_fragment || off > 0x1ff {
+                        // No transport header in this fragment, or beyond what is walked: its
+                        // ports are unknown.
                         return Some(Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 }));
                     }
                 }
@@ -342,7 +343,7 @@ fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
                 let (next, len, later_fragment) = ext_header(key.proto, ctx.load(off & 0x1ff).ok()?);
                 key.proto = next;
                 off = (off & 0x1ff) + len;
-                if later_fragment {
+                if later_fragment || off > 0x1ff {
                     return Some(Headers { tcp_flags: 0, l4: off & 0x1ff, l4_len: 0 });
                 }
             }

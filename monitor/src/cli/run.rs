@@ -203,6 +203,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         pipeline.on_events(batch, malformed, &mut out);
         pipeline.finish(&mut probe.flows, &mut out);
         deliver(&mut pipeline, &sinks, &mut out).await;
+        pipeline.final_alert_updates(&mut out);
         // Read after the final sweep, so the last loss record counts everything.
         pipeline.check_losses(probe.stats.read().unwrap_or(last_kernel), &mut out);
         deliver(&mut pipeline, &sinks, &mut out).await;

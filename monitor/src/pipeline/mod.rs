@@ -141,8 +141,13 @@ impl Pipeline {
         self.swept(map, now);
         self.table.flush_all(now, &mut self.updates);
         self.emit(out);
+    }
+
+    /// At shutdown, once every chunk of [`Pipeline::finish`] was handed over: the last totals
+    /// of every alert that changed.
+    pub fn final_alert_updates(&mut self, out: &mut Vec<Output>) {
         let host = self.records.host.clone();
-        out.extend(self.alerts.updates(&host, now, true).into_iter().map(Output::AlertUpdate));
+        out.extend(self.alerts.updates(&host, Instant::now(), true).into_iter().map(Output::AlertUpdate));
     }
 
     /// Whether flow updates wait for [`Pipeline::emit_more`] (a sweep found more than one

@@ -157,6 +157,7 @@ fn a_sweep_reports_later_bytes_and_the_alert_update_and_finish_ends_the_flow() {
     let mut map = FakeMap::default();
     map.0.insert(k, value(1, 9, 5120));
     p.finish(&mut map, &mut out);
+    p.final_alert_updates(&mut out);
     let flows: Vec<(FlowState, u64, u64)> = out
         .iter()
         .filter_map(|o| match o {

@@ -10,6 +10,7 @@ mod delivery;
 mod outbox;
 mod stdout;
 pub mod syslog;
+mod syslog_address;
 mod table;
 pub mod webhook;
 
@@ -341,7 +342,16 @@ impl Sinks {
             let o = Arc::new(Outbox::open(&outbox.dir, outbox.max)?);
             let names: Vec<String> =
                 prepared.sinks.iter().filter(|(_, s)| s.is_some()).map(|(c, _)| c.name()).collect();
+            // Unnamed webhooks were once named by their whole URL: their pending alerts follow
+            // them to the name without the secret.
+            for old in o.pending_sinks()? {
+                if let Some(new) = webhook::redacted_name(&old).filter(|n| *n != old && names.contains(n)) {
+                    o.rename_sink(&old, &new)?;
+                    info!(sink = %new, "pending alerts carried over from the webhook's former name");
+                }
+            }
             for (sink, n) in o.forget_other_sinks(&names)? {
+                let sink = webhook::redacted_name(&sink).unwrap_or(sink);
                 warn!(
                     sink,
                     deliveries = n,

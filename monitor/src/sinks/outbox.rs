@@ -293,6 +293,19 @@ fn query_dead_letters(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<D
 }
 
 impl Outbox {
+    /// Every sink that has alerts waiting.
+    pub fn pending_sinks(&self) -> rusqlite::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT DISTINCT sink FROM pending")?;
+        stmt.query_map([], |r| r.get(0))?.collect()
+    }
+
+    /// Moves `old`'s pending alerts to `new` (a sink that was renamed).
+    pub fn rename_sink(&self, old: &str, new: &str) -> rusqlite::Result<()> {
+        self.conn().execute("UPDATE OR REPLACE pending SET sink = ?2 WHERE sink = ?1", params![old, new])?;
+        Ok(())
+    }
+
     /// Alerts waiting for `sink`.
     pub fn backlog(&self, sink: &str) -> rusqlite::Result<u64> {
         self.conn()

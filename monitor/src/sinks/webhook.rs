@@ -85,6 +85,12 @@ pub fn redacted(url: &reqwest::Url) -> String {
     }
 }
 
+/// A sink name of the form `webhook:<url>` with the URL redacted (None for other names).
+pub fn redacted_name(name: &str) -> Option<String> {
+    let url = reqwest::Url::parse(name.strip_prefix("webhook:")?).ok()?;
+    Some(format!("webhook:{}", redacted(&url)))
+}
+
 impl AlertSinkOptions for WebhookOptions {
     fn default_name(&self) -> String {
         format!("webhook:{}", redacted(&self.url))
@@ -405,6 +411,15 @@ mod tests {
         assert!(matches!(&r, Err(DeliveryError::Permanent(m)) if m.contains("302")), "{r:?}");
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(target_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+    }
+
+    #[test]
+    fn a_former_full_url_name_maps_to_the_redacted_one() {
+        assert_eq!(
+            redacted_name("webhook:https://hooks.example/services/T0/B0/SECRET").as_deref(),
+            Some("webhook:https://hooks.example")
+        );
+        assert_eq!(redacted_name("syslog:udp://h:514"), None);
     }
 
     #[tokio::test]

@@ -116,6 +116,10 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE alerts;
     ALTER TABLE alerts_v3 RENAME TO alerts;
     CREATE INDEX alerts_by_time ON alerts (time_unix);
+    DELETE FROM sqlite_sequence WHERE name = 'alerts';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'alerts', MAX(
+        (SELECT COALESCE(MAX(seq), 0) FROM alerts),
+        (SELECT COALESCE(MAX(position), 0) FROM export_cursors WHERE exporter LIKE '%.alerts'));
     CREATE TABLE late_buckets (
         exporter TEXT NOT NULL,
         bucket INTEGER NOT NULL,

@@ -128,7 +128,9 @@ impl Writer {
 
     fn write(&mut self, batch: &[Arc<Output>]) -> rusqlite::Result<()> {
         let bucket_secs = self.settings.bucket.as_secs().max(1) as i64;
-        let tx = self.conn.transaction()?;
+        // Immediate: the batch starts with a read, and an exporter's write between that read and
+        // the first insert would otherwise fail the whole batch (SQLITE_BUSY_SNAPSHOT).
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Buckets before this have been sent by some exporter: a row written there makes its
         // bucket late. Read once per batch; records are almost always for the current bucket.
         let sent_before: i64 = tx.query_row(
