@@ -234,7 +234,21 @@ impl Outbox {
             params![sink, seq, reason, chrono::Utc::now().timestamp_millis()],
         )?;
         leave(&tx, sink, seq)?;
-        tx.commit()
+        // Kept up to `outbox_max` too: the oldest go first (each was counted and logged when
+        // given up on).
+        let old = tx.execute(
+            "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - ?1",
+            [self.max as i64],
+        )?;
+        tx.commit()?;
+        if old > 0 {
+            warn!(
+                dropped = old,
+                outbox_max = self.max,
+                "dead-letter table full: dropped the oldest undelivered alerts"
+            );
+        }
+        Ok(())
     }
 
     /// Every alert given up on, newest first (at most `limit`).
@@ -421,6 +435,19 @@ mod tests {
         assert_eq!((o.backlog("s").unwrap(), o.backlog("w").unwrap()), (1, 2));
         let p = o.next("w").unwrap().unwrap();
         assert_eq!(p.alert.unwrap(), a1, "read back as the alert that was written");
+    }
+
+    #[test]
+    fn dead_letters_are_kept_up_to_the_outbox_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), 2).unwrap();
+        for i in 0..4 {
+            o.push_raw(&format!("a{i}"), "{}", &sinks(&["w"])).unwrap();
+            let p = o.next("w").unwrap().unwrap();
+            o.give_up("w", p.seq, "refused").unwrap();
+        }
+        let ids: Vec<String> = o.dead_letters(10).unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, ["a3", "a2"], "the newest, newest first");
     }
 
     #[test]
