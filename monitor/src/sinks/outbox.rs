@@ -103,7 +103,9 @@ impl Outbox {
     }
 
     /// Stores an alert for `sinks` (durably, before returning). When the outbox holds
-    /// `outbox_max` alerts, the oldest are dropped first; their ids are returned.
+    /// `outbox_max` alerts, the oldest are dropped first; their ids are returned. The agent
+    /// writes through [`Outbox::push_batch`].
+    #[cfg(test)]
     pub fn push(&self, alert: &Alert, sinks: &[String]) -> rusqlite::Result<Vec<String>> {
         self.push_batch(&[(alert, sinks)])
     }
