@@ -166,7 +166,8 @@ pub struct SockEvent {
 pub mod stat {
     /// Ring-buffer reservations that failed (event lost; the flow is still found by the sweep).
     pub const RINGBUF_DROPS: u32 = 0;
-    /// Flows that could not be inserted into the flow map (insert failed): packets uncounted.
+    /// Packets of flows that could not be inserted into the flow map (it was full): their
+    /// bytes are in the overflow counters.
     pub const FLOW_INSERT_FAILED: u32 = 1;
     /// Socket storage that could not be created (the socket is classified per packet instead).
     pub const SOCK_STORAGE_FAILED: u32 = 2;
@@ -177,6 +178,50 @@ pub mod stat {
 
 /// Index of the configuration generation in the `CONFIG` array.
 pub const CONFIG_GENERATION: u32 = 0;
+/// Index of the active program set's epoch in the `CONFIG` array. Every program compares it
+/// with its own `EPOCH` (set by the agent at load) and does nothing when they differ: the one
+/// map write that changes it hands counting from an old program set to a new one at once.
+pub const CONFIG_ACTIVE_EPOCH: u32 = 1;
+/// Slots of the `CONFIG` array. `CONFIG` is the one map every program set shares (pinned
+/// outside the sets), so its layout never changes: unused slots are reserved.
+pub const CONFIG_SLOTS: u32 = 8;
+
+/// Indexes of the `AGENT` array, written only by the agent, pinned with its program set.
+pub mod agent_slot {
+    /// CLOCK_REALTIME nanoseconds of the agent's latest sweep (its heartbeat).
+    pub const HEARTBEAT_NS: u32 = 0;
+    /// CLOCK_REALTIME nanoseconds when this program set was attached.
+    pub const ATTACHED_NS: u32 = 1;
+    /// The set's epoch (see `CONFIG_ACTIVE_EPOCH`).
+    pub const EPOCH: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// `REPORTED` value: what the agent last reported of one kernel flow entry, so that an agent
+/// adopting the pinned maps reports only the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Reported {
+    /// `first_seen_ns` of the kernel entry the counts belong to.
+    pub entry_id: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Packets and bytes the kernel could not give a flow of their own (the flow map was full):
+/// per class in `OVERFLOW_CLASSES` (index = class id), per cgroup in `OVERFLOW_CGROUPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Overflow {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Class of the latest packet counted here (per-cgroup entries only).
+    pub class_id: u32,
+    pub _pad: u32,
+}
+
+/// Highest class id the kernel counts overflow for; the configuration allows no more classes.
+pub const MAX_CLASSES: u32 = 1024;
 
 #[cfg(feature = "user")]
 mod user {
@@ -187,6 +232,8 @@ mod user {
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for NewFlowEvent {}
     unsafe impl aya::Pod for SockEvent {}
+    unsafe impl aya::Pod for Reported {}
+    unsafe impl aya::Pod for Overflow {}
 }
 
 // Layout guards: both sides compile these, so a field change that shifts bytes fails the build.
@@ -196,3 +243,5 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 104);
 const _: () = assert!(core::mem::size_of::<NewFlowEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<Reported>() == 24);
+const _: () = assert!(core::mem::size_of::<Overflow>() == 24);

@@ -12,44 +12,59 @@ use monitor_common::{
     SOCK_HAS_PROCESS, SockEvent,
 };
 
-use crate::{maps::send_event, sock};
+use crate::{
+    maps::{active, send_event},
+    sock,
+};
 
 // Observe mode: every hook returns 1 (allow) and never rewrites the address.
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    on_send(&ctx, FAMILY_V4, true);
+    if active() {
+        on_send(&ctx, FAMILY_V4, true);
+    }
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    on_send(&ctx, FAMILY_V6, true);
+    if active() {
+        on_send(&ctx, FAMILY_V6, true);
+    }
     1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_send(&ctx, FAMILY_V4, false);
+    if active() {
+        on_send(&ctx, FAMILY_V4, false);
+    }
     1
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_send(&ctx, FAMILY_V6, false);
+    if active() {
+        on_send(&ctx, FAMILY_V6, false);
+    }
     1
 }
 
 /// A UDP socket that receives before it ever sends is a server: its flows are inbound.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    on_recv(&ctx);
+    if active() {
+        on_recv(&ctx);
+    }
     1
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    on_recv(&ctx);
+    if active() {
+        on_recv(&ctx);
+    }
     1
 }
 

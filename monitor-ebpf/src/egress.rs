@@ -18,7 +18,7 @@ use monitor_common::{
 
 use crate::{
     atomic::add,
-    maps::{FLOWS, count, send_event},
+    maps::{FLOWS, active, count, overflow, send_event},
     sock,
 };
 
@@ -32,7 +32,9 @@ const TCP_NEW_SYN_RECV: u32 = 12;
 /// Observe mode: always returns 1 (allow). Never drops or delays a packet.
 #[cgroup_skb(egress)]
 pub fn flow_egress(ctx: SkBuffContext) -> i32 {
-    count_packet(&ctx);
+    if active() {
+        count_packet(&ctx);
+    }
     1
 }
 
@@ -116,6 +118,7 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
             },
             None => {
                 count(stat::FLOW_INSERT_FAILED);
+                overflow(owner.class_id, key.cgroup_id, packets, len);
                 // Rare: shown at debug level when the agent's RUST_LOG asks for kernel messages.
                 debug!(&skb, "a new flow to port {} got no slot in the flow map", key.dport);
             }

@@ -15,7 +15,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{FLOWS, SOCKS, send_event},
+    maps::{FLOWS, SOCKS, active, send_event},
     sock,
 };
 
@@ -23,7 +23,7 @@ use crate::{
 #[sock_ops]
 pub fn sock_lifecycle(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if op != BPF_SOCK_OPS_TCP_LISTEN_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+    if !active() || op != BPF_SOCK_OPS_TCP_LISTEN_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         return 1;
     }
     // SAFETY: ops->sk is a full socket for these callbacks (nullable to the verifier).
@@ -50,7 +50,7 @@ pub fn sock_lifecycle(ctx: SockOpsContext) -> u32 {
 /// agent's next sweep reads; others send an event (events cost the closing task far more).
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
-    if mark_flow_closed(ctx.sock) {
+    if !active() || mark_flow_closed(ctx.sock) {
         return 1;
     }
     let event = SockEvent {

@@ -3,17 +3,43 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
+        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     },
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{FlowKey, FlowValue, SockInfo, stat};
+use monitor_common::{
+    CONFIG_ACTIVE_EPOCH, CONFIG_SLOTS, FlowKey, FlowValue, MAX_CLASSES, Overflow, Reported, SockInfo,
+    agent_slot, stat,
+};
 
-/// Per-flow counters: one entry per (cgroup, 5-tuple). The agent sweeps and expires it.
+/// Per-flow counters: one entry per (cgroup, 5-tuple). The agent sweeps it and removes the
+/// flows that ended. Not an LRU map: an entry is never evicted with counts the agent has not
+/// read; when the map is full, new flows are counted in the overflow maps instead.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(65536, 0);
+
+/// What the agent last reported of each flow (written by the agent only), pinned with FLOWS
+/// so that an agent that restarts reports only what the previous one did not.
+#[map]
+pub static REPORTED: HashMap<FlowKey, Reported> = HashMap::with_max_entries(65536, 0);
+
+/// Packets and bytes of flows that found the flow map full, per class id.
+#[map]
+pub static OVERFLOW_CLASSES: Array<Overflow> = Array::with_max_entries(MAX_CLASSES, 0);
+
+/// The same per cgroup (best effort: the per-class counter always has them).
+#[map]
+pub static OVERFLOW_CGROUPS: HashMap<u64, Overflow> = HashMap::with_max_entries(4096, 0);
+
+/// The agent's heartbeat and this program set's attach time (`monitor_common::agent_slot`).
+#[map]
+pub static AGENT: Array<u64> = Array::with_max_entries(agent_slot::COUNT, 0);
+
+/// This program set's epoch, set by the agent at load (see `CONFIG_ACTIVE_EPOCH`).
+#[unsafe(no_mangle)]
+static EPOCH: u32 = 0;
 
 /// cgroup id -> class id, for every configured cgroup that exists (filled by the agent).
 #[map]
@@ -24,9 +50,50 @@ pub static CGROUP_CLASSES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0
 pub static UID_CLASSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 /// `CONFIG[CONFIG_GENERATION]`: bumped by the agent whenever the class maps change, so
-/// sockets whose cached class is older are classified again.
+/// sockets whose cached class is older are classified again. `CONFIG[CONFIG_ACTIVE_EPOCH]`:
+/// the program set that counts. Shared by every program set; its layout is frozen.
 #[map]
-pub static CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// Whether this program set is the one that counts. A set the agent has loaded but not yet
+/// switched to, or one it is replacing, lets every packet and socket through untouched.
+#[inline(always)]
+pub fn active() -> bool {
+    // SAFETY: a constant the loader patched; volatile so the compiler keeps the load.
+    let epoch = unsafe { core::ptr::read_volatile(&EPOCH) };
+    CONFIG.get(CONFIG_ACTIVE_EPOCH).is_some_and(|e| *e == epoch)
+}
+
+/// Adds a packet of a flow that found the flow map full to its class's and cgroup's overflow.
+#[inline(never)]
+pub fn overflow(class_id: u32, cgroup_id: u64, packets: u64, bytes: u64) {
+    if let Some(o) = OVERFLOW_CLASSES.get_ptr_mut(if class_id < MAX_CLASSES { class_id } else { 0 }) {
+        // SAFETY: live map value; atomic adds.
+        unsafe {
+            crate::atomic::add(&raw mut (*o).packets, packets);
+            crate::atomic::add(&raw mut (*o).bytes, bytes);
+        }
+    }
+    match OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id) {
+        Some(o) => unsafe {
+            crate::atomic::add(&raw mut (*o).packets, packets);
+            crate::atomic::add(&raw mut (*o).bytes, bytes);
+            (*o).class_id = class_id;
+        },
+        None => {
+            let o = Overflow { packets, bytes, class_id, _pad: 0 };
+            if OVERFLOW_CGROUPS.insert(&cgroup_id, &o, BPF_NOEXIST as u64).is_err()
+                && let Some(o) = OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id)
+            {
+                // Another CPU created it first.
+                unsafe {
+                    crate::atomic::add(&raw mut (*o).packets, packets);
+                    crate::atomic::add(&raw mut (*o).bytes, bytes);
+                }
+            }
+        }
+    }
+}
 
 /// Per-CPU drop and failure counters, indexed by `monitor_common::stat`.
 #[map]

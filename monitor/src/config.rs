@@ -130,13 +130,17 @@ pub struct AgentConfig {
     /// After its socket is closed, a flow ends once it has sent nothing for this long
     /// (the FIN exchange and retransmissions still count).
     pub close_grace: Interval,
-    /// Capacity of the kernel flow map (entries). The least recently used flows are evicted
-    /// when it is full; evictions are counted and reported.
+    /// Capacity of the kernel flow map (entries). When it is full, the packets of flows that
+    /// find no slot are counted per class and per cgroup (overflow) and reported as losses
+    /// with their bytes; no flow is evicted.
     pub max_flows: Spanned<u32>,
     /// Size of the kernel-to-agent ring buffer in bytes: a power of two, at least 4096.
     pub ring_buffer_size: RingBufferSize,
     /// Where the agent keeps what must survive a restart (the alert outbox).
     pub state_dir: PathBuf,
+    /// Directory on bpffs where the kernel programs and maps stay pinned between agents
+    /// (bpffs is mounted at /sys/fs/bpf when nothing is).
+    pub pin_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -151,6 +155,7 @@ impl Default for AgentConfig {
             max_flows: Spanned::new(0..0, 65536),
             ring_buffer_size: RingBufferSize(1 << 20),
             state_dir: PathBuf::from("/var/lib/egress-monitor"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/egress-monitor"),
         }
     }
 }
@@ -295,6 +300,15 @@ impl Config {
 
     /// Checks that need the whole document: names and selectors used twice.
     fn validate(&self, text: &str) -> Result<(), (Range<usize>, String, String)> {
+        // Class ids 1..=n index the kernel's per-class overflow counters.
+        let most = monitor_common::MAX_CLASSES as usize - 1;
+        if self.classes.len() > most {
+            return Err((
+                self.classes[most].name.span(),
+                format!("classes[{most}]"),
+                format!("{} classes: at most {most} are supported", self.classes.len()),
+            ));
+        }
         let mut sites: HashMap<&str, usize> = HashMap::new();
         for (i, site) in self.sites.iter().enumerate() {
             let name = site.name.get_ref().0.as_str();
@@ -421,11 +435,11 @@ impl Config {
                 ),
             ));
         }
-        if a.max_flows() < 1024 {
+        if a.max_flows() < 16 {
             return Err((
                 a.max_flows.span(),
                 "agent.max_flows".into(),
-                format!("{} is too small: expected at least 1024", a.max_flows()),
+                format!("{} is too small: expected at least 16", a.max_flows()),
             ));
         }
         Ok(())

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::{
     record::{
         Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, Endpoint, FlowRecord,
-        FlowState, LossRecord, Output, Process, Protocol, Severity, Timestamp, VerdictKind,
+        FlowState, LossRecord, Output, OverflowCount, Process, Protocol, Severity, Timestamp, VerdictKind,
     },
     sinks::{
         syslog::{self, Facility, SyslogFormat},
@@ -74,6 +74,7 @@ fn flow() -> FlowRecord {
         last_seen: at("2026-11-25T10:00:10.110Z"),
         delta_bytes: 4000,
         delta_packets: 4,
+        kernel_mark: None,
     }
 }
 
@@ -122,6 +123,25 @@ fn loss() -> LossRecord {
         sock_storage_failed: 0,
         unparsed_packets: 2,
         flows_evicted: 5,
+        overflow_packets: 7,
+        overflow_bytes: 4200,
+        overflow_by_class: vec![
+            OverflowCount { class: None, cgroup: None, cgroup_id: None, packets: 2, bytes: 1200 },
+            OverflowCount {
+                class: Some("us-user-data".into()),
+                cgroup: None,
+                cgroup_id: None,
+                packets: 5,
+                bytes: 3000,
+            },
+        ],
+        overflow_by_cgroup: vec![OverflowCount {
+            class: Some("us-user-data".into()),
+            cgroup: Some("/payments/userdata".into()),
+            cgroup_id: Some(4242),
+            packets: 5,
+            bytes: 3000,
+        }],
     }
 }
 

@@ -119,6 +119,8 @@ impl Metrics {
             ("sock_storage_failed", l.0.sock_storage_failed, l.1.sock_storage_failed),
             ("unparsed_packets", l.0.unparsed_packets, l.1.unparsed_packets),
             ("flows_evicted", l.0.flows_evicted, l.1.flows_evicted),
+            ("overflow_packets", l.0.overflow_packets, l.1.overflow_packets),
+            ("overflow_bytes", l.0.overflow_bytes, l.1.overflow_bytes),
             ("kernel_read_errors", l.0.kernel_read_errors, l.1.kernel_read_errors),
             ("store_dropped", l.0.store_dropped, l.1.store_dropped),
             ("store_write_errors", l.0.store_write_errors, l.1.store_write_errors),

@@ -12,6 +12,7 @@ pub struct Status {
     pub uptime_seconds: u64,
     pub cgroup_root: String,
     pub programs: Vec<ProgramStatus>,
+    pub kernel: KernelSide,
     pub flows_tracked: u64,
     pub events: EventCounts,
     pub losses: Losses,
@@ -20,6 +21,23 @@ pub struct Status {
     pub sinks: Vec<SinkStatus>,
     pub databases: Databases,
     pub export: Vec<ExportStatus>,
+}
+
+/// The pinned program set the agent counts with, and how it found it at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KernelSide {
+    /// The set's directory on bpffs (under `agent.pin_dir`).
+    pub pinned_at: String,
+    /// `fresh` (nothing was pinned), `adopted` (the previous agent's set, kept counting) or
+    /// `replaced` (an older set: counting switched to a new one, its counters carried over).
+    pub start: String,
+    /// RFC 3339: since when the counting programs have been attached.
+    pub attached_since: String,
+    /// Seconds between the previous agent's last heartbeat and this agent's start, while the
+    /// kernel counted alone (null when nothing was pinned).
+    pub agent_away_seconds: Option<f64>,
+    /// Flows carried over from replaced program sets.
+    pub carried_flows: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +64,10 @@ pub struct Losses {
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
     pub flows_evicted: u64,
+    /// Packets and bytes that found the kernel flow map full (see the loss records for the
+    /// classes and cgroups they belong to).
+    pub overflow_packets: u64,
+    pub overflow_bytes: u64,
     /// Reads of the kernel maps that failed and were retried at the next sweep (counts arrive
     /// late; none is lost while the kernel keeps counting).
     pub kernel_read_errors: u64,

@@ -23,6 +23,9 @@ pub struct Agent {
     shared: Arc<(Mutex<Shared>, Condvar)>,
     _dir: tempfile::TempDir,
     pub config_path: std::path::PathBuf,
+    /// This agent's own bpffs directory: its programs stay pinned there between runs, and
+    /// `egress-monitor detach` removes them when the agent is dropped.
+    pub pin_dir: std::path::PathBuf,
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,49 +33,52 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 impl Agent {
     /// Starts `egress-monitor run` on this configuration and waits until it is running.
     /// `{agent_dir}` in the configuration is replaced by a directory of this agent's own (for
-    /// its state directory and API socket).
+    /// its state directory and API socket), and `agent.pin_dir` is set to a bpffs directory of
+    /// its own unless the configuration sets one.
     pub fn start(config: &str) -> Agent {
         crate::require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("egress-monitor.toml");
-        let config = config.replace("{agent_dir}", dir.path().to_str().unwrap());
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/em-test-{}", crate::unique("pins")));
+        let config = with_pin_dir(&config.replace("{agent_dir}", dir.path().to_str().unwrap()), &pin_dir);
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(built_binary("egress-monitor"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn egress-monitor");
-        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let s = shared.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value =
-                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("agent printed {line:?}: {e}"));
-                s.0.lock().unwrap().records.push(v);
-                s.1.notify_all();
-            }
-        });
-        let s = shared.clone();
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(err);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                s.0.lock().unwrap().stderr.push_str(&String::from_utf8_lossy(&buf[..n]));
-                s.1.notify_all();
-            }
-        });
-        let mut agent = Agent { child, shared, _dir: dir, config_path };
+        let (child, shared) = spawn(&config_path);
+        let mut agent = Agent { child, shared, _dir: dir, config_path, pin_dir };
         agent.wait_stderr("agent running", START_TIMEOUT);
         agent
+    }
+
+    /// Starts the agent again on its configuration, changed by `edit`, once the previous run
+    /// has exited (killed, or stopped). Returns the previous run's records; from now on the
+    /// agent's records and log are the new run's.
+    pub fn restart(&mut self, edit: impl FnOnce(String) -> String) -> Vec<Value> {
+        assert!(matches!(self.child.try_wait(), Ok(Some(_))), "restart: the agent is still running");
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(config)).expect("write config");
+        let (child, shared) = spawn(&self.config_path);
+        self.child = child;
+        let old = std::mem::replace(&mut self.shared, shared);
+        self.wait_stderr("agent running", START_TIMEOUT);
+        old.0.lock().unwrap().records.clone()
+    }
+
+    /// Kills the agent with SIGKILL (no chance to report anything) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Runs `egress-monitor detach` on this agent's configuration and returns its output.
+    pub fn detach(&self) -> String {
+        let out = Command::new(built_binary("egress-monitor"))
+            .args(["detach", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .expect("run egress-monitor detach");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "egress-monitor detach failed: {text}");
+        text
     }
 
     /// Waits until the agent's log contains `text`.
@@ -165,6 +171,55 @@ impl Agent {
     }
 }
 
+/// The configuration with `agent.pin_dir` set, unless it sets one.
+fn with_pin_dir(config: &str, pin_dir: &std::path::Path) -> String {
+    if config.contains("pin_dir") {
+        return config.to_owned();
+    }
+    let line = format!("pin_dir = {:?}\n", pin_dir.to_str().unwrap());
+    match config.find("[agent]\n") {
+        Some(i) => format!("{}[agent]\n{line}{}", &config[..i], &config[i + 8..]),
+        None => format!("[agent]\n{line}{config}"),
+    }
+}
+
+fn spawn(config_path: &std::path::Path) -> (Child, Arc<(Mutex<Shared>, Condvar)>) {
+    let mut child = Command::new(built_binary("egress-monitor"))
+        .arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn egress-monitor");
+    let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let s = shared.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("agent printed {line:?}: {e}"));
+            s.0.lock().unwrap().records.push(v);
+            s.1.notify_all();
+        }
+    });
+    let s = shared.clone();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(err);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s.0.lock().unwrap().stderr.push_str(&String::from_utf8_lossy(&buf[..n]));
+            s.1.notify_all();
+        }
+    });
+    (child, shared)
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -180,5 +235,11 @@ impl Drop for Agent {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // The programs outlive the agent: remove them, also when the test failed.
+        let _ = Command::new(built_binary("egress-monitor"))
+            .args(["detach", "--config"])
+            .arg(&self.config_path)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }

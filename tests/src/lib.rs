@@ -70,3 +70,15 @@ pub fn http_client() -> reqwest::blocking::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
 }
+
+/// Waits until `f` returns Some, checking every 100 ms; panics with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -2,33 +2,18 @@
 //! real traffic (every filter and group_by, bad input, the token on TCP, queries while flows
 //! are written), and the ClickHouse round trip through an outage.
 
-use std::{
-    collections::HashMap,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, process::Command, time::Duration};
 
 use integration_tests::{
     Agent,
     api::Api,
     built_binary,
     clickhouse::{self, ClickHouse},
+    eventually,
     records::{alert_of, u64_of},
     world::{CN_V4, OCI_FRANKFURT, SITE_SG, US_V4, WAIT, World},
 };
 use serde_json::Value;
-
-/// Waits until `f` returns Some.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Sums of `bytes` per value of `key` in a flows answer.
 fn by(body: &Value, key: &str) -> HashMap<String, u64> {

@@ -137,14 +137,13 @@ pub async fn serve(config: &ApiOptions, token: Option<String>, state: ApiState) 
 
 /// Binds the unix socket (replacing a stale one) with mode 0660.
 fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("api.socket: creating {}", dir.display()))?;
-            // The agent runs with umask 077: let the socket's group reach it (the socket is 0660).
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("api.socket: setting the mode of {}", dir.display()))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("api.socket: creating {}", dir.display()))?;
+        // The agent runs with umask 077: let the socket's group reach it (the socket is 0660).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("api.socket: setting the mode of {}", dir.display()))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod check_config;
+mod detach;
 mod flows;
 mod lookup;
 mod output;
@@ -38,6 +39,12 @@ enum Command {
     Run(ConfigArg),
     /// Validate a configuration file; exits 1 and names the line, key and value on error
     CheckConfig(ConfigArg),
+    /// Remove the kernel programs and maps the agent leaves pinned (agent.pin_dir); stop the
+    /// agent first
+    #[command(
+        long_about = "Remove the kernel programs and maps the agent leaves pinned under agent.pin_dir (default /sys/fs/bpf/egress-monitor). The programs keep counting when the agent stops, so that the next agent reports what happened meanwhile; detach ends that, and discards the counts no agent has reported. Refuses while an agent runs with the same state directory: stop it first."
+    )]
+    Detach(ConfigArg),
     /// Where is an address, and may each class send there? (no daemon needed)
     #[command(
         after_help = "Examples:\n  egress-monitor lookup 175.16.199.1 2001:db8::1 --config /etc/egress-monitor/egress-monitor.toml\n  egress-monitor lookup 8.8.8.8 --json | jq .destination.country"
@@ -136,6 +143,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),
+        Command::Detach(arg) => detach::detach(&arg),
         Command::Lookup(args) => lookup::lookup(&args.config.load()?, &args.addresses, args.json),
         Command::Flows { filters, api, output } => flows::flows(&api, &filters, output.output),
         Command::Alerts { filters, api, output } => alerts::alerts(&api, &filters, output.output),

@@ -2,11 +2,13 @@
 //! sweeps into records until SIGINT/SIGTERM, and detach everything on the way out.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use anyhow::Context;
+use monitor_common::{FlowKey, Reported};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{MissedTickBehavior, interval},
@@ -23,12 +25,13 @@ use crate::{
     flows::FlowTable,
     metrics::Metrics,
     pipeline::{Pipeline, RecordContext},
-    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions},
+    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap},
+    record::KernelMark,
     record::Output,
     sinks::Sinks,
     state,
     status::{self, Status},
-    store::Store,
+    store::{CommittedMarks, Store},
 };
 
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -59,7 +62,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     }
     // RUST_LOG=debug (or kernel=debug) also turns the kernel programs' messages on.
     let kernel_log = tracing::enabled!(target: "kernel", tracing::Level::DEBUG);
-    let mut probe = Probe::load(&ProbeOptions { kernel_log, ..config.probe_options() })?;
+    let mut probe = Probe::open(&ProbeOptions { kernel_log, ..config.probe_options(&root) })?;
     if let Some(log) = probe.take_kernel_log()? {
         tokio::spawn(log.run());
     }
@@ -73,13 +76,29 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    probe.attach(&root)?;
+    // Nothing counted before this agent started is reported twice: the adopted set's record of
+    // what was reported is read before its programs could be told to count again.
+    let adopted_reported = probe.reported.collect().context("reading the pinned record of reported flows")?;
+    probe.attach()?;
+    let start = probe.start_info();
     for p in probe.attached() {
-        info!(program = p.name, hook = p.hook, id = p.id, cgroup = %root.display(), "attached");
+        info!(program = p.name, hook = p.hook, id = p.id, cgroup = %root.display(), start = start.kind.name(), "attached");
     }
+    let away =
+        start.previous_heartbeat.map(|t| std::time::SystemTime::now().duration_since(t).unwrap_or_default());
+    info!(
+        set = %probe.set_dir().display(),
+        start = start.kind.name(),
+        away = ?away,
+        "kernel programs pinned; they keep counting when the agent stops (`egress-monitor detach` removes them)"
+    );
     let mut events = probe.take_events()?;
 
-    let store = Store::start(&config.agent.state_dir, config.store_settings())?;
+    let store = Store::start_with_marks(
+        &config.agent.state_dir,
+        config.store_settings(),
+        Some(Box::new(probe.reported_handle()?)),
+    )?;
     let store_counters = store.counters.clone();
     let sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
     let host: Arc<str> = host_name(&config).into();
@@ -94,6 +113,14 @@ async fn agent(config: Config) -> anyhow::Result<()> {
             .iter()
             .map(|p| status::ProgramStatus { name: p.name.into(), hook: p.hook.into(), id: p.id })
             .collect(),
+        kernel: status::KernelSide {
+            pinned_at: probe.set_dir().display().to_string(),
+            start: start.kind.name().into(),
+            attached_since: chrono::DateTime::<chrono::Utc>::from(start.attached_since)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            agent_away_seconds: away.map(|d| d.as_secs_f64()),
+            carried_flows: 0,
+        },
         databases: status::Databases {
             store_path: store.reader.path().display().to_string(),
             ..Default::default()
@@ -124,6 +151,17 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     };
     let table = FlowTable::new(config.table_settings());
     let mut pipeline = Pipeline::new(table, records, enricher, policy, config.alert_book(), metrics.clone());
+    let mut out: Vec<Output> = Vec::new();
+    // What the kernel counted while no agent ran: the adopted set's flows are reported at the
+    // first sweep (minus what was reported before); replaced sets are drained now.
+    pipeline.adopt(adopted_reported);
+    for mut retired in probe.take_retired() {
+        pipeline
+            .carry_over(&mut retired, &mut out)
+            .with_context(|| format!("carrying over the counters of {}", retired.path.display()))?;
+        deliver(&mut pipeline, &sinks, &mut out).await;
+    }
+    status.lock().unwrap_or_else(|e| e.into_inner()).kernel.carried_flows = pipeline.carried_flows;
     let mut drain = interval(DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sweep = interval(config.agent.sweep_interval.0);
@@ -133,7 +171,6 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     reload.tick().await; // the first tick is immediate; the files were just loaded
     info!(classes = config.classes.len(), host = %host, "agent running; stop with SIGINT or SIGTERM");
 
-    let mut out: Vec<Output> = Vec::new();
     let mut classes_to_write = None;
     let mut last_kernel = probe::KernelStats::default();
     let result: anyhow::Result<()> = async {
@@ -166,25 +203,33 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     }
                     let started = Instant::now();
                     pipeline.sweep(&mut probe.flows, &mut out);
+                    let stale = pipeline.take_stale();
+                    if let Err(e) = probe.reported.remove(&stale) {
+                        warn!(error = %e, "removing stale entries of the kernel's record of reported flows failed");
+                    }
                     debug!(flows = pipeline.table().len(), took = ?started.elapsed(), "sweep");
                     // Records first: a failing counter read must not cost them, and the status
                     // below then counts what the sinks and the store were just handed.
                     deliver(&mut pipeline, &sinks, &mut out).await;
+                    if let Err(e) = probe.heartbeat() {
+                        pipeline.kernel_read_failed();
+                        warn!(error = %format!("{e:#}"), "writing the heartbeat failed; retrying at the next sweep");
+                    }
                     let kernel = match probe.stats.read() {
                         Ok(k) => {
-                            last_kernel = k;
+                            last_kernel = k.clone();
                             k
                         }
                         Err(e) => {
                             pipeline.kernel_read_failed();
                             warn!(error = %format!("{e:#}"), "reading the kernel counters failed; retrying at the next sweep");
-                            last_kernel
+                            last_kernel.clone()
                         }
                     };
-                    pipeline.check_losses(kernel, &mut out);
+                    pipeline.check_losses(&kernel, &mut out);
                     deliver(&mut pipeline, &sinks, &mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                    pipeline.fill_status(&mut s, kernel);
+                    pipeline.fill_status(&mut s, &kernel);
                     sinks.fill_status(&mut s);
                     store_counters.fill_status(&mut s);
                     s.export = export.iter().map(|(st, _)| st.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
@@ -205,7 +250,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         deliver(&mut pipeline, &sinks, &mut out).await;
         pipeline.final_alert_updates(&mut out);
         // Read after the final sweep, so the last loss record counts everything.
-        pipeline.check_losses(probe.stats.read().unwrap_or(last_kernel), &mut out);
+        pipeline.check_losses(&probe.stats.read().unwrap_or(last_kernel), &mut out);
         deliver(&mut pipeline, &sinks, &mut out).await;
         Ok(())
     }
@@ -216,8 +261,12 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     for (_, task) in export {
         let _ = task.await;
     }
-    let detached = probe.detach();
-    info!(programs = detached, "detached");
+    let _ = probe.heartbeat();
+    info!(
+        set = %probe.set_dir().display(),
+        "the kernel programs stay attached and counting; the next agent adopts them (`egress-monitor detach` removes them)"
+    );
+    drop(probe);
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
@@ -244,5 +293,26 @@ async fn deliver(pipeline: &mut Pipeline, sinks: &Sinks, out: &mut Vec<Output>) 
             return;
         }
         pipeline.emit_more(out);
+    }
+}
+
+/// The kernel's record of what was reported follows what the store committed: the last mark of
+/// each flow in a batch wins (a flow that ended is forgotten).
+impl CommittedMarks for ReportedMap {
+    fn committed(&mut self, marks: &[KernelMark]) -> std::io::Result<()> {
+        let mut last: HashMap<FlowKey, Option<Reported>> = HashMap::with_capacity(marks.len());
+        for m in marks {
+            last.insert(m.key, m.reported);
+        }
+        let mut write = Vec::new();
+        let mut forget = Vec::new();
+        for (key, r) in last {
+            match r {
+                Some(r) => write.push((key, r)),
+                None => forget.push(key),
+            }
+        }
+        self.update(&write)?;
+        self.remove(&forget)
     }
 }

@@ -32,6 +32,17 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         ("uptime", humantime::format_duration(Duration::from_secs(s.uptime_seconds)).to_string()),
         ("cgroup root", s.cgroup_root.clone()),
         ("programs", format!("{} attached ({})", programs.len(), programs.join(", "))),
+        ("attached since", {
+            let k = &s.kernel;
+            let away = match k.agent_away_seconds {
+                Some(a) => format!(
+                    "; agent was away {}",
+                    humantime::format_duration(Duration::from_millis((a.max(0.0) * 1000.0) as u64))
+                ),
+                None => String::new(),
+            };
+            format!("{} ({} at start{away}; pinned at {})", k.attached_since, k.start, k.pinned_at)
+        }),
         ("flows tracked", s.flows_tracked.to_string()),
         (
             "events",

@@ -78,11 +78,14 @@ impl Config {
             .collect()
     }
 
-    pub fn probe_options(&self) -> ProbeOptions {
+    /// Options of the kernel side, for the cgroup v2 root at `cgroup_root`.
+    pub fn probe_options(&self, cgroup_root: &std::path::Path) -> ProbeOptions {
         ProbeOptions {
             max_flows: self.agent.max_flows(),
             ring_buffer_size: self.agent.ring_buffer_size.0,
             kernel_log: false,
+            pin_dir: self.agent.pin_dir.clone(),
+            cgroup_root: cgroup_root.to_owned(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_common::{FlowKey, FlowValue, ProcessInfo, SOCK_HAS_PROCESS, SockEvent};
+use monitor_common::{FlowKey, FlowValue, ProcessInfo, Reported, SOCK_HAS_PROCESS, SockEvent};
 
 use crate::probe::KernelEvent;
 pub use crate::record::FlowState;
@@ -52,6 +52,9 @@ pub struct Flow {
     last_emit: Instant,
     closed_at: Option<Instant>,
     seen_sweep: u64,
+    /// Carried over from a replaced program set: its kernel entry is in the old map, which is
+    /// read no more; the same key in the current map continues it.
+    carried: bool,
 }
 
 /// What the table hands on: a flow and the stage it reached.
@@ -63,6 +66,9 @@ pub struct FlowUpdate {
     /// Bytes and packets since this flow's previous update (all of them for a new flow).
     pub delta_bytes: u64,
     pub delta_packets: u64,
+    /// The kernel entry's counters as of this update, for the kernel's record of what was
+    /// reported (None once the flow ended: forget it).
+    pub mark: Option<Reported>,
 }
 
 /// Things the agent noticed that mean data was lost or could be wrong.
@@ -81,6 +87,12 @@ pub struct TableCounters {
 pub struct FlowTable {
     settings: TableSettings,
     flows: HashMap<FlowKey, Flow>,
+    /// What a previous agent reported of the flows in the adopted kernel map, by key, until
+    /// the first sweep has matched them.
+    adopted: HashMap<FlowKey, Reported>,
+    /// Adopted entries whose flow is gone (ended just before the previous agent stopped), for
+    /// the caller to remove from the kernel's record.
+    stale: Vec<FlowKey>,
     /// Process per socket cookie from connect events, for flows whose entry lacks it.
     processes: HashMap<u64, ProcessInfo>,
     /// Sockets closed recently (by cookie): the sweep marks their flows closed.
@@ -97,6 +109,8 @@ impl FlowTable {
         Self {
             settings,
             flows: HashMap::new(),
+            adopted: HashMap::new(),
+            stale: Vec::new(),
             processes: HashMap::new(),
             closed: HashMap::new(),
             sweep: 0,
@@ -148,7 +162,10 @@ impl FlowTable {
                 // A new incarnation of the entry: the old one was evicted (or ended and a late
                 // packet re-created it before we forgot the flow). Continue from its totals.
                 if v.first_seen_ns > f.entry_id {
-                    self.counters.flows_evicted += 1;
+                    if !f.carried {
+                        self.counters.flows_evicted += 1;
+                    }
+                    f.carried = false;
                     f.entry_id = v.first_seen_ns;
                     f.entry_packets = 0;
                     f.entry_bytes = 0;
@@ -177,6 +194,8 @@ impl FlowTable {
         } else {
             self.processes.get(&v.cookie).copied()
         };
+        // What a previous agent already reported of this very entry is not reported again.
+        let before = self.adopted.remove(key).filter(|r| r.entry_id == v.first_seen_ns);
         let flow = Flow {
             first_seen_ns: v.first_seen_ns,
             last_seen_ns: v.last_seen_ns,
@@ -197,16 +216,73 @@ impl FlowTable {
             last_emit: now,
             closed_at: if v.closed != 0 { Some(now) } else { self.closed.get(&v.cookie).copied() },
             seen_sweep: sweep,
+            carried: false,
         };
-        out.push(FlowUpdate {
-            key: *key,
-            flow: flow.clone(),
-            state: FlowState::New,
-            delta_bytes: flow.bytes,
-            delta_packets: flow.packets,
-        });
-        self.flows.insert(*key, flow);
+        match before {
+            None => {
+                out.push(FlowUpdate {
+                    key: *key,
+                    flow: flow.clone(),
+                    state: FlowState::New,
+                    delta_bytes: flow.bytes,
+                    delta_packets: flow.packets,
+                    mark: Some(flow.reported()),
+                });
+                self.flows.insert(*key, flow);
+            }
+            Some(r) => {
+                let mut flow = flow;
+                flow.emitted_packets = r.packets.min(v.packets);
+                flow.emitted_bytes = r.bytes.min(v.bytes);
+                if flow.packets != flow.emitted_packets {
+                    out.push(flow.update(key, FlowState::Active, now));
+                }
+                self.flows.insert(*key, flow);
+            }
+        }
         false
+    }
+
+    /// Starts from an adopted kernel map: `reported` is what the previous agent reported of
+    /// each of its entries. The next sweep reports only the rest, and forgets entries whose
+    /// flow is gone.
+    pub fn adopt(&mut self, reported: Vec<(FlowKey, Reported)>) {
+        self.adopted = reported.into_iter().collect();
+    }
+
+    /// Reports what the flow map of a replaced program set counted that no agent reported, and
+    /// keeps its flows: the same key in the current map continues them. `reported` is that
+    /// set's record of what was reported. Returns the number of flows carried over.
+    pub fn carry_over(
+        &mut self,
+        map: &mut dyn KernelFlows,
+        reported: Vec<(FlowKey, Reported)>,
+        now: Instant,
+        out: &mut Vec<FlowUpdate>,
+    ) -> std::io::Result<u64> {
+        let adopted = std::mem::replace(&mut self.adopted, reported.into_iter().collect());
+        let mut keys = Vec::new();
+        let result = map.for_each(&mut |k, v| {
+            self.observe(k, v, now, out);
+            keys.push(*k);
+        });
+        self.adopted = adopted;
+        result?;
+        for key in &keys {
+            if let Some(f) = self.flows.get_mut(key) {
+                f.carried = true;
+                f.entry_id = 0;
+                f.entry_packets = 0;
+                f.entry_bytes = 0;
+            }
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Adopted entries whose flow was gone at the first sweep: remove them from the kernel's
+    /// record of what was reported.
+    pub fn take_stale(&mut self) -> Vec<FlowKey> {
+        std::mem::take(&mut self.stale)
     }
 
     /// Corrects the class of known flows after the class maps changed: a socket is classified
@@ -241,6 +317,8 @@ impl FlowTable {
             }
         })?;
         self.counters.found_by_sweep += found_by_sweep;
+        // Entries the previous agent reported whose flow it ended just before it stopped.
+        self.stale.extend(self.adopted.drain().map(|(key, _)| key));
 
         let s = self.settings;
         let sweep = self.sweep;
@@ -251,8 +329,8 @@ impl FlowTable {
                 f.closed_at = closed.get(&f.cookie).copied();
             }
             let quiet_ns = now_ns.saturating_sub(f.last_seen_ns);
-            if f.seen_sweep != sweep {
-                // Gone from the kernel map without us removing it: evicted by the LRU.
+            if f.seen_sweep != sweep && !f.carried {
+                // Gone from the kernel map without the agent removing it.
                 self.counters.flows_evicted += 1;
                 ended.push(*key);
             } else if quiet_ns >= s.idle_timeout.as_nanos() as u64 {
@@ -310,7 +388,13 @@ impl Flow {
             self.packets.saturating_sub(self.emitted_packets),
         );
         self.mark_emitted(now);
-        FlowUpdate { key: *key, flow: self.clone(), state, delta_bytes, delta_packets }
+        let mark = (state != FlowState::Ended).then(|| self.reported());
+        FlowUpdate { key: *key, flow: self.clone(), state, delta_bytes, delta_packets, mark }
+    }
+
+    /// The kernel entry's counters as of the latest report.
+    fn reported(&self) -> Reported {
+        Reported { entry_id: self.entry_id, packets: self.entry_packets, bytes: self.entry_bytes }
     }
 
     fn mark_emitted(&mut self, now: Instant) {

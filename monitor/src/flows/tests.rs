@@ -241,3 +241,60 @@ fn flow_marked_closed_in_the_kernel_ends_after_the_grace_period() {
     assert_eq!(states(&out), vec![(443, FlowState::Ended, 4, 352)]);
     assert_eq!(t.counters.close_events, 0);
 }
+
+#[test]
+fn an_adopted_map_is_reported_minus_what_the_previous_agent_reported() {
+    let mut t = FlowTable::new(settings());
+    let now = Instant::now();
+    let mut map = FakeMap::default();
+    // Reported up to 3 packets / 300 bytes; 5 / 500 counted since. Another flow opened while
+    // no agent ran; a third was reported for an entry that no longer exists (stale).
+    map.0.insert(key(443), value(8, 800, SEC, 2 * SEC));
+    map.0.insert(key(80), value(2, 120, 3 * SEC, 3 * SEC));
+    t.adopt(vec![
+        (key(443), Reported { entry_id: SEC, packets: 3, bytes: 300 }),
+        (key(22), Reported { entry_id: SEC, packets: 1, bytes: 60 }),
+    ]);
+    let mut out = Vec::new();
+    t.sweep(&mut map, now, 3 * SEC, &mut out).unwrap();
+    let mut got: Vec<_> =
+        out.iter().map(|u| (u.key.dport, u.state, u.delta_packets, u.delta_bytes, u.mark)).collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(
+        got,
+        vec![
+            (80, FlowState::New, 2, 120, Some(Reported { entry_id: 3 * SEC, packets: 2, bytes: 120 })),
+            (443, FlowState::Active, 5, 500, Some(Reported { entry_id: SEC, packets: 8, bytes: 800 })),
+        ]
+    );
+    assert_eq!(t.take_stale(), vec![key(22)]);
+    assert_eq!(t.counters.flows_evicted, 0);
+}
+
+#[test]
+fn a_replaced_sets_flows_are_carried_over_and_continued_by_the_new_map() {
+    let mut t = FlowTable::new(settings());
+    let now = Instant::now();
+    let mut old = FakeMap::default();
+    old.0.insert(key(443), value(10, 1000, SEC, 2 * SEC));
+    let carried = t
+        .carry_over(
+            &mut old,
+            vec![(key(443), Reported { entry_id: SEC, packets: 4, bytes: 400 })],
+            now,
+            &mut Vec::new(),
+        )
+        .unwrap();
+    assert_eq!(carried, 1);
+    // The new map: the same connection goes on (a new entry), and nothing is counted as lost.
+    let mut new = FakeMap::default();
+    new.0.insert(key(443), value(3, 300, 5 * SEC, 5 * SEC));
+    let mut out = Vec::new();
+    t.flush_all(now, &mut out);
+    t.sweep(&mut new, now, 5 * SEC, &mut out).unwrap();
+    t.flush_all(now, &mut out);
+    let total: u64 = out.iter().map(|u| u.delta_bytes).sum();
+    assert_eq!(total, 300, "{:?}", states(&out));
+    assert_eq!(t.counters.flows_evicted, 0);
+    assert_eq!(out.last().map(|u| u.flow.bytes), Some(1300));
+}

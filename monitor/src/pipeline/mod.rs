@@ -20,8 +20,8 @@ use crate::{
     flows::{FlowTable, FlowUpdate, KernelFlows, TableCounters},
     metrics::{ClassSeverity, ClassVerdict, Metrics},
     policy::Policy,
-    probe::{KernelEvent, KernelStats},
-    record::{FlowState, LossRecord, Output, Timestamp, VerdictKind},
+    probe::{KernelEvent, KernelStats, Retired},
+    record::{FlowState, LossRecord, Output, OverflowCount, Timestamp, VerdictKind},
     status::{self, Status},
 };
 
@@ -40,6 +40,10 @@ pub struct Pipeline {
     /// Failed reads of the kernel maps (retried), and sweeps failed in a row.
     kernel_read_errors: u64,
     failing_sweeps: u64,
+    /// Final counters of the program sets replaced at start, added to the current set's.
+    kernel_base: KernelStats,
+    /// Flows carried over from replaced program sets.
+    pub carried_flows: u64,
 }
 
 impl Pipeline {
@@ -64,7 +68,34 @@ impl Pipeline {
             updates: Vec::new(),
             kernel_read_errors: 0,
             failing_sweeps: 0,
+            kernel_base: KernelStats::default(),
+            carried_flows: 0,
         }
+    }
+
+    /// Starts from an adopted kernel flow map: `reported` is what the previous agent reported
+    /// of its flows (see [`FlowTable::adopt`]).
+    pub fn adopt(&mut self, reported: Vec<(monitor_common::FlowKey, monitor_common::Reported)>) {
+        self.table.adopt(reported);
+    }
+
+    /// Reports what a replaced program set counted that no agent reported: the events left in
+    /// its ring buffer, then every flow in its map (see [`FlowTable::carry_over`]); its final
+    /// failure and overflow counters are added to the current set's from now on.
+    pub fn carry_over(&mut self, retired: &mut Retired, out: &mut Vec<Output>) -> anyhow::Result<()> {
+        let (batch, malformed) = retired.drain_events();
+        self.on_events(batch, malformed, out);
+        let reported = retired.reported.collect()?;
+        let now = Instant::now();
+        self.carried_flows += self.table.carry_over(&mut retired.flows, reported, now, &mut self.updates)?;
+        self.kernel_base.add(&retired.stats.read()?);
+        self.emit(out);
+        Ok(())
+    }
+
+    /// Adopted entries of the kernel's record of what was reported whose flow is gone.
+    pub fn take_stale(&mut self) -> Vec<monitor_common::FlowKey> {
+        self.table.take_stale()
     }
 
     pub fn host(&self) -> &Arc<str> {
@@ -128,8 +159,34 @@ impl Pipeline {
     }
 
     /// A loss record when a loss counter grew since the last call.
-    pub fn check_losses(&mut self, kernel: KernelStats, out: &mut Vec<Output>) {
-        if let Some(loss) = self.losses.check(kernel, self.table.counters, &self.records.host) {
+    pub fn check_losses(&mut self, kernel: &KernelStats, out: &mut Vec<Output>) {
+        let mut kernel = kernel.clone();
+        kernel.add(&self.kernel_base);
+        if let Some(mut loss) = self.losses.check(kernel, self.table.counters, &self.records.host) {
+            let k = &self.losses.last;
+            let records = &mut self.records;
+            loss.overflow_by_class = k
+                .overflow_by_class
+                .iter()
+                .map(|(class, o)| OverflowCount {
+                    class: records.class_name(*class),
+                    cgroup: None,
+                    cgroup_id: None,
+                    packets: o.packets,
+                    bytes: o.bytes,
+                })
+                .collect();
+            loss.overflow_by_cgroup = k
+                .overflow_by_cgroup
+                .iter()
+                .map(|(id, o)| OverflowCount {
+                    class: records.class_name(o.class_id),
+                    cgroup: records.cgroup_path(*id),
+                    cgroup_id: Some(*id),
+                    packets: o.packets,
+                    bytes: o.bytes,
+                })
+                .collect();
             out.push(Output::Loss(loss));
         }
     }
@@ -195,7 +252,9 @@ impl Pipeline {
     }
 
     /// Brings this road's part of the status document up to date.
-    pub fn fill_status(&self, s: &mut Status, kernel: KernelStats) {
+    pub fn fill_status(&self, s: &mut Status, kernel: &KernelStats) {
+        let mut kernel = kernel.clone();
+        kernel.add(&self.kernel_base);
         let c = self.table.counters;
         let e = self.enricher.counters;
         s.flows_tracked = self.table.len() as u64;
@@ -210,6 +269,9 @@ impl Pipeline {
         s.losses.sock_storage_failed = kernel.sock_storage_failed;
         s.losses.unparsed_packets = kernel.unparsed_packets;
         s.losses.flows_evicted = c.flows_evicted;
+        let overflow = kernel.overflow_total();
+        s.losses.overflow_packets = overflow.packets;
+        s.losses.overflow_bytes = overflow.bytes;
         s.losses.kernel_read_errors = self.kernel_read_errors;
         s.alerts = status::AlertCounts {
             raised: self.alerts.counters.raised,
@@ -283,16 +345,18 @@ impl LossReporter {
         if k == self.last && t.flows_evicted == self.last_evicted {
             return None;
         }
+        let k = &k;
         warn!(
             ringbuf_drops = k.ringbuf_drops - self.last.ringbuf_drops,
             flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
             sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
             unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
             flows_evicted = t.flows_evicted - self.last_evicted,
+            overflow_bytes = k.overflow_total().bytes - self.last.overflow_total().bytes,
             "losses since the last report (ring-buffer drops are recovered by the sweep; \
-             evictions mean agent.max_flows is too small)"
+             overflow and evictions mean agent.max_flows is too small)"
         );
-        self.last = k;
+        self.last = k.clone();
         self.last_evicted = t.flows_evicted;
         Some(LossRecord {
             kind: "loss",
@@ -303,6 +367,10 @@ impl LossReporter {
             sock_storage_failed: k.sock_storage_failed,
             unparsed_packets: k.unparsed_packets,
             flows_evicted: t.flows_evicted,
+            overflow_packets: k.overflow_total().packets,
+            overflow_bytes: k.overflow_total().bytes,
+            overflow_by_class: Vec::new(),
+            overflow_by_cgroup: Vec::new(),
         })
     }
 }

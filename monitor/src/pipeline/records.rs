@@ -14,8 +14,8 @@ use crate::{
     cgroup::CgroupNames,
     flows::FlowUpdate,
     record::{
-        Destination, DestinationRecord, Direction, Endpoint, FlowRecord, Process, Protocol, Timestamp,
-        VerdictKind,
+        Destination, DestinationRecord, Direction, Endpoint, FlowRecord, KernelMark, Process, Protocol,
+        Timestamp, VerdictKind,
     },
 };
 
@@ -99,6 +99,7 @@ impl RecordContext {
             last_seen: clock.wall(f.last_seen_ns),
             delta_bytes: u.delta_bytes,
             delta_packets: u.delta_packets,
+            kernel_mark: Some(KernelMark { key: u.key, reported: u.mark }),
         }
     }
 }

@@ -205,7 +205,7 @@ fn a_failing_map_read_is_counted_and_retried_not_fatal() {
     p.sweep(&mut map, &mut out);
     assert!(out.is_empty(), "nothing read yet: {out:?}");
     let mut s = Status::default();
-    p.fill_status(&mut s, KernelStats::default());
+    p.fill_status(&mut s, &KernelStats::default());
     assert_eq!(s.losses.kernel_read_errors, 2);
     // The read works again: the flow counted meanwhile is reported, with everything.
     map.failing = false;
@@ -218,11 +218,11 @@ fn a_failing_map_read_is_counted_and_retried_not_fatal() {
 fn a_grown_loss_counter_becomes_one_loss_record() {
     let (_d, mut p) = pipeline();
     let mut out = Vec::new();
-    p.check_losses(KernelStats::default(), &mut out);
+    p.check_losses(&KernelStats::default(), &mut out);
     assert!(out.is_empty(), "nothing lost yet");
     let k = KernelStats { ringbuf_drops: 3, ..Default::default() };
-    p.check_losses(k, &mut out);
-    p.check_losses(k, &mut out);
+    p.check_losses(&k, &mut out);
+    p.check_losses(&k, &mut out);
     assert_eq!(out.len(), 1, "reported once: {out:?}");
     let Output::Loss(l) = &out[0] else { panic!() };
     assert_eq!((l.ringbuf_drops, &*l.host), (3, "h1"));

@@ -1,20 +1,33 @@
-//! Loading, attaching and detaching the kernel programs, and handles on their maps. This is the
+//! Loading, attaching and adopting the kernel programs, and handles on their maps. This is the
 //! only module that touches aya: the rest of the agent sees flows, events and counters.
+//!
+//! The programs and maps outlive the agent: they are pinned under `agent.pin_dir` (see
+//! [`pins`]), so the kernel keeps counting whatever happens to the agent, and a starting agent
+//! adopts what it finds, or replaces an older set after switching counting over to its own.
 
-mod flow_map;
+mod batch;
+mod events;
+mod load;
+mod maps;
+pub mod pins;
 
-use std::{collections::HashMap as StdHashMap, fs::File, path::Path};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkbAttachType, Program},
+    programs::links::{FdLink, PinnedLink},
 };
-pub use flow_map::FlowMap;
-use monitor_common::{
-    CONFIG_GENERATION, EVENT_CONNECT, EVENT_NEW_FLOW, EVENT_SOCK_CLOSED, NewFlowEvent, SockEvent, stat,
-};
+pub use batch::{BatchMap, FlowMap, ReportedMap};
+pub use events::{DRAIN_INTERVAL, EventStream, KernelEvent, KernelLog, KernelLogStream, parse_event};
+use load::{attach_program, load, map_data};
+pub use maps::{ClassMaps, KernelStats, StatsMap};
+use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, FlowKey, FlowValue, Reported, agent_slot};
+use pins::SetDir;
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// The object built by monitor/build.rs from monitor-ebpf.
@@ -24,8 +37,13 @@ pub struct ProbeOptions {
     pub max_flows: u32,
     pub ring_buffer_size: u32,
     /// Turn the kernel programs' debug messages on (rare paths only: a socket that got no
-    /// storage, a flow that got no slot); they are logged with target `kernel`.
+    /// storage, a flow that got no slot); they are logged with target `kernel`. Only for a
+    /// program set this agent loads (an adopted set was loaded with them off).
     pub kernel_log: bool,
+    /// The bpffs directory the programs and maps are pinned under.
+    pub pin_dir: PathBuf,
+    /// The cgroup v2 root the programs attach to.
+    pub cgroup_root: PathBuf,
 }
 
 /// One program attached to the cgroup root.
@@ -56,113 +74,260 @@ pub const ROOT_PROGRAMS: &[(&str, &str)] = &[
 /// the root: the place for programs that may deny traffic. None yet.
 pub const CGROUP_PROGRAMS: &[(&str, &str)] = &[];
 
-/// The loaded programs and their maps. Dropping it (or calling [`Probe::detach`]) detaches
-/// every program: the attachments are bpf_links owned by this process, so they also go away
-/// when the process dies, even by SIGKILL.
-pub struct Probe {
-    ebpf: Ebpf,
-    attached: Vec<AttachedProgram>,
-    /// The cgroup v2 root the root programs are attached to.
-    root: Option<std::path::PathBuf>,
-    /// Programs of [`CGROUP_PROGRAMS`] and the cgroup each is attached to.
-    attached_to_cgroups: Vec<(std::path::PathBuf, AttachedProgram)>,
+/// How the agent found the kernel side when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// Nothing was pinned: the programs were loaded and attached now.
+    Fresh,
+    /// The pinned programs were this agent's own (same object, same map sizes): adopted.
+    Adopted,
+    /// Older programs were pinned (another build or other map sizes): counting was switched to
+    /// new programs and the old counters carried over.
+    Replaced,
+}
+
+impl StartKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StartKind::Fresh => "fresh",
+            StartKind::Adopted => "adopted",
+            StartKind::Replaced => "replaced",
+        }
+    }
+}
+
+/// What the agent found at start.
+#[derive(Debug, Clone, Copy)]
+pub struct StartInfo {
+    pub kind: StartKind,
+    /// When the counting program set was attached.
+    pub attached_since: SystemTime,
+    /// The previous agent's last heartbeat (None when no program set was pinned).
+    pub previous_heartbeat: Option<SystemTime>,
+}
+
+/// A program set being replaced: its maps, still open after its pins are gone, for the agent
+/// to report what it counted that no agent reported.
+pub struct Retired {
+    pub path: PathBuf,
     pub flows: FlowMap,
+    pub reported: ReportedMap,
+    events: RingBuf<MapData>,
+    pub stats: StatsMap,
+    heartbeat: Option<SystemTime>,
+}
+
+impl Retired {
+    /// Every event left in its ring buffer, with the number of malformed records.
+    pub fn drain_events(&mut self) -> (Vec<KernelEvent>, u64) {
+        events::drain(&mut self.events)
+    }
+}
+
+/// The counting program set and its maps.
+pub struct Probe {
+    set: SetDir,
+    /// The loaded object, when this agent loaded the set (None when it adopted one).
+    ebpf: Option<Ebpf>,
+    epoch: u32,
+    attached: Vec<AttachedProgram>,
+    root: PathBuf,
+    /// Programs of [`CGROUP_PROGRAMS`] and the cgroup each is attached to.
+    attached_to_cgroups: Vec<(PathBuf, AttachedProgram)>,
+    pub flows: FlowMap,
+    pub reported: ReportedMap,
     pub classes: ClassMaps,
     pub stats: StatsMap,
+    agent: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+    /// Older sets to replace once this one counts.
+    to_retire: Vec<(SetDir, Retired)>,
+    retired: Vec<Retired>,
+    start: StartInfo,
 }
 
-/// Kernel messages (aya-log) into the agent's log, with target `kernel`.
-pub struct KernelLog;
-
-impl log::Log for KernelLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        tracing::debug!(target: "kernel", "{}", record.args());
-    }
-
-    fn flush(&self) {}
+fn open_map(set: &SetDir, name: &str) -> anyhow::Result<MapData> {
+    let path = set.map(name);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
-/// The kernel programs' messages, registered with the tokio reactor.
-pub struct KernelLogStream {
-    fd: AsyncFd<aya_log::EbpfLogger<KernelLog>>,
+fn realtime_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-impl KernelLogStream {
-    /// Logs messages as they arrive, until the programs are unloaded.
-    pub async fn run(mut self) {
-        while let Ok(mut guard) = self.fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    }
+fn time_of(ns: u64) -> Option<SystemTime> {
+    (ns > 0).then(|| UNIX_EPOCH + Duration::from_nanos(ns))
 }
 
-impl Probe {
-    /// Loads the programs and creates the maps; nothing is attached yet.
-    pub fn load(opts: &ProbeOptions) -> anyhow::Result<Probe> {
-        // Off, the level check is a constant the verifier prunes: no cost on the packet path.
-        let level: u8 = if opts.kernel_log { aya_log::Level::Debug as u8 } else { 0 };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, false)
-            .map_max_entries("FLOWS", opts.max_flows)
-            .map_max_entries("EVENTS", opts.ring_buffer_size)
-            .load(OBJECT)
-            .context(
-                "loading the kernel programs (needs root or CAP_BPF + CAP_NET_ADMIN, and a kernel with BTF)",
-            )?;
-        let mut take =
-            |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
-        let flows = match take("FLOWS")? {
-            Map::LruHashMap(m) => FlowMap::new(m),
-            other => return Err(anyhow!("map FLOWS has unexpected type {other:?}")),
-        };
-        let classes = ClassMaps {
-            cgroups: HashMap::try_from(take("CGROUP_CLASSES")?)?,
-            uids: HashMap::try_from(take("UID_CLASSES")?)?,
-            config: Array::try_from(take("CONFIG")?)?,
-            generation: 0,
-        };
-        let stats = StatsMap { map: PerCpuArray::try_from(take("STATS")?)? };
-        let events = Some(RingBuf::try_from(take("EVENTS")?)?);
-        let kernel_log = if opts.kernel_log {
-            Some(
-                aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
-                    .context("reading kernel messages")?,
-            )
-        } else {
-            None
-        };
-        for (name, _) in ROOT_PROGRAMS.iter().chain(CGROUP_PROGRAMS) {
-            load_program(&mut ebpf, name).with_context(|| format!("loading program {name}"))?;
-        }
-        Ok(Probe {
-            ebpf,
-            attached: Vec::new(),
-            root: None,
-            attached_to_cgroups: Vec::new(),
-            flows,
-            classes,
-            stats,
-            events,
-            kernel_log,
+/// Maps of one set, opened from their pins or taken from a loaded object.
+struct SetMaps {
+    flows: FlowMap,
+    reported: ReportedMap,
+    stats: StatsMap,
+    agent: Array<MapData, u64>,
+    events: RingBuf<MapData>,
+}
+
+impl SetMaps {
+    fn new(mut take: impl FnMut(&str) -> anyhow::Result<MapData>) -> anyhow::Result<Self> {
+        Ok(SetMaps {
+            flows: BatchMap::new(checked::<FlowKey, FlowValue>("FLOWS", take("FLOWS")?)?),
+            reported: BatchMap::new(checked::<FlowKey, Reported>("REPORTED", take("REPORTED")?)?),
+            stats: StatsMap {
+                map: PerCpuArray::try_from(Map::PerCpuArray(take("STATS")?))?,
+                overflow_classes: BatchMap::new(take("OVERFLOW_CLASSES")?),
+                overflow_cgroups: BatchMap::new(take("OVERFLOW_CGROUPS")?),
+            },
+            agent: Array::try_from(Map::Array(take("AGENT")?))?,
+            events: RingBuf::try_from(Map::RingBuf(take("EVENTS")?))?,
         })
     }
 
-    /// Attaches every program to the cgroup v2 root. On error, whatever was attached is
-    /// detached again when the probe is dropped.
-    pub fn attach(&mut self, cgroup_root: &Path) -> anyhow::Result<()> {
-        let root = crate::cgroup::open_root(cgroup_root)?;
-        self.root = Some(cgroup_root.to_owned());
-        for (name, hook) in ROOT_PROGRAMS {
-            let id = attach_program(&mut self.ebpf, name, &root)
-                .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup_root.display()))?;
-            self.attached.push(AttachedProgram { name, hook, id });
+    fn slot(&self, slot: u32) -> Option<SystemTime> {
+        self.agent.get(&slot, 0).ok().and_then(time_of)
+    }
+}
+
+fn class_maps(
+    mut take: impl FnMut(&str) -> anyhow::Result<MapData>,
+    config: MapData,
+) -> anyhow::Result<ClassMaps> {
+    let config = Array::try_from(Map::Array(config))?;
+    let generation = config.get(&CONFIG_GENERATION, 0).unwrap_or(0);
+    Ok(ClassMaps {
+        cgroups: HashMap::try_from(Map::HashMap(take("CGROUP_CLASSES")?))?,
+        uids: HashMap::try_from(Map::HashMap(take("UID_CLASSES")?))?,
+        config,
+        generation,
+    })
+}
+
+/// Refuses a map whose key or value size is not this agent's (a layout it cannot read).
+fn checked<K, V>(name: &str, map: MapData) -> anyhow::Result<MapData> {
+    let info = map.info()?;
+    if info.key_size() as usize != size_of::<K>() || info.value_size() as usize != size_of::<V>() {
+        bail!(
+            "map {name} has {}-byte keys and {}-byte values; this agent reads {} and {}",
+            info.key_size(),
+            info.value_size(),
+            size_of::<K>(),
+            size_of::<V>()
+        );
+    }
+    Ok(map)
+}
+
+impl Probe {
+    /// Finds the program set pinned under `opts.pin_dir` that this agent would create and
+    /// adopts it, or loads a new one (not attached yet: see [`Probe::attach`]). Older sets are
+    /// opened to be replaced; one whose maps this agent cannot read stops the start.
+    pub fn open(opts: &ProbeOptions) -> anyhow::Result<Probe> {
+        pins::prepare_dir(&opts.pin_dir)?;
+        let digest = pins::set_digest(OBJECT, opts.max_flows, opts.ring_buffer_size, &opts.cgroup_root);
+        let set = SetDir::new(&opts.pin_dir, &digest);
+        let names: Vec<&str> = ROOT_PROGRAMS.iter().map(|(n, _)| *n).collect();
+        let adopt = set.is_complete(&names);
+        if !adopt && set.path.exists() {
+            // A start that failed half-way: that set never counted (it was never made active).
+            set.remove()?;
+        }
+        let mut to_retire = Vec::new();
+        for old in pins::other_sets(&opts.pin_dir, &set)? {
+            let maps = SetMaps::new(|n| open_map(&old, n)).with_context(|| {
+                format!(
+                    "the program set pinned at {} cannot be carried over; stopping rather than losing its counts \
+                     (`egress-monitor detach` removes it, and what it counted)",
+                    old.path.display()
+                )
+            })?;
+            let heartbeat = maps.slot(agent_slot::HEARTBEAT_NS);
+            let SetMaps { flows, reported, stats, events, .. } = maps;
+            to_retire
+                .push((old.clone(), Retired { path: old.path, flows, reported, events, stats, heartbeat }));
+        }
+        let config_pin = opts.pin_dir.join(pins::SHARED_CONFIG);
+        let (maps, classes, ebpf, epoch, kernel_log, kind) = if adopt {
+            let maps = SetMaps::new(|n| open_map(&set, n))?;
+            let config = MapData::from_pin(&config_pin)
+                .with_context(|| format!("opening pinned map {}", config_pin.display()))?;
+            let classes = class_maps(|n| open_map(&set, n), config)?;
+            let epoch = maps.agent.get(&agent_slot::EPOCH, 0)? as u32;
+            (maps, classes, None, epoch, None, StartKind::Adopted)
+        } else {
+            let active = match MapData::from_pin(&config_pin) {
+                Ok(m) => Array::<_, u32>::try_from(Map::Array(m))?.get(&CONFIG_ACTIVE_EPOCH, 0).unwrap_or(0),
+                Err(_) => 0,
+            };
+            let epoch = active.wrapping_add(1).max(1);
+            set.create()?;
+            let (mut ebpf, kernel_log) = load(opts, &set, &config_pin, epoch)?;
+            let mut take = |name: &str| {
+                ebpf.take_map(name).map(map_data).ok_or_else(|| anyhow!("map {name} missing from the object"))
+            };
+            let mut maps = SetMaps::new(&mut take)?;
+            let config = take("CONFIG")?;
+            let classes = class_maps(&mut take, config)?;
+            maps.agent.set(agent_slot::EPOCH, epoch as u64, 0)?;
+            let kind = if to_retire.is_empty() { StartKind::Fresh } else { StartKind::Replaced };
+            (maps, classes, Some(ebpf), epoch, kernel_log, kind)
+        };
+        let own_heartbeat = if adopt { maps.slot(agent_slot::HEARTBEAT_NS) } else { None };
+        let previous_heartbeat = to_retire.iter().filter_map(|(_, r)| r.heartbeat).chain(own_heartbeat).max();
+        let attached_since = if adopt { maps.slot(agent_slot::ATTACHED_NS) } else { None };
+        Ok(Probe {
+            set,
+            ebpf,
+            epoch,
+            attached: Vec::new(),
+            root: opts.cgroup_root.clone(),
+            attached_to_cgroups: Vec::new(),
+            flows: maps.flows,
+            reported: maps.reported,
+            classes,
+            stats: maps.stats,
+            agent: maps.agent,
+            events: Some(maps.events),
+            kernel_log,
+            to_retire,
+            retired: Vec::new(),
+            start: StartInfo {
+                kind,
+                attached_since: attached_since.unwrap_or_else(SystemTime::now),
+                previous_heartbeat,
+            },
+        })
+    }
+
+    /// Attaches the programs to the cgroup v2 root (an adopted set is attached already), pins
+    /// their links, and makes this set the one that counts; older sets are then unpinned (their
+    /// programs detach) and handed over by [`Probe::take_retired`]. Fill the class maps first,
+    /// so that the first packets counted are classified.
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        let root_path = self.root.clone();
+        if let Some(ebpf) = &mut self.ebpf {
+            let root = crate::cgroup::open_root(&root_path)?;
+            for (name, hook) in ROOT_PROGRAMS {
+                let id = attach_program(ebpf, name, &root, &self.set.link(name))
+                    .with_context(|| format!("attaching {name} ({hook}) to {}", root_path.display()))?;
+                self.attached.push(AttachedProgram { name, hook, id });
+            }
+            self.agent.set(agent_slot::ATTACHED_NS, realtime_ns(), 0)?;
+        } else {
+            for (name, hook) in ROOT_PROGRAMS {
+                let path = self.set.link(name);
+                let link = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening pinned link {}", path.display()))?;
+                let id = FdLink::from(link).info()?.program_id();
+                self.attached.push(AttachedProgram { name, hook, id });
+            }
+        }
+        // The handover: one write, after which the old sets count nothing and this one all.
+        self.classes.activate(self.epoch)?;
+        for (dir, retired) in std::mem::take(&mut self.to_retire) {
+            dir.remove()?;
+            tracing::info!(set = %dir.path.display(), "replaced the older program set; carrying its counters over");
+            self.retired.push(retired);
         }
         Ok(())
     }
@@ -171,26 +336,54 @@ impl Probe {
         &self.attached
     }
 
+    pub fn start_info(&self) -> StartInfo {
+        self.start
+    }
+
+    /// The pinned set's directory.
+    pub fn set_dir(&self) -> &Path {
+        &self.set.path
+    }
+
+    /// Another handle on the kernel's record of what was reported (for the store's writer).
+    pub fn reported_handle(&self) -> anyhow::Result<ReportedMap> {
+        Ok(BatchMap::new(open_map(&self.set, "REPORTED")?))
+    }
+
+    /// The older program sets replaced at start, to be drained once.
+    pub fn take_retired(&mut self) -> Vec<Retired> {
+        std::mem::take(&mut self.retired)
+    }
+
+    /// Records that the agent is alive now (the next agent learns how long it was away).
+    pub fn heartbeat(&mut self) -> anyhow::Result<()> {
+        self.agent.set(agent_slot::HEARTBEAT_NS, realtime_ns(), 0).context("writing the agent heartbeat")
+    }
+
     /// Attaches every program of [`CGROUP_PROGRAMS`] to one chosen cgroup. Refuses the cgroup
     /// v2 root: programs that may deny traffic never go there.
     pub fn attach_to_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
-        if self.root.as_deref().is_some_and(|r| r == cgroup) {
+        if self.root == cgroup {
             return Err(anyhow!(
                 "{}: refusing to attach per-cgroup programs to the cgroup v2 root",
                 cgroup.display()
             ));
         }
+        let Some(ebpf) = &mut self.ebpf else {
+            bail!("the program set was adopted, not loaded by this agent")
+        };
         let dir = crate::cgroup::open_root(cgroup)?;
         for (name, hook) in CGROUP_PROGRAMS {
-            let id = attach_program(&mut self.ebpf, name, &dir)
-                .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup.display()))?;
+            let id =
+                attach_program(ebpf, name, &dir, &self.set.path.join("links").join(format!("{name}@cgroup")))
+                    .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup.display()))?;
             self.attached_to_cgroups.push((cgroup.to_owned(), AttachedProgram { name, hook, id }));
         }
         Ok(())
     }
 
     /// Programs attached to chosen cgroups, with their cgroup.
-    pub fn attached_to_cgroups(&self) -> &[(std::path::PathBuf, AttachedProgram)] {
+    pub fn attached_to_cgroups(&self) -> &[(PathBuf, AttachedProgram)] {
         &self.attached_to_cgroups
     }
 
@@ -212,179 +405,5 @@ impl Probe {
             .map_err(|e| e.into_parts().1)
             .context("registering the kernel messages with the event loop")?;
         Ok(Some(KernelLogStream { fd }))
-    }
-
-    /// Detaches and unloads every program.
-    pub fn detach(self) -> usize {
-        let n = self.attached.len();
-        drop(self.ebpf);
-        n
-    }
-}
-
-fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-    match prog {
-        Program::CgroupSkb(p) => p.load()?,
-        Program::CgroupSockAddr(p) => p.load()?,
-        Program::CgroupSock(p) => p.load()?,
-        Program::SockOps(p) => p.load()?,
-        other => return Err(anyhow!("program {name} has unexpected type {:?}", other.prog_type())),
-    }
-    Ok(())
-}
-
-/// Attaches one program and returns its kernel program id. `Single` mode: on this kernel
-/// bpf_link attachments are multi-attach anyway, and ALLOW_MULTI is rejected for links.
-fn attach_program(ebpf: &mut Ebpf, name: &str, root: &File) -> anyhow::Result<u32> {
-    let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
-    let mode = CgroupAttachMode::Single;
-    let id = match prog {
-        Program::CgroupSkb(p) => {
-            p.attach(root, CgroupSkbAttachType::Egress, mode)?;
-            p.info()?.id()
-        }
-        Program::CgroupSockAddr(p) => {
-            p.attach(root, mode)?;
-            p.info()?.id()
-        }
-        Program::CgroupSock(p) => {
-            p.attach(root, mode)?;
-            p.info()?.id()
-        }
-        Program::SockOps(p) => {
-            p.attach(root, mode)?;
-            p.info()?.id()
-        }
-        _ => return Err(anyhow!("program {name} has an unexpected type")),
-    };
-    Ok(id)
-}
-
-/// The class maps the kernel classifies sockets with.
-pub struct ClassMaps {
-    cgroups: HashMap<MapData, u64, u32>,
-    uids: HashMap<MapData, u32, u32>,
-    config: Array<MapData, u32>,
-    generation: u32,
-}
-
-impl ClassMaps {
-    /// Makes the kernel maps equal to `cgroups` and `uids`, then bumps the generation so every
-    /// socket is classified again on its next packet.
-    pub fn replace(
-        &mut self,
-        cgroups: &StdHashMap<u64, u32>,
-        uids: &StdHashMap<u32, u32>,
-    ) -> anyhow::Result<()> {
-        let stale: Vec<u64> =
-            self.cgroups.keys().filter_map(Result::ok).filter(|k| !cgroups.contains_key(k)).collect();
-        for k in stale {
-            self.cgroups.remove(&k)?;
-        }
-        for (k, v) in cgroups {
-            self.cgroups.insert(k, v, 0).context("filling the cgroup class map")?;
-        }
-        let stale: Vec<u32> =
-            self.uids.keys().filter_map(Result::ok).filter(|k| !uids.contains_key(k)).collect();
-        for k in stale {
-            self.uids.remove(&k)?;
-        }
-        for (k, v) in uids {
-            self.uids.insert(k, v, 0).context("filling the uid class map")?;
-        }
-        self.generation = self.generation.wrapping_add(1).max(1);
-        self.config.set(CONFIG_GENERATION, self.generation, 0)?;
-        Ok(())
-    }
-}
-
-/// Totals of the kernel's per-CPU failure counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KernelStats {
-    pub ringbuf_drops: u64,
-    pub flow_insert_failed: u64,
-    pub sock_storage_failed: u64,
-    pub unparsed_packets: u64,
-}
-
-pub struct StatsMap {
-    map: PerCpuArray<MapData, u64>,
-}
-
-impl StatsMap {
-    pub fn read(&self) -> anyhow::Result<KernelStats> {
-        let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.map.get(&i, 0)?.iter().sum()) };
-        Ok(KernelStats {
-            ringbuf_drops: sum(stat::RINGBUF_DROPS)?,
-            flow_insert_failed: sum(stat::FLOW_INSERT_FAILED)?,
-            sock_storage_failed: sum(stat::SOCK_STORAGE_FAILED)?,
-            unparsed_packets: sum(stat::UNPARSED_PACKETS)?,
-        })
-    }
-}
-
-/// A record from the kernel's ring buffer.
-#[derive(Debug, Clone, Copy)]
-pub enum KernelEvent {
-    NewFlow(NewFlowEvent),
-    Connect(SockEvent),
-    SockClosed { cookie: u64 },
-}
-
-pub struct EventStream {
-    fd: AsyncFd<RingBuf<MapData>>,
-}
-
-/// How often the agent drains the ring buffer without being woken: the programs submit most
-/// events without a wakeup (waking costs the sender microseconds) and force one only when the
-/// ring fills up.
-pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-impl EventStream {
-    /// Waits until the kernel wakes the agent and returns every available event, with the
-    /// number of malformed records (which would mean the agent and the kernel object disagree).
-    pub async fn next_batch(&mut self) -> anyhow::Result<(Vec<KernelEvent>, u64)> {
-        let mut guard = self.fd.readable_mut().await?;
-        let batch = drain(guard.get_inner_mut());
-        guard.clear_ready();
-        Ok(batch)
-    }
-
-    /// Every event available now, without waiting.
-    pub fn drain(&mut self) -> (Vec<KernelEvent>, u64) {
-        drain(self.fd.get_mut())
-    }
-}
-
-fn drain(ring: &mut RingBuf<MapData>) -> (Vec<KernelEvent>, u64) {
-    let mut batch = Vec::new();
-    let mut malformed = 0;
-    while let Some(item) = ring.next() {
-        match parse_event(&item) {
-            Some(e) => batch.push(e),
-            None => malformed += 1,
-        }
-    }
-    (batch, malformed)
-}
-
-fn parse_event(bytes: &[u8]) -> Option<KernelEvent> {
-    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
-    // SAFETY: both event types are plain old data; the length is checked before reading.
-    unsafe {
-        match kind {
-            EVENT_NEW_FLOW if bytes.len() >= size_of::<NewFlowEvent>() => {
-                Some(KernelEvent::NewFlow(std::ptr::read_unaligned(bytes.as_ptr().cast())))
-            }
-            EVENT_CONNECT if bytes.len() >= size_of::<SockEvent>() => {
-                Some(KernelEvent::Connect(std::ptr::read_unaligned(bytes.as_ptr().cast())))
-            }
-            EVENT_SOCK_CLOSED if bytes.len() >= size_of::<SockEvent>() => {
-                let e: SockEvent = std::ptr::read_unaligned(bytes.as_ptr().cast());
-                Some(KernelEvent::SockClosed { cookie: e.cookie })
-            }
-            _ => None,
-        }
     }
 }

@@ -62,6 +62,18 @@ pub struct FlowRecord {
     pub delta_bytes: u64,
     #[serde(skip)]
     pub delta_packets: u64,
+    /// What the kernel's pinned record of reported flows must say once this record is stored.
+    #[serde(skip)]
+    pub kernel_mark: Option<KernelMark>,
+}
+
+/// The kernel's record of what was reported of one flow (see `monitor_common::Reported`):
+/// the store writes it after committing the record, so an agent that restarts after a crash
+/// reports to the store exactly what it had not stored. None: forget the flow (it ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelMark {
+    pub key: monitor_common::FlowKey,
+    pub reported: Option<monitor_common::Reported>,
 }
 
 /// Reported whenever a loss counter grows: nothing is dropped silently.
@@ -71,12 +83,34 @@ pub struct LossRecord {
     pub kind: &'static str,
     pub time: Timestamp,
     pub host: Arc<str>,
-    /// Totals since the agent started.
+    /// Totals since the kernel programs were attached (they outlive agent restarts), except
+    /// `flows_evicted`, since this agent started.
     pub ringbuf_drops: u64,
     pub flow_insert_failed: u64,
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
     pub flows_evicted: u64,
+    /// Packets and bytes the kernel could not give a flow of their own (its flow map was full):
+    /// they are in no flow record, only here.
+    pub overflow_packets: u64,
+    pub overflow_bytes: u64,
+    /// The same by class (null: unclassified) ...
+    pub overflow_by_class: Vec<OverflowCount>,
+    /// ... and by sending cgroup (may miss a cgroup when its own table is full; the class
+    /// totals never miss).
+    pub overflow_by_cgroup: Vec<OverflowCount>,
+}
+
+/// Overflowed packets and bytes of one class or one cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OverflowCount {
+    pub class: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup_id: Option<u64>,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[cfg(test)]
@@ -116,6 +150,7 @@ impl FlowRecord {
             last_seen: t,
             delta_bytes: 1000,
             delta_packets: 5,
+            kernel_mark: None,
         }
     }
 }

@@ -126,6 +126,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (exporter, bucket)
     ) WITHOUT ROWID;
     ",
+    // 4: loss records (totals at their time), with the overflow's packets and bytes.
+    "
+    CREATE TABLE losses (
+        time TEXT NOT NULL,
+        time_unix INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        overflow_packets INTEGER NOT NULL,
+        overflow_bytes INTEGER NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX losses_by_time ON losses (time_unix);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -22,7 +22,7 @@ pub use export::ExportReader;
 use rusqlite::{Connection, OpenFlags};
 pub use writer::StoreWriter;
 
-use crate::status::Status;
+use crate::{record::KernelMark, status::Status};
 
 /// File name of the store in the state directory.
 pub const FILE: &str = "store.sqlite";
@@ -112,12 +112,28 @@ pub struct Store {
     pub counters: Arc<StoreCounters>,
 }
 
+/// Told, after each commit, the kernel marks of the flow records just stored (see
+/// [`crate::record::KernelMark`]): the kernel's record of what was reported then follows what
+/// the store holds, so after a crash the store receives exactly what it lacks.
+pub trait CommittedMarks: Send {
+    fn committed(&mut self, marks: &[KernelMark]) -> std::io::Result<()>;
+}
+
 impl Store {
     pub fn start(dir: &Path, settings: StoreSettings) -> anyhow::Result<Store> {
+        Self::start_with_marks(dir, settings, None)
+    }
+
+    /// As [`Store::start`]; `marks` is told about every flow record once it is committed.
+    pub fn start_with_marks(
+        dir: &Path,
+        settings: StoreSettings,
+        marks: Option<Box<dyn CommittedMarks>>,
+    ) -> anyhow::Result<Store> {
         let conn = open_for_writing(dir)?;
         let counters = Arc::new(StoreCounters::default());
         let reader = StoreReader::new(dir, settings.bucket);
-        let writer = StoreWriter::start(conn, settings, counters.clone())?;
+        let writer = StoreWriter::start(conn, settings, counters.clone(), marks)?;
         Ok(Store { writer, reader, counters })
     }
 }

@@ -14,9 +14,9 @@ use std::{
 use rusqlite::{Connection, Transaction, params, params_from_iter, types::Value as SqlValue};
 use tracing::{error, warn};
 
-use super::{StoreCounters, StoreSettings};
+use super::{CommittedMarks, StoreCounters, StoreSettings};
 use crate::record::{
-    Alert, AlertUpdate, FlowRecord, FlowState, Output,
+    Alert, AlertUpdate, FlowRecord, FlowState, KernelMark, LossRecord, Output,
     fields::{self, Field, Value},
 };
 
@@ -38,20 +38,18 @@ impl StoreWriter {
         conn: Connection,
         settings: StoreSettings,
         counters: Arc<StoreCounters>,
+        marks: Option<Box<dyn CommittedMarks>>,
     ) -> anyhow::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let c = counters.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || Writer { conn, settings, counters: c }.run(rx))?;
+            .spawn(move || Writer { conn, settings, counters: c, marks, pending: Vec::new() }.run(rx))?;
         Ok(StoreWriter { tx: Some(tx), thread: Some(thread), counters })
     }
 
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn write(&self, output: &Arc<Output>) {
-        if matches!(**output, Output::Loss(_)) {
-            return;
-        }
         if let Some(tx) = &self.tx {
             match tx.try_send(output.clone()) {
                 Ok(()) => {}
@@ -82,6 +80,8 @@ struct Writer {
     conn: Connection,
     settings: StoreSettings,
     counters: Arc<StoreCounters>,
+    marks: Option<Box<dyn CommittedMarks>>,
+    pending: Vec<KernelMark>,
 }
 
 impl Writer {
@@ -144,13 +144,41 @@ impl Writer {
                 Output::Flow(r) => write_flow(&tx, r, bucket_secs, sent_before)?,
                 Output::Alert(a) => write_alert(&tx, a)?,
                 Output::AlertUpdate(u) => write_update(&tx, u)?,
-                Output::Loss(_) => 0,
+                Output::Loss(l) => write_loss(&tx, l)?,
             };
         }
         tx.commit()?;
         self.counters.rows_written.fetch_add(rows, Ordering::Relaxed);
+        if let Some(marks) = &mut self.marks {
+            self.pending.clear();
+            self.pending.extend(batch.iter().filter_map(|o| match &**o {
+                Output::Flow(r) => r.kernel_mark,
+                _ => None,
+            }));
+            if let Err(e) = marks.committed(&self.pending) {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "cannot update the kernel's record of stored flows: after a crash, their last counts may be stored twice");
+            }
+        }
         Ok(())
     }
+}
+
+/// A loss record: its totals as JSON, the overflow in columns.
+fn write_loss(tx: &Transaction<'_>, l: &LossRecord) -> rusqlite::Result<u64> {
+    let json = serde_json::to_string(l).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    tx.execute(
+        "INSERT INTO losses (time, time_unix, host, overflow_packets, overflow_bytes, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            l.time.rfc3339(),
+            l.time.0.timestamp(),
+            &*l.host,
+            l.overflow_packets as i64,
+            l.overflow_bytes as i64,
+            json
+        ],
+    )?;
+    Ok(1)
 }
 
 /// A field's value as SQLite stores it.
@@ -234,5 +262,6 @@ fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<u64> {
     let cutoff = chrono::Utc::now().timestamp() - retention.as_secs() as i64;
     let flows = conn.execute("DELETE FROM flows WHERE bucket < ?1", [cutoff])?;
     let alerts = conn.execute("DELETE FROM alerts WHERE time_unix < ?1", [cutoff])?;
-    Ok((flows + alerts) as u64)
+    let losses = conn.execute("DELETE FROM losses WHERE time_unix < ?1", [cutoff])?;
+    Ok((flows + alerts + losses) as u64)
 }

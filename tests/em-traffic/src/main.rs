@@ -3,7 +3,9 @@
 //! the test can compare the agent's records with the facts.
 //!
 //!   em-traffic tcp-serve  LISTEN_ADDR REPLY_BYTES CONNECTIONS
-//!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork]
+//!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork] [--pace MS]
+//!                         (--pace: write 64 KiB, sleep MS, and so on; a "connected" line with
+//!                         the local address comes first)
 //!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
@@ -30,10 +32,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("tcp-serve") => tcp_serve(addr, num(2, 0), num(3, 1)),
         Some("tcp-send") => {
+            let pace = args.iter().position(|a| a == "--pace").map(|i| num(i + 1, 0) as u64);
             if flag("--fork") {
-                fork_then(|| tcp_send(addr, num(2, 0), num(3, 1)))
+                fork_then(|| tcp_send(addr, num(2, 0), num(3, 1), pace))
             } else {
-                tcp_send(addr, num(2, 0), num(3, 1))
+                tcp_send(addr, num(2, 0), num(3, 1), pace)
             }
         }
         Some("udp-serve") => udp_serve(addr, num(2, 0), num(3, 1)),
@@ -103,13 +106,27 @@ fn tcp_serve(addr: SocketAddr, reply: usize, connections: usize) {
 
 /// Opens CONNECTIONS connections one after the other; each sends BYTES, half-closes, reads the
 /// reply to EOF and closes.
-fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize) {
+fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<u64>) {
     let mut locals = Vec::new();
     for _ in 0..connections {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).unwrap();
-        locals.push(serde_json::Value::from(s.local_addr().unwrap().to_string()));
-        s.write_all(&vec![b's'; bytes]).expect("write");
+        let local = s.local_addr().unwrap().to_string();
+        locals.push(serde_json::Value::from(local.clone()));
+        match pace_ms {
+            None => s.write_all(&vec![b's'; bytes]).expect("write"),
+            Some(ms) => {
+                report(&[("event", "connected".into()), ("local", local.into())]);
+                let chunk = vec![b's'; 65536];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    s.write_all(&chunk[..n]).expect("write");
+                    left -= n;
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            }
+        }
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut reply = Vec::new();
         s.read_to_end(&mut reply).expect("read");

@@ -168,6 +168,8 @@ pub struct Agent {
     proc: Proc,
     pub dir: tempfile::TempDir,
     client: reqwest::blocking::Client,
+    bin: std::path::PathBuf,
+    config: std::path::PathBuf,
 }
 
 impl Agent {
@@ -178,6 +180,7 @@ impl Agent {
             r#"[agent]
 host = "bench"
 state_dir = "{d}/state"
+pin_dir = "/sys/fs/bpf/em-bench-{pid}"
 sweep_interval = "1s"
 flush_interval = "10s"
 idle_timeout = "300s"
@@ -197,6 +200,7 @@ approved = ["US"]
 "#,
             db = country_db.display(),
             rel = world.rel,
+            pid = std::process::id(),
         );
         std::fs::write(dir.path().join("egress-monitor.toml"), config)?;
         let log = File::create(dir.path().join("agent.log"))?;
@@ -213,7 +217,7 @@ approved = ["US"]
             .unix_socket(dir.path().join("api.sock"))
             .timeout(Duration::from_secs(30))
             .build()?;
-        let agent = Agent { proc: Proc { child }, dir, client };
+        let agent = Agent { proc: Proc { child }, dir, client, bin: agent_bin.to_owned(), config };
         let deadline = Instant::now() + Duration::from_secs(30);
         while agent.get("/v1/status").is_err() {
             if Instant::now() > deadline {
@@ -242,6 +246,14 @@ approved = ["US"]
 
     pub fn stop(mut self) {
         self.proc.stop();
+    }
+}
+
+/// The agent's programs stay pinned when it stops: remove them.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.proc.stop();
+        let _ = Command::new(&self.bin).args(["detach", "--config"]).arg(&self.config).output();
     }
 }
 
