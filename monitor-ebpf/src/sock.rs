@@ -4,8 +4,10 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_socket_uid, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_task, bpf_get_socket_uid, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
+        },
     },
 };
 use aya_log_ebpf::debug;
@@ -36,16 +38,46 @@ pub fn storage(sk: *mut bpf_sock) -> Option<&'static mut SockInfo> {
     }
 }
 
-/// The task running this hook (only meaningful in hooks that run in process context).
+/// Offsets of `task_struct.group_leader` and `task_struct.comm` in this kernel, set by the
+/// agent at load from the kernel's BTF (0: unknown, the thread's own name is used).
+#[unsafe(no_mangle)]
+static TASK_GROUP_LEADER_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: u32 = 0;
+
+/// The task running this hook (only meaningful in hooks that run in process context). `comm`
+/// is the process's name (its thread-group leader's), not the calling thread's.
 #[inline(always)]
 pub fn current_process() -> ProcessInfo {
     let pid_tgid = bpf_get_current_pid_tgid();
-    ProcessInfo {
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let mut comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if pid != tgid {
+        leader_comm(&mut comm);
+    }
+    ProcessInfo { tgid, pid, uid: bpf_get_current_uid_gid() as u32, _pad: 0, comm }
+}
+
+/// Replaces `comm` with the thread-group leader's, when the agent could tell where it is.
+#[inline(never)]
+fn leader_comm(comm: &mut [u8; 16]) {
+    // SAFETY: constants the loader patched; volatile so the compiler keeps the loads.
+    let (leader_off, comm_off) = unsafe {
+        (core::ptr::read_volatile(&TASK_GROUP_LEADER_OFFSET), core::ptr::read_volatile(&TASK_COMM_OFFSET))
+    };
+    if leader_off == 0 || comm_off == 0 {
+        return;
+    }
+    // SAFETY: the current task is live while the hook runs; both reads go through the
+    // fault-safe helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(leader) = bpf_probe_read_kernel(task.add(leader_off as usize) as *const *const u8) else {
+            return;
+        };
+        if let Ok(name) = bpf_probe_read_kernel(leader.add(comm_off as usize) as *const [u8; 16]) {
+            *comm = name;
+        }
     }
 }
 

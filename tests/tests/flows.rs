@@ -437,3 +437,31 @@ fn a_full_flow_map_counts_the_rest_as_overflow_with_every_byte() {
     let status = api.ok("/v1/status");
     assert!(u64_of(&status["losses"]["overflow_bytes"]) >= overflow, "{status}");
 }
+
+#[test]
+fn a_connection_from_a_named_thread_carries_the_process_name() {
+    let topo = Topology::new();
+    let cg = TestCgroup::new();
+    let (app, server_cg) = (cg.create("app"), cg.create("server"));
+    let class = unique("class");
+    let agent = Agent::start(&config(&[(&class, &[cg.child_rel("app")], &[])]));
+    let mut server = Traffic::start(
+        &Placement { netns: &topo.b, cgroup: &server_cg, uid: None },
+        &["tcp-serve", "10.99.0.2:8004", "10", "1"],
+    );
+    server.next_report();
+    let mut client = Traffic::start(
+        &Placement { netns: &topo.a, cgroup: &app, uid: None },
+        &["tcp-send", "10.99.0.2:8004", "300", "1", "--thread", "worker-7"],
+    );
+    let pid = client.pid();
+    let tid = u64_of(&client.next_report()["tid"]);
+    assert_ne!(tid, pid as u64, "the sender is not the main thread");
+    let p = port(&client.finish()["locals"][0]);
+    server.finish();
+    let r = agent.wait_for("the thread's connection", WAIT, ended(&cg, "tcp", p, 8004));
+    assert_eq!(u64_of(&r["process"]["pid"]), pid as u64);
+    assert_eq!(u64_of(&r["process"]["tid"]), tid);
+    // The process's name (its thread-group leader's), not the thread's "worker-7".
+    assert_eq!(r["process"]["comm"], "em-traffic", "{r}");
+}

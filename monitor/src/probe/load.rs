@@ -34,10 +34,19 @@ pub(super) fn load(
 ) -> anyhow::Result<(Ebpf, Option<aya_log::EbpfLogger<KernelLog>>)> {
     // Off, the level check is a constant the verifier prunes: no cost on the packet path.
     let level: u8 = if opts.kernel_log { aya_log::Level::Debug as u8 } else { 0 };
+    // Where the process name is (the thread-group leader's); unknown: the thread's name.
+    let task = super::btf::task_offsets().unwrap_or_default();
+    if task.comm == 0 {
+        tracing::warn!(
+            "task_struct offsets not found in the kernel's BTF: process names are the calling thread's"
+        );
+    }
     let mut loader = EbpfLoader::new();
     loader
         .override_global(aya_log::LEVEL, &level, false)
         .override_global("EPOCH", &epoch, true)
+        .override_global("TASK_GROUP_LEADER_OFFSET", &task.group_leader, true)
+        .override_global("TASK_COMM_OFFSET", &task.comm, true)
         .map_max_entries("FLOWS", opts.max_flows)
         .map_max_entries("REPORTED", opts.max_flows)
         .map_max_entries("EVENTS", opts.ring_buffer_size)

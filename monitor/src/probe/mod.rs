@@ -6,6 +6,7 @@
 //! adopts what it finds, or replaces an older set after switching counting over to its own.
 
 mod batch;
+mod btf;
 mod events;
 mod load;
 mod maps;

@@ -3,9 +3,10 @@
 //! the test can compare the agent's records with the facts.
 //!
 //!   em-traffic tcp-serve  LISTEN_ADDR REPLY_BYTES CONNECTIONS
-//!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork] [--pace MS]
+//!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork] [--thread NAME] [--pace MS]
 //!                         (--pace: write 64 KiB, sleep MS, and so on; a "connected" line with
-//!                         the local address comes first)
+//!                         the local address comes first; --thread: send from a thread named
+//!                         NAME, reporting its tid)
 //!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
@@ -33,8 +34,22 @@ fn main() {
         Some("tcp-serve") => tcp_serve(addr, num(2, 0), num(3, 1)),
         Some("tcp-send") => {
             let pace = args.iter().position(|a| a == "--pace").map(|i| num(i + 1, 0) as u64);
+            let thread = args.iter().position(|a| a == "--thread").and_then(|i| args.get(i + 1)).cloned();
             if flag("--fork") {
                 fork_then(|| tcp_send(addr, num(2, 0), num(3, 1), pace))
+            } else if let Some(name) = thread {
+                let (bytes, connections) = (num(2, 0), num(3, 1));
+                std::thread::Builder::new()
+                    .name(name)
+                    .spawn(move || {
+                        // SAFETY: gettid has no preconditions.
+                        let tid = unsafe { libc::gettid() };
+                        report(&[("event", "thread".into()), ("tid", tid.into())]);
+                        tcp_send(addr, bytes, connections, pace)
+                    })
+                    .expect("spawn the sending thread")
+                    .join()
+                    .expect("the sending thread panicked");
             } else {
                 tcp_send(addr, num(2, 0), num(3, 1), pace)
             }
