@@ -107,6 +107,9 @@ pub struct SinkStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Databases {
     pub store_path: String,
+    /// Why the store cannot be opened or written, while it cannot (the agent goes on without
+    /// it: alerts still reach the sinks).
+    pub store_error: Option<String>,
     pub store_bytes: u64,
     pub outbox_bytes: u64,
 }

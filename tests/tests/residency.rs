@@ -98,3 +98,26 @@ fn ipv6_violation_and_approved_destination() {
     assert_eq!(u64_of(&a["process"]["pid"]), pid as u64);
     assert_eq!(a["reason"], format!("destination country CN is not approved for class {}", w.class));
 }
+
+#[test]
+fn a_store_that_cannot_be_opened_degrades_and_alerts_still_go_out() {
+    let w = World::new();
+    // A store file that is not a database (as a disk error would leave it).
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    std::fs::write(w.state_dir().join("store.sqlite"), vec![0x5a; 8192]).unwrap();
+    let agent = Agent::start(&w.config(""));
+    let server = w.serve("[::]:443", 1);
+    let (_, ports) = w.send("app", &format!("{CN_V4}:443"), 500, 1);
+    server.finish();
+    let r = w.ended(&agent, ports[0], 443);
+    assert_eq!(r["verdict"], "violation");
+    let alert = agent.wait_for("the alert", WAIT, alert_of(&w.cg));
+    assert_eq!(alert["destination"]["ip"], CN_V4);
+    let api = integration_tests::api::Api::unix(&agent.dir().join("api.sock"));
+    let status = integration_tests::eventually("the status counts the records the store lost", WAIT, || {
+        let s = api.ok("/v1/status");
+        (s["losses"]["store_dropped"].as_u64() > Some(0)).then_some(s)
+    });
+    let error = status["databases"]["store_error"].as_str().unwrap_or_default();
+    assert!(error.contains("store.sqlite"), "the status names the failing store: {status}");
+}

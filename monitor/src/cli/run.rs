@@ -94,11 +94,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     );
     let mut events = probe.take_events()?;
 
-    let store = Store::start_with_marks(
+    let store = Store::start_or_degrade(
         &config.agent.state_dir,
         config.store_settings(),
         Some(Box::new(probe.reported_handle()?)),
-    )?;
+    );
     let store_counters = store.counters.clone();
     let sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
     let host: Arc<str> = host_name(&config).into();

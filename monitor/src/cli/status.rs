@@ -54,7 +54,13 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         ("losses", if lost.is_empty() { "none".into() } else { lost.join(", ") }),
         ("alerts", format!("{} raised, {} open", s.alerts.raised, s.alerts.open)),
         ("lookups", format!("{} ({} from cache)", g.lookups, g.cache_hits)),
-        ("store", format!("{} ({})", s.databases.store_path, bytes(s.databases.store_bytes))),
+        (
+            "store",
+            match &s.databases.store_error {
+                None => format!("{} ({})", s.databases.store_path, bytes(s.databases.store_bytes)),
+                Some(e) => format!("{}: FAILING, records are not stored: {e}", s.databases.store_path),
+            },
+        ),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);

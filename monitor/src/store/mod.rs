@@ -36,6 +36,8 @@ pub struct StoreCounters {
     pub rows_written: AtomicU64,
     pub write_errors: AtomicU64,
     pub rows_pruned: AtomicU64,
+    /// The latest failure to open or write the store (cleared by the next good write).
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl StoreCounters {
@@ -47,6 +49,7 @@ impl StoreCounters {
     pub fn fill_status(&self, s: &mut Status) {
         s.losses.store_dropped = Self::get(&self.dropped);
         s.losses.store_write_errors = Self::get(&self.write_errors);
+        s.databases.store_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
     }
 }
 
@@ -135,5 +138,26 @@ impl Store {
         let reader = StoreReader::new(dir, settings.bucket);
         let writer = StoreWriter::start(conn, settings, counters.clone(), marks)?;
         Ok(Store { writer, reader, counters })
+    }
+
+    /// As [`Store::start_with_marks`], but a store that cannot be opened (disk full, read-only,
+    /// corrupt) does not stop the agent: it runs without one, every record is counted as
+    /// dropped from the store, and `status` shows the error. Alerts still reach the sinks.
+    pub fn start_or_degrade(
+        dir: &Path,
+        settings: StoreSettings,
+        marks: Option<Box<dyn CommittedMarks>>,
+    ) -> Store {
+        let reader = StoreReader::new(dir, settings.bucket);
+        match Self::start_with_marks(dir, settings, marks) {
+            Ok(store) => store,
+            Err(e) => {
+                let message = format!("{e:#}");
+                tracing::error!(error = %message, "the store cannot be opened: running without it (records are counted as dropped from it; alerts still reach the sinks)");
+                let counters = Arc::new(StoreCounters::default());
+                *counters.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+                Store { writer: StoreWriter::unavailable(counters.clone()), reader, counters }
+            }
+        }
     }
 }

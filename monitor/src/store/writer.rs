@@ -48,9 +48,18 @@ impl StoreWriter {
         Ok(StoreWriter { tx: Some(tx), thread: Some(thread), counters })
     }
 
+    /// A writer for a store that could not be opened: every record is counted as dropped.
+    pub fn unavailable(counters: Arc<StoreCounters>) -> Self {
+        StoreWriter { tx: None, thread: None, counters }
+    }
+
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn write(&self, output: &Arc<Output>) {
-        if let Some(tx) = &self.tx {
+        let Some(tx) = &self.tx else {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        {
             match tx.try_send(output.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
@@ -105,9 +114,20 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => true,
             };
             if !batch.is_empty() {
-                if let Err(e) = self.write(&batch) {
-                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, records = batch.len(), "cannot write to the store; these records are not stored");
+                match self.write(&batch) {
+                    Ok(()) => {
+                        let mut last = self.counters.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                        if last.is_some() {
+                            *last = None;
+                        }
+                    }
+                    Err(e) => {
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        self.counters.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        *self.counters.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(e.to_string());
+                        error!(error = %e, records = batch.len(), "cannot write to the store; these records are not stored (counted as dropped)");
+                    }
                 }
                 batch.clear();
             }

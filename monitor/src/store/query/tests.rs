@@ -17,14 +17,18 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-/// A store in a temporary directory holding `records`, written by the real writer thread.
-fn store_with(records: Vec<Output>) -> (tempfile::TempDir, crate::store::StoreReader) {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = StoreSettings {
+fn settings() -> StoreSettings {
+    StoreSettings {
         bucket: Duration::from_secs(60),
         retention: Duration::from_secs(86400),
         prune_every: Duration::from_secs(3600),
-    };
+    }
+}
+
+/// A store in a temporary directory holding `records`, written by the real writer thread.
+fn store_with(records: Vec<Output>) -> (tempfile::TempDir, crate::store::StoreReader) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings();
     let store = Store::start(dir.path(), settings).unwrap();
     for r in records {
         store.writer.write(&Arc::new(r));
@@ -239,4 +243,23 @@ fn times_out_of_range_are_refused_not_a_panic() {
         assert_eq!(e.expected, "a shorter duration", "{q}");
         assert!(AlertQuery::parse(&params(q), now()).is_err(), "{q}");
     }
+}
+
+#[test]
+fn a_store_that_fails_to_write_counts_the_records_and_shows_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings();
+    let store = Store::start(dir.path(), settings).unwrap();
+    // The disk turns bad under the agent: its flows table is gone.
+    rusqlite::Connection::open(dir.path().join("store.sqlite"))
+        .unwrap()
+        .execute_batch("DROP TABLE flows")
+        .unwrap();
+    let counters = store.counters.clone();
+    store.writer.write(&Arc::new(Output::Flow(FlowRecord::sample("175.16.199.1", 443, cn()))));
+    store.writer.close();
+    let mut s = crate::status::Status::default();
+    counters.fill_status(&mut s);
+    assert_eq!((s.losses.store_write_errors, s.losses.store_dropped), (1, 1));
+    assert!(s.databases.store_error.as_deref().is_some_and(|e| e.contains("flows")), "{:?}", s.databases);
 }
