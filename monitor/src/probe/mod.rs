@@ -235,6 +235,13 @@ impl Probe {
         }
         let mut to_retire = Vec::new();
         for old in pins::other_sets(&opts.pin_dir, &set)? {
+            if !pins::SET_MAPS.iter().all(|m| old.map(m).exists()) {
+                // A replacement that died half-way through unpinning it: counting had already
+                // moved to the newer set, and what is left cannot be read whole.
+                tracing::warn!(set = %old.path.display(), "removing the remains of a program set replaced earlier");
+                old.remove()?;
+                continue;
+            }
             let maps = SetMaps::new(|n| open_map(&old, n)).with_context(|| {
                 format!(
                     "the program set pinned at {} cannot be carried over; stopping rather than losing its counts \
