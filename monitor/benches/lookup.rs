@@ -8,7 +8,7 @@ use std::{hint::black_box, net::IpAddr};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use monitor::{
     config::{Config, Origin},
-    enrich::{Enricher, fixtures},
+    enrich::{Enricher, GeoDb, fixtures},
     policy::Policy,
 };
 
@@ -81,5 +81,40 @@ fn lookups(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups);
+/// A MaxMind DB the size of a city database: 1,000,000 IPv4 networks with a country and a
+/// subdivision (200 distinct places).
+fn city_sized() -> Vec<u8> {
+    let places: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("{}{}", (b'A' + i / 26) as char, (b'A' + i % 26) as char), format!("S{i}")))
+        .collect();
+    let nets: Vec<String> =
+        (0..1_000_000u32).map(|i| format!("{}.{}.{}.0/24", 1 + i / 65536, (i >> 8) & 255, i & 255)).collect();
+    let entries: Vec<(&str, &str, &str)> = nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (c, s) = &places[i % places.len()];
+            (n.as_str(), c.as_str(), s.as_str())
+        })
+        .collect();
+    fixtures::geoip2_city(&entries)
+}
+
+/// Verification when a database is loaded (at start and at every reload): the search tree and
+/// data section walked once.
+fn verification(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mmdb verification");
+    group.sample_size(10);
+    let embedded = GeoDb::embedded_country_bytes();
+    group.bench_function("embedded country (DB-IP Lite)", |b| {
+        b.iter(|| black_box(GeoDb::from_memory(embedded.clone()).expect("valid")))
+    });
+    let city = city_sized();
+    group.bench_function("city-sized (1M networks)", |b| {
+        b.iter(|| black_box(GeoDb::from_memory(city.clone()).expect("valid")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookups, verification);
 criterion_main!(benches);

@@ -13,6 +13,8 @@ pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod flows;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod golden;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! (`cargo xtask run`, `cargo xtask test`), plus the steps they are made of.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -47,13 +48,24 @@ enum Task {
         /// Only run tests whose name contains this
         filter: Option<String>,
     },
+    /// Set up, then run each fuzz target (config, cloud ranges, MMDB, API queries, kernel
+    /// events) for a while; fails on a crash and names its input
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Set up, build (release), and measure what the monitor costs; writes BENCHMARKS.md and
     /// target/bench/results.json (needs root)
     Bench {
         /// Fewer and shorter rounds (under three minutes once built)
         #[arg(long)]
         quick: bool,
-        /// Only these steps (cost, throughput, connections, flow-rate, active-flows, lookups);
+        /// Only these steps (cost, throughput, connections, flow-rate, active-flows, api-load,
+        /// lookups);
         /// BENCHMARKS.md is written only by a run of every step
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -87,6 +99,14 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Test { filter } => {
             setup::run()?;
             test(filter.as_deref())
+        }
+        Task::Fuzz { seconds, target } => {
+            setup::run()?;
+            let results = fuzz::run(&root, seconds, target.as_deref(), false)?;
+            if target.is_none() {
+                fuzz::write_readme(&root, seconds, &results)?;
+            }
+            Ok(())
         }
         Task::Bench { quick, only } => {
             setup::run()?;
@@ -180,5 +200,10 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     }
     // The tests mostly wait on the network and the agent; run a few at a time.
     integration.arg("--test-threads=4");
-    sh(&mut integration)
+    sh(&mut integration)?;
+    // Each fuzz target for a short while: a crash fails the run and names its input.
+    if filter.is_none() {
+        fuzz::run(&workspace_root(), 15, None, true)?;
+    }
+    Ok(())
 }

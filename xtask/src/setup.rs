@@ -36,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -120,6 +121,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         &format!("cargo install bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR}; a few minutes)"),
         || quiet(&mut c),
     )
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let path = path_with_cargo_bin();
+    let version = Command::new("cargo").args(["fuzz", "--version"]).env("PATH", &path).output();
+    if version.is_ok_and(|o| o.status.success()) {
+        eprintln!("xtask: cargo-fuzz: present");
+        return Ok(());
+    }
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(["install", "cargo-fuzz", "--locked"]).env("PATH", &path);
+    spinner("cargo install cargo-fuzz (the fuzz targets; a minute or two)", || quiet(&mut c))
 }
 
 /// Runs a command with its output captured; shows the output only when it fails.

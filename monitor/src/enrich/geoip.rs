@@ -105,27 +105,45 @@ impl GeoDb {
         // place while mapped would fault, as with any mmap-based MaxMind reader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("{shown}: cannot map: {e}"))?;
         let db = GeoDb::from_bytes(DbBytes::Mapped(map), Some(path.to_owned()))?;
-        // The whole search tree and data section, walked once: a damaged file is refused here
-        // rather than answering "no data" (or failing) address by address later.
-        if let Err(e) = db.reader.verify() {
+        db.verify().map_err(|e| format!("{shown}: {e}"))?;
+        Ok(GeoDb { stamp: Some(stamp), ..db })
+    }
+
+    /// Opens and checks a database held in memory (as [`GeoDb::open`] does a file).
+    pub fn from_memory(bytes: Vec<u8>) -> Result<GeoDb, String> {
+        let db = GeoDb::from_bytes(DbBytes::Owned(bytes), None)?;
+        db.verify()?;
+        Ok(db)
+    }
+
+    /// The whole search tree and data section, walked once: a damaged file is refused here
+    /// rather than answering "no data" (or failing) address by address later.
+    fn verify(&self) -> Result<(), String> {
+        if let Err(e) = self.reader.verify() {
             // The reader's verification also refuses metadata without a description, which many
             // databases built by other tools lack: those are walked here instead, every
             // network and every record.
             if !e.to_string().contains("description") {
-                return Err(format!("{shown}: damaged MaxMind DB file: {e}"));
+                return Err(format!("damaged MaxMind DB file: {e}"));
             }
-            db.walk().map_err(|e| format!("{shown}: damaged MaxMind DB file: {e}"))?;
+            self.walk().map_err(|e| format!("damaged MaxMind DB file: {e}"))?;
         }
-        Ok(GeoDb { stamp: Some(stamp), ..db })
+        Ok(())
     }
 
     /// The embedded DB-IP Lite country database.
     pub fn embedded_country() -> GeoDb {
+        GeoDb::from_bytes(DbBytes::Owned(Self::embedded_country_bytes()), None)
+            .expect("the embedded database is valid")
+    }
+
+    /// The embedded DB-IP Lite country database, decompressed.
+    pub fn embedded_country_bytes() -> Vec<u8> {
         let mut out = Vec::with_capacity(9 << 20);
         liblzma::read::XzDecoder::new(EMBEDDED_COUNTRY)
             .read_to_end(&mut out)
             .expect("the embedded database decompresses");
-        GeoDb::from_bytes(DbBytes::Owned(out), None).expect("the embedded database is valid")
+        out
     }
 
     fn from_bytes(bytes: DbBytes, path: Option<PathBuf>) -> Result<GeoDb, String> {

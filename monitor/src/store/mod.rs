@@ -73,6 +73,13 @@ pub fn open_for_writing(dir: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// An empty store in memory with the current schema (for checks of the queries).
+pub fn open_in_memory() -> anyhow::Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    migrations::migrate(&mut conn)?;
+    Ok(conn)
+}
+
 /// Read-only access for queries (the API), any number at once alongside the writer.
 #[derive(Clone)]
 pub struct StoreReader {

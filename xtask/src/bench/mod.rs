@@ -2,6 +2,7 @@
 //! baseline and with tcpdump, on the machine at hand. Writes BENCHMARKS.md (a table and the
 //! machine) and target/bench/results.json. A missed target is reported, never a failure.
 
+mod api_load;
 mod world;
 
 use std::{
@@ -17,6 +18,7 @@ use self::world::{Agent, B_ADDR, World, run, usage};
 
 /// How long and how often; `--quick` keeps the whole run under three minutes.
 struct Plan {
+    quick: bool,
     rounds: usize,
     seconds: u64,
     rates: Vec<u64>,
@@ -29,6 +31,7 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
+                quick,
                 rounds: 2,
                 seconds: 2,
                 rates: vec![20_000],
@@ -38,6 +41,7 @@ impl Plan {
             }
         } else {
             Plan {
+                quick,
                 rounds: 7,
                 seconds: 5,
                 rates: vec![5_000, 10_000, 20_000, 40_000],
@@ -71,7 +75,8 @@ pub const LOOKUP_BENCH: [&str; 7] =
     ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "lookup"];
 
 /// The steps, by the names `--only` takes.
-pub const STEPS: [&str; 6] = ["cost", "throughput", "connections", "flow-rate", "active-flows", "lookups"];
+pub const STEPS: [&str; 7] =
+    ["cost", "throughput", "connections", "flow-rate", "active-flows", "api-load", "lookups"];
 
 pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()> {
     for o in only {
@@ -117,6 +122,11 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
     }
     if wanted("active-flows") {
         step("agent CPU and memory with 10k and 100k active flows", || b.active_flows())?;
+    }
+    if wanted("api-load") {
+        step("the API under load: 50 clients, a store of a million rows, 20,000 new flows/s", || {
+            b.api_load()
+        })?;
     }
     if wanted("lookups") {
         step("geolocation + policy lookups (criterion)", || b.lookups(root))?;
@@ -622,6 +632,22 @@ impl Bench<'_> {
                 self.row("geolocation + policy, new destination", value, "", None);
             }
         }
+        for (name, dir, label) in [
+            (
+                "embedded",
+                "embedded country (DB-IP Lite)",
+                "MMDB verification at load: embedded DB-IP country",
+            ),
+            ("city", "city-sized (1M networks)", "MMDB verification at load: city-sized (1M networks)"),
+        ] {
+            let path = root.join("target/criterion/mmdb verification").join(dir).join("new/estimates.json");
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+            )?;
+            let ms = v["mean"]["point_estimate"].as_f64().context("criterion mean")? / 1e6;
+            per.insert(format!("verify_{name}"), json!({"ms": ms}));
+            self.row(label, format!("{ms:.0} ms"), "", None);
+        }
         self.results.insert("lookups".into(), Value::Object(per));
         Ok(())
     }
@@ -725,6 +751,15 @@ time over the sampling window; memory is `RssAnon` (heap), with the memory-mappe
 (`RssFile`) shown aside.\n\
 - **Geolocation + policy**: criterion (`monitor/benches/lookup.rs`) with the DB-IP database and a \
 2,000-network cloud table; warm is the per-address cache.\n\
+- **API under load**: a fresh agent's store is filled with one million flow rows by real traffic \
+(`em-traffic udp-flows`, 20,000 new flows/s), then 50 client threads query `/v1/flows?since=1h&group_by=` \
+(country, class, process, destination in turn) over the API's unix socket, back to back for 60 s, while \
+20,000 new flows/s keep being written; latency is per request, at the client; errors are failed \
+requests; store drops are records the store's writer could not take meanwhile.\n\
+- **MMDB verification**: criterion, the check every database passes when it is loaded (at start and at \
+each reload: the reader's `verify`, or a walk of every network and record when the metadata lacks a \
+description), on the embedded DB-IP Lite country database and on a generated city-sized database (1,000,000 \
+IPv4 networks with country and subdivision).\n\
 - **Accuracy**: the agent's bytes for iperf3's data connection against iperf3's `sum_sent.bytes` plus the \
 headers the kernel adds (52 bytes per packet for IPv4 + TCP with timestamps, 8 more on the SYN) and the \
 segments it sent again (iperf3's `retransmits`, one MSS each).\n";

@@ -1,0 +1,89 @@
+//! Entry points for the fuzz targets (`fuzz/`, `cargo xtask fuzz`): each takes arbitrary bytes
+//! the way the agent takes that input, and must return (an error is fine) without panicking.
+
+use std::net::IpAddr;
+
+use crate::{
+    config::{Config, Origin},
+    enrich::{GeoDb, RangeFile},
+    probe, store,
+    store::query::{AlertQuery, FlowQuery},
+};
+
+/// The configuration parser and its checks.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Config::parse(text, Origin::Embedded);
+    }
+}
+
+/// Every cloud range format (Oracle, AWS, Google Cloud, Azure): recognised by their content.
+pub fn cloud_ranges(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = RangeFile::parse(text);
+    }
+}
+
+/// Loading a MaxMind DB (with its verification), then looking addresses up in it.
+pub fn mmdb(data: &[u8]) {
+    let Ok(db) = GeoDb::from_memory(data.to_vec()) else { return };
+    for ip in ["1.1.1.1", "175.16.199.1", "10.0.0.1", "::1", "2001:db8::1", "2606:4700::1111"] {
+        let ip: IpAddr = ip.parse().expect("valid address");
+        let _ = db.lookup(ip);
+    }
+    let _ = db.describe();
+}
+
+/// A query string of `/v1/flows` and `/v1/alerts`, parsed and run against an empty store
+/// (the SQL it builds must be valid whatever the input).
+pub fn api_query(data: &[u8]) {
+    thread_local! {
+        static STORE: rusqlite::Connection = store::open_in_memory().expect("an in-memory store");
+    }
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(data).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let now = chrono::Utc::now();
+    STORE.with(|conn| {
+        if let Ok(q) = FlowQuery::parse(&params, now) {
+            q.run(conn, std::time::Duration::from_secs(60)).expect("a parsed flow query runs");
+        }
+        if let Ok(q) = AlertQuery::parse(&params, now) {
+            q.run(conn).expect("a parsed alert query runs");
+        }
+    });
+}
+
+/// A ring-buffer record from the kernel programs.
+pub fn kernel_event(data: &[u8]) {
+    let _ = probe::parse_event(data);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every seed and every input a fuzz run once crashed on (fuzz/regressions/<target>/), through
+    /// its entry point: none may panic.
+    #[test]
+    fn seeds_and_regression_inputs_pass_their_entry_points() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        type Entry = fn(&[u8]);
+        let targets: [(&str, Entry); 5] = [
+            ("config", super::config),
+            ("cloud_ranges", super::cloud_ranges),
+            ("mmdb", super::mmdb),
+            ("api_query", super::api_query),
+            ("kernel_event", super::kernel_event),
+        ];
+        let mut replayed = 0;
+        for (target, entry) in targets {
+            for dir in ["seeds", "regressions"] {
+                let Ok(files) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+                for f in files {
+                    let path = f.unwrap().path();
+                    entry(&std::fs::read(&path).unwrap());
+                    replayed += 1;
+                }
+            }
+        }
+        assert!(replayed >= 15, "seeds found: {replayed}");
+    }
+}
