@@ -215,4 +215,9 @@ impl Source for CloudSource {
         }
         r
     }
+
+    fn networks(&self, out: &mut Vec<IpNet>) -> Result<(), String> {
+        out.extend(self.table.iter().map(|(net, _)| net));
+        Ok(())
+    }
 }

@@ -162,6 +162,26 @@ impl GeoDb {
         Ok(db)
     }
 
+    /// Every network of the search tree, aliases included (an IPv6 database answers for
+    /// `::ffff:0:0/96` and `2002::/16` from its IPv4 subtree); an IPv4 network also as the
+    /// IPv6 network `::a.b.c.d/96+n` where the IPv4 subtree sits.
+    pub fn networks(&self, out: &mut Vec<ipnet::IpNet>) -> Result<(), maxminddb::MaxMindDbError> {
+        let options =
+            maxminddb::WithinOptions::default().include_aliased_networks().include_networks_without_data();
+        for network in self.reader.networks(options)? {
+            let net = network?.network()?;
+            let net = ipnet::IpNet::new(net.ip(), net.prefix()).expect("a valid prefix from the reader");
+            if let ipnet::IpNet::V4(v4) = net
+                && self.reader.metadata().ip_version == 6
+            {
+                let embedded = std::net::Ipv6Addr::from(u32::from(v4.addr()) as u128);
+                out.push(ipnet::IpNet::new(embedded.into(), 96 + v4.prefix_len()).expect("a valid prefix"));
+            }
+            out.push(net);
+        }
+        Ok(())
+    }
+
     /// Visits every network of the search tree and decodes its record.
     fn walk(&self) -> Result<(), maxminddb::MaxMindDbError> {
         for network in self.reader.networks(Default::default())? {
@@ -316,5 +336,9 @@ impl Source for MmdbSource {
             }
         }
         r
+    }
+
+    fn networks(&self, out: &mut Vec<ipnet::IpNet>) -> Result<(), String> {
+        self.db.networks(out).map_err(|e| format!("{}: {e}", self.label))
     }
 }

@@ -76,6 +76,9 @@ pub trait Source: Send {
     fn place(&self, ip: IpAddr, d: &mut Destination) -> Result<Placed, String>;
     /// Reopens the source's files that were replaced on disk.
     fn reload(&mut self) -> Reload;
+    /// Adds every network this source knows something about (for the policy compiler: within
+    /// one of them, and between them, the source's answer is the same for every address).
+    fn networks(&self, out: &mut Vec<ipnet::IpNet>) -> Result<(), String>;
 }
 
 /// Counters the agent reports.
@@ -153,6 +156,23 @@ impl Enricher {
         d
     }
 
+    /// Where `ip` is, from the sources, without touching the cache (the policy compiler asks
+    /// about every network once).
+    pub fn locate_uncached(&mut self, ip: IpAddr) -> Destination {
+        self.place(ip)
+    }
+
+    /// Every network some source knows, plus the networks that decide `internal` and the
+    /// ranges judged as IPv4 (mapped and NAT64): the boundaries where an answer may change.
+    pub fn networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        let mut out: Vec<ipnet::IpNet> =
+            INTERNAL_AND_MAPPED.iter().map(|n| n.parse().expect("valid network")).collect();
+        for s in &self.sources {
+            s.networks(&mut out)?;
+        }
+        Ok(out)
+    }
+
     /// Forgets every cached answer (benchmarks measure cold lookups with it).
     pub fn clear_cache(&mut self) {
         self.cache.clear();
@@ -221,6 +241,26 @@ impl Enricher {
         changed
     }
 }
+
+/// Networks where [`is_internal`] or the IPv4 mapping changes its answer.
+const INTERNAL_AND_MAPPED: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "0.0.0.0/32",
+    "255.255.255.255/32",
+    "100.64.0.0/10",
+    "::1/128",
+    "::/128",
+    "ff00::/8",
+    "fc00::/7",
+    "fe80::/10",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+];
 
 /// The IPv4 address a NAT64 address (`64:ff9b::/96`) stands for; any other address as it is.
 pub fn embedded_ipv4(ip: IpAddr) -> IpAddr {

@@ -59,4 +59,9 @@ impl Source for Sites {
     fn reload(&mut self) -> Reload {
         Reload::default()
     }
+
+    fn networks(&self, out: &mut Vec<IpNet>) -> Result<(), String> {
+        out.extend(self.table.iter().map(|(net, _)| net));
+        Ok(())
+    }
 }

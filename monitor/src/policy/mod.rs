@@ -2,6 +2,7 @@
 //! else is a violation. Turns (class, destination) into a verdict, and explains it on request.
 
 mod approved;
+pub mod compile;
 
 use std::{net::IpAddr, sync::Arc};
 

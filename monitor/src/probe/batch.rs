@@ -12,6 +12,8 @@ use std::{
 use aya::{Pod, maps::MapData};
 use monitor_common::{FlowKey, FlowValue, Reported};
 
+use super::sys::ElemAttr;
+
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -19,16 +21,6 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Entries per batch syscall.
 const BATCH: usize = 4096;
-
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -44,9 +36,7 @@ struct BatchAttr {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: attr is a correctly laid out bpf_attr prefix for `cmd`; size passed explicitly.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    super::sys::bpf(cmd, attr).map(|_| ())
 }
 
 /// A hash map with `K` keys and `V` values, read and written in batches.

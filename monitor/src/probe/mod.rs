@@ -9,8 +9,10 @@ mod batch;
 mod btf;
 mod events;
 mod load;
+pub mod lpm;
 mod maps;
 pub mod pins;
+mod sys;
 
 use std::{
     path::{Path, PathBuf},
