@@ -140,6 +140,10 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
         ("/v1/flows?verdict=maybe", "verdict"),
         ("/v1/flows?colour=red", "colour"),
         ("/v1/alerts?severity=urgent", "severity"),
+        ("/v1/flows?country=CHN", "country"),
+        ("/v1/flows?country=XX", "country"),
+        ("/v1/flows?class=nosuch", "class"),
+        ("/v1/alerts?class=nosuch", "class"),
     ] {
         let a = api.get(query);
         assert_eq!(a.status, 400, "{query}: {}", a.text);
@@ -151,6 +155,11 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
         assert!(a.body["expected"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {}", a.text);
     }
     assert_eq!(api.get("/v1/nothing").status, 404);
+    // What was meant, when it can be told; country codes in any case.
+    assert!(api.get("/v1/flows?country=CHN").body["expected"].as_str().unwrap().contains("did you mean CN?"));
+    let expected = api.get("/v1/flows?class=nosuch").body["expected"].as_str().unwrap().to_owned();
+    assert!(expected.contains(&w.class), "the configured classes are listed: {expected}");
+    assert_eq!(total(&q("country=cn")), cn + t.plain_cn);
 
     // Status and metrics.
     let s = api.ok("/v1/status");

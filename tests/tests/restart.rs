@@ -71,6 +71,17 @@ fn programs_stay_pinned_across_stops_and_detach_leaves_nothing() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let status = agent.stop_with(signal);
         assert!(status.success(), "agent exit status {status} after signal {signal}");
+        // A stopped agent leaves no socket behind, and the CLI says so plainly.
+        let socket = agent.dir().join("api.sock");
+        assert!(!socket.exists(), "{} left behind", socket.display());
+        let out = Command::new(integration_tests::built_binary("egress-monitor"))
+            .args(["status", "--config"])
+            .arg(&agent.config_path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(&format!("no agent is running at {}", socket.display())), "{said}");
         let attached = attached_ids(&cg_root);
         for id in &ids {
             assert!(attached.contains(id), "program {id} detached by signal {signal}: {attached:?}");

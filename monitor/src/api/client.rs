@@ -15,6 +15,8 @@ pub struct ApiClient {
     token: Option<String>,
     /// For messages: where the agent was looked for.
     target: String,
+    /// The unix socket, when that is how the agent is reached.
+    socket: Option<PathBuf>,
 }
 
 impl ApiClient {
@@ -27,6 +29,7 @@ impl ApiClient {
             base: reqwest::Url::parse("http://egress-monitor/").expect("valid base URL"),
             token: None,
             target: format!("the agent's socket {}", socket.display()),
+            socket: Some(socket.to_owned()),
         })
     }
 
@@ -45,7 +48,7 @@ impl ApiClient {
         };
         crate::install_crypto();
         let client = reqwest::Client::builder().tls_backend_rustls().build()?;
-        Ok(ApiClient { client, base, token, target: url.to_owned() })
+        Ok(ApiClient { client, base, token, target: url.to_owned(), socket: None })
     }
 
     /// GETs `path` with `params`: the answer decoded as `T`, and as JSON (for `-o json`, which
@@ -61,12 +64,26 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach the egress-monitor API at {} (is `egress-monitor run` running?)",
-                self.target
-            )
-        })?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(s) = &self.socket {
+                    // Nothing there, or nothing listening: a stopped agent removes its socket.
+                    use std::os::unix::fs::FileTypeExt;
+                    let there = std::fs::symlink_metadata(s).is_ok_and(|m| m.file_type().is_socket());
+                    if !there || e.is_connect() {
+                        bail!(
+                            "no agent is running at {} (start one with `egress-monitor run`, or pass the --config of the agent you mean)",
+                            s.display()
+                        );
+                    }
+                }
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot reach the egress-monitor API at {} (is `egress-monitor run` running?)",
+                    self.target
+                )));
+            }
+        };
         let code = resp.status();
         let text = resp.text().await?;
         if code.is_success() {

@@ -43,19 +43,28 @@ pub struct ApiState {
     pub started: Instant,
     /// The state directory, whose outbox holds the alerts sinks gave up on.
     pub state_dir: PathBuf,
+    /// The configured classes: a `class` filter naming another one is refused.
+    pub classes: Arc<Vec<String>>,
 }
 
 /// The running servers; dropping the stop sender ends them.
 pub struct ApiServer {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    socket: PathBuf,
 }
 
 impl ApiServer {
+    /// Stops serving and removes the socket, so that nothing answers at that path (and the
+    /// CLI says no agent runs there).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.socket);
         }
     }
 }
@@ -132,7 +141,7 @@ pub async fn serve(config: &ApiOptions, token: Option<String>, state: ApiState) 
             }
         }));
     }
-    Ok(ApiServer { stop, tasks })
+    Ok(ApiServer { stop, tasks, socket: socket.clone() })
 }
 
 /// Binds the unix socket (replacing a stale one) with mode 0660.
@@ -199,6 +208,23 @@ fn params(raw: Option<String>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Refuses a `class` filter that names no configured class (it would match nothing).
+fn check_classes(params: &[(String, String)], classes: &[String]) -> Result<(), ParamError> {
+    for (k, v) in params.iter().filter(|(k, _)| k == "class") {
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !classes.iter().any(|c| c == name) {
+                let expected = if classes.is_empty() {
+                    "a configured class (this agent has none)".to_owned()
+                } else {
+                    format!("one of the configured classes: {}", classes.join(", "))
+                };
+                return Err(ParamError { parameter: k.clone(), value: name.to_owned(), expected });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn bad_request(e: ParamError) -> Response {
     error_response(
         StatusCode::BAD_REQUEST,
@@ -212,7 +238,11 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let q = match FlowQuery::parse(&params(raw), chrono::Utc::now()) {
+    let params = params(raw);
+    if let Err(e) = check_classes(&params, &s.classes) {
+        return bad_request(e);
+    }
+    let q = match FlowQuery::parse(&params, chrono::Utc::now()) {
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
@@ -232,7 +262,11 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
 }
 
 async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let q = match AlertQuery::parse(&params(raw), chrono::Utc::now()) {
+    let params = params(raw);
+    if let Err(e) = check_classes(&params, &s.classes) {
+        return bad_request(e);
+    }
+    let q = match AlertQuery::parse(&params, chrono::Utc::now()) {
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };

@@ -134,6 +134,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         started,
         state_dir: config.agent.state_dir.clone(),
+        classes: Arc::new(config.class_names()),
     };
     let api = api::serve(&config.api_options(), token, state).await?;
     let (stop_export, stop_export_rx) = tokio::sync::watch::channel(false);

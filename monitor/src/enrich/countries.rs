@@ -24,6 +24,91 @@ pub fn is_known(code: &str) -> bool {
     CODES.binary_search(&code).is_ok()
 }
 
+/// Common ways people write a country that are not its alpha-2 code: alpha-3 codes and English
+/// names, with the code they stand for (for "did you mean").
+const ALIASES: &[(&str, &str)] = &[
+    ("USA", "US"),
+    ("UNITED STATES", "US"),
+    ("AMERICA", "US"),
+    ("CHN", "CN"),
+    ("CHINA", "CN"),
+    ("GBR", "GB"),
+    ("UK", "GB"),
+    ("UNITED KINGDOM", "GB"),
+    ("BRITAIN", "GB"),
+    ("DEU", "DE"),
+    ("GERMANY", "DE"),
+    ("FRA", "FR"),
+    ("FRANCE", "FR"),
+    ("JPN", "JP"),
+    ("JAPAN", "JP"),
+    ("RUS", "RU"),
+    ("RUSSIA", "RU"),
+    ("IND", "IN"),
+    ("INDIA", "IN"),
+    ("BRA", "BR"),
+    ("BRAZIL", "BR"),
+    ("CAN", "CA"),
+    ("CANADA", "CA"),
+    ("AUS", "AU"),
+    ("AUSTRALIA", "AU"),
+    ("SGP", "SG"),
+    ("SINGAPORE", "SG"),
+    ("KOR", "KR"),
+    ("KOREA", "KR"),
+    ("SOUTH KOREA", "KR"),
+    ("NLD", "NL"),
+    ("NETHERLANDS", "NL"),
+    ("IRL", "IE"),
+    ("IRELAND", "IE"),
+    ("CHE", "CH"),
+    ("SWITZERLAND", "CH"),
+    ("SWE", "SE"),
+    ("SWEDEN", "SE"),
+    ("ITA", "IT"),
+    ("ITALY", "IT"),
+    ("ESP", "ES"),
+    ("SPAIN", "ES"),
+    ("MEX", "MX"),
+    ("MEXICO", "MX"),
+    ("HKG", "HK"),
+    ("HONG KONG", "HK"),
+    ("TWN", "TW"),
+    ("TAIWAN", "TW"),
+    ("ISR", "IL"),
+    ("ISRAEL", "IL"),
+    ("ARE", "AE"),
+    ("UAE", "AE"),
+    ("ZAF", "ZA"),
+    ("SOUTH AFRICA", "ZA"),
+    ("POL", "PL"),
+    ("POLAND", "PL"),
+    ("UKR", "UA"),
+    ("UKRAINE", "UA"),
+    ("TUR", "TR"),
+    ("TURKEY", "TR"),
+];
+
+/// The alpha-2 code that `text` (any case) most likely means, when it is not one: an alpha-3
+/// code or an English name ("USA", "china").
+pub fn suggest(text: &str) -> Option<&'static str> {
+    let upper = text.trim().to_ascii_uppercase();
+    ALIASES.iter().find(|(alias, _)| *alias == upper).map(|(_, code)| *code)
+}
+
+/// `text` as an alpha-2 code (any case accepted), or an error that names what was expected and,
+/// when it can tell, what was meant.
+pub fn parse(text: &str) -> Result<String, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    if is_known(&upper) {
+        return Ok(upper);
+    }
+    Err(match suggest(text) {
+        Some(code) => format!("an ISO 3166-1 alpha-2 country code (did you mean {code}?)"),
+        None => "an ISO 3166-1 alpha-2 country code like US, CN or DE".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -31,5 +116,15 @@ mod tests {
         assert!(super::CODES.windows(2).all(|w| w[0] < w[1]));
         assert!(super::is_known("US") && super::is_known("SG") && super::is_known("XK"));
         assert!(!super::is_known("XX") && !super::is_known("us") && !super::is_known("USA"));
+    }
+
+    #[test]
+    fn codes_in_any_case_and_suggestions_for_what_people_write() {
+        assert_eq!(super::parse("cn"), Ok("CN".into()));
+        assert_eq!(super::parse(" Us "), Ok("US".into()));
+        assert!(super::parse("CHN").unwrap_err().contains("did you mean CN?"));
+        assert!(super::parse("united kingdom").unwrap_err().contains("did you mean GB?"));
+        assert!(super::parse("XX").unwrap_err().contains("like US"));
+        assert!(super::ALIASES.iter().all(|(_, code)| super::is_known(code)));
     }
 }

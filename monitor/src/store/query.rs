@@ -229,7 +229,15 @@ impl FlowQuery {
         for (k, v) in params {
             match k.as_str() {
                 "class" => filters.push(in_list("class", list(v))),
-                "country" => filters.push(in_list("country", list(v))),
+                "country" => {
+                    // Case-insensitive, and checked: a code no database uses would match nothing.
+                    let mut codes = Vec::new();
+                    for c in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                        let code = crate::enrich::countries::parse(c).map_err(|e| bad("country", c, &e))?;
+                        codes.push(SqlValue::Text(code));
+                    }
+                    filters.push(in_list("country", codes));
+                }
                 "site" => filters.push(in_list("site", list(v))),
                 "comm" => filters.push(in_list("comm", list(v))),
                 "verdict" => {
