@@ -313,7 +313,8 @@ impl CommittedMarks for ReportedMap {
                 None => forget.push(key),
             }
         }
-        self.update(&write)?;
-        self.remove(&forget)
+        // Forget first: it frees the slots the new entries may need.
+        self.remove(&forget)?;
+        self.update(&write)
     }
 }

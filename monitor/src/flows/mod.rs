@@ -231,9 +231,15 @@ impl FlowTable {
                 self.flows.insert(*key, flow);
             }
             Some(r) => {
+                // Counted from what was reported: a late event may show fewer packets than the
+                // previous agent already reported; the next sweep brings the rest.
                 let mut flow = flow;
-                flow.emitted_packets = r.packets.min(v.packets);
-                flow.emitted_bytes = r.bytes.min(v.bytes);
+                flow.entry_packets = v.packets.max(r.packets);
+                flow.entry_bytes = v.bytes.max(r.bytes);
+                flow.packets = flow.entry_packets;
+                flow.bytes = flow.entry_bytes;
+                flow.emitted_packets = r.packets;
+                flow.emitted_bytes = r.bytes;
                 if flow.packets != flow.emitted_packets {
                     out.push(flow.update(key, FlowState::Active, now));
                 }
@@ -243,31 +249,27 @@ impl FlowTable {
         false
     }
 
-    /// Starts from an adopted kernel map: `reported` is what the previous agent reported of
-    /// each of its entries. The next sweep reports only the rest, and forgets entries whose
-    /// flow is gone.
+    /// Starts from an adopted kernel map (or one being carried over): `reported` is what the
+    /// previous agent reported of each of its entries. Flows are then reported minus that; the
+    /// next sweep forgets entries whose flow is gone.
     pub fn adopt(&mut self, reported: Vec<(FlowKey, Reported)>) {
-        self.adopted = reported.into_iter().collect();
+        self.adopted.extend(reported);
     }
 
-    /// Reports what the flow map of a replaced program set counted that no agent reported, and
-    /// keeps its flows: the same key in the current map continues them. `reported` is that
-    /// set's record of what was reported. Returns the number of flows carried over.
+    /// Reports what the flow map of a replaced program set counted that no agent reported (its
+    /// record of what was reported given to [`FlowTable::adopt`] first), and keeps its flows:
+    /// the same key in the current map continues them. Returns the number of flows carried over.
     pub fn carry_over(
         &mut self,
         map: &mut dyn KernelFlows,
-        reported: Vec<(FlowKey, Reported)>,
         now: Instant,
         out: &mut Vec<FlowUpdate>,
     ) -> std::io::Result<u64> {
-        let adopted = std::mem::replace(&mut self.adopted, reported.into_iter().collect());
         let mut keys = Vec::new();
-        let result = map.for_each(&mut |k, v| {
+        map.for_each(&mut |k, v| {
             self.observe(k, v, now, out);
             keys.push(*k);
-        });
-        self.adopted = adopted;
-        result?;
+        })?;
         for key in &keys {
             if let Some(f) = self.flows.get_mut(key) {
                 f.carried = true;

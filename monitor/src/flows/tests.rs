@@ -277,14 +277,8 @@ fn a_replaced_sets_flows_are_carried_over_and_continued_by_the_new_map() {
     let now = Instant::now();
     let mut old = FakeMap::default();
     old.0.insert(key(443), value(10, 1000, SEC, 2 * SEC));
-    let carried = t
-        .carry_over(
-            &mut old,
-            vec![(key(443), Reported { entry_id: SEC, packets: 4, bytes: 400 })],
-            now,
-            &mut Vec::new(),
-        )
-        .unwrap();
+    t.adopt(vec![(key(443), Reported { entry_id: SEC, packets: 4, bytes: 400 })]);
+    let carried = t.carry_over(&mut old, now, &mut Vec::new()).unwrap();
     assert_eq!(carried, 1);
     // The new map: the same connection goes on (a new entry), and nothing is counted as lost.
     let mut new = FakeMap::default();
@@ -297,4 +291,22 @@ fn a_replaced_sets_flows_are_carried_over_and_continued_by_the_new_map() {
     assert_eq!(total, 300, "{:?}", states(&out));
     assert_eq!(t.counters.flows_evicted, 0);
     assert_eq!(out.last().map(|u| u.flow.bytes), Some(1300));
+}
+
+#[test]
+fn a_late_event_of_an_adopted_flow_does_not_report_again_what_was_reported() {
+    let mut t = FlowTable::new(settings());
+    let now = Instant::now();
+    t.adopt(vec![(key(443), Reported { entry_id: SEC, packets: 6, bytes: 600 })]);
+    // The flow's new-flow event was still in the pinned ring: its first packet only.
+    let mut out = Vec::new();
+    t.on_event(new_flow(key(443), value(1, 100, SEC, SEC)), now, &mut out);
+    assert!(out.is_empty(), "nothing new: {:?}", states(&out));
+    // The sweep finds 9 packets: 3 more than reported, and only those are reported.
+    let mut map = FakeMap::default();
+    map.0.insert(key(443), value(9, 900, SEC, 2 * SEC));
+    t.sweep(&mut map, now, 2 * SEC, &mut out).unwrap();
+    t.flush_all(now, &mut out);
+    let delta: u64 = out.iter().map(|u| u.delta_bytes).sum();
+    assert_eq!(delta, 300, "{:?}", states(&out));
 }

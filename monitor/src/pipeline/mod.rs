@@ -83,11 +83,12 @@ impl Pipeline {
     /// its ring buffer, then every flow in its map (see [`FlowTable::carry_over`]); its final
     /// failure and overflow counters are added to the current set's from now on.
     pub fn carry_over(&mut self, retired: &mut Retired, out: &mut Vec<Output>) -> anyhow::Result<()> {
+        // What was reported first: the events left in its ring must not report it again.
+        self.table.adopt(retired.reported.collect()?);
         let (batch, malformed) = retired.drain_events();
         self.on_events(batch, malformed, out);
-        let reported = retired.reported.collect()?;
         let now = Instant::now();
-        self.carried_flows += self.table.carry_over(&mut retired.flows, reported, now, &mut self.updates)?;
+        self.carried_flows += self.table.carry_over(&mut retired.flows, now, &mut self.updates)?;
         self.kernel_base.add(&retired.stats.read()?);
         self.emit(out);
         Ok(())

@@ -25,11 +25,36 @@ pub struct TaskOffsets {
     pub comm: u32,
 }
 
+/// The hidden subcommand that prints the offsets (see [`task_offsets`]).
+pub const SUBCOMMAND: &str = "task-offsets";
+
 /// Reads the offsets from `/sys/kernel/btf/vmlinux`; None (and the programs fall back to the
-/// calling thread's name) when the file or either member cannot be found.
+/// calling thread's name) when the file or either member cannot be found. The parser builds
+/// every kernel type (about 20 MiB of heap that the allocator keeps) to answer two questions,
+/// so it runs in a short-lived process of this same binary: the agent's memory stays its own.
 pub fn task_offsets() -> Option<TaskOffsets> {
-    let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    parse(data)
+    let exe = std::env::current_exe().ok()?;
+    let out =
+        std::process::Command::new(exe).arg(SUBCOMMAND).stdin(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u32>().ok());
+    match (it.next()??, it.next()??) {
+        (group_leader, comm) if out.status.success() && group_leader > 0 && comm > 0 => {
+            Some(TaskOffsets { group_leader, comm })
+        }
+        _ => None,
+    }
+}
+
+/// What the hidden subcommand prints: "GROUP_LEADER COMM", or nothing (exit 1).
+pub fn print_task_offsets() -> bool {
+    match std::fs::read("/sys/kernel/btf/vmlinux").ok().and_then(parse) {
+        Some(o) => {
+            println!("{} {}", o.group_leader, o.comm);
+            true
+        }
+        None => false,
+    }
 }
 
 fn parse(data: Vec<u8>) -> Option<TaskOffsets> {
@@ -46,7 +71,8 @@ fn parse(data: Vec<u8>) -> Option<TaskOffsets> {
 mod tests {
     #[test]
     fn this_kernels_task_offsets_are_found() {
-        let o = super::task_offsets().expect("task_struct offsets from /sys/kernel/btf/vmlinux");
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+        let o = super::parse(data).expect("task_struct offsets from /sys/kernel/btf/vmlinux");
         assert!(o.group_leader > 0 && o.comm > 0 && o.group_leader != o.comm, "{o:?}");
     }
 

@@ -48,7 +48,8 @@ pub(super) fn load(
         .override_global("TASK_GROUP_LEADER_OFFSET", &task.group_leader, true)
         .override_global("TASK_COMM_OFFSET", &task.comm, true)
         .map_max_entries("FLOWS", opts.max_flows)
-        .map_max_entries("REPORTED", opts.max_flows)
+        // Room for ended flows whose last record the store has not committed yet.
+        .map_max_entries("REPORTED", opts.max_flows.saturating_mul(2))
         .map_max_entries("EVENTS", opts.ring_buffer_size)
         .map_pin_path(pins::SHARED_CONFIG, config_pin.to_owned());
     for name in pins::SET_MAPS {

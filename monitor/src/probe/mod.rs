@@ -6,7 +6,7 @@
 //! adopts what it finds, or replaces an older set after switching counting over to its own.
 
 mod batch;
-mod btf;
+pub mod btf;
 mod events;
 mod load;
 pub mod lpm;
@@ -236,11 +236,14 @@ impl Probe {
             set.remove()?;
         }
         let mut to_retire = Vec::new();
+        // Epochs in use: a new set's must differ from every set's, active or not.
+        let mut highest_epoch = 0u32;
         for old in pins::other_sets(&opts.pin_dir, &set)? {
-            if !pins::SET_MAPS.iter().all(|m| old.map(m).exists()) {
-                // A replacement that died half-way through unpinning it: counting had already
-                // moved to the newer set, and what is left cannot be read whole.
-                tracing::warn!(set = %old.path.display(), "removing the remains of a program set replaced earlier");
+            if !old.has_links() {
+                // No program of it is attached: the remains of a replacement that died while
+                // unpinning it (counting had already moved on), or of a start that failed
+                // before it attached anything.
+                tracing::warn!(set = %old.path.display(), "removing a program set with no program attached");
                 old.remove()?;
                 continue;
             }
@@ -252,6 +255,7 @@ impl Probe {
                 )
             })?;
             let heartbeat = maps.slot(agent_slot::HEARTBEAT_NS);
+            highest_epoch = highest_epoch.max(maps.agent.get(&agent_slot::EPOCH, 0).unwrap_or(0) as u32);
             let SetMaps { flows, reported, stats, events, .. } = maps;
             to_retire
                 .push((old.clone(), Retired { path: old.path, flows, reported, events, stats, heartbeat }));
@@ -269,7 +273,7 @@ impl Probe {
                 Ok(m) => Array::<_, u32>::try_from(Map::Array(m))?.get(&CONFIG_ACTIVE_EPOCH, 0).unwrap_or(0),
                 Err(_) => 0,
             };
-            let epoch = active.wrapping_add(1).max(1);
+            let epoch = active.max(highest_epoch).wrapping_add(1).max(1);
             set.create()?;
             let (mut ebpf, kernel_log) = load(opts, &set, &config_pin, epoch)?;
             let mut take = |name: &str| {

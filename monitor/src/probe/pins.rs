@@ -95,6 +95,11 @@ impl SetDir {
         self.path.join("links").join(program)
     }
 
+    /// Whether any program link of the set is pinned (its programs are attached).
+    pub fn has_links(&self) -> bool {
+        std::fs::read_dir(self.path.join("links")).is_ok_and(|mut d| d.next().is_some())
+    }
+
     /// Every map and every link of `programs` is pinned.
     pub fn is_complete(&self, programs: &[&str]) -> bool {
         SET_MAPS.iter().all(|m| self.map(m).exists()) && programs.iter().all(|p| self.link(p).exists())
@@ -137,23 +142,49 @@ pub struct Removed {
     pub maps: usize,
 }
 
-/// Removes every pinned link and map under `pin_dir`, and the directory.
+/// Removes the agent's program sets and shared map under `pin_dir`, then the directory when
+/// nothing else is in it. Refuses a directory that is not on bpffs, or that is a bpffs mount
+/// itself (other tools pin there too): only what the agent pinned is touched.
 pub fn remove_all(pin_dir: &Path) -> anyhow::Result<Removed> {
     let mut removed = Removed::default();
     if !pin_dir.exists() {
         return Ok(removed);
     }
+    let parent_on_bpffs = pin_dir.parent().is_some_and(is_bpffs);
+    if !is_bpffs(pin_dir) || !parent_on_bpffs {
+        bail!(
+            "agent.pin_dir {} is not a directory inside a bpf filesystem: refusing to remove anything there",
+            pin_dir.display()
+        );
+    }
     for e in std::fs::read_dir(pin_dir).with_context(|| format!("reading {}", pin_dir.display()))? {
-        let path = e?.path();
-        if path.is_dir() {
+        let e = e?;
+        let path = e.path();
+        if e.file_name().as_bytes().starts_with(b"set-") && path.is_dir() {
             removed.sets += 1;
             let count = |sub: &str| std::fs::read_dir(path.join(sub)).map(|d| d.count()).unwrap_or(0);
             removed.links += count("links");
             removed.maps += count("maps");
-        } else {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        } else if e.file_name() == SHARED_CONFIG {
             removed.maps += 1;
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
-    std::fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
+    if let Err(e) = std::fs::remove_dir(pin_dir) {
+        tracing::warn!(dir = %pin_dir.display(), error = %e, "left the pin directory in place (something else is pinned in it)");
+    }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detach_refuses_a_directory_that_is_not_inside_bpffs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("set-0011")).unwrap();
+        let e = super::remove_all(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a directory inside a bpf filesystem"), "{e}");
+        assert!(dir.path().join("set-0011").exists(), "nothing was removed");
+    }
 }
