@@ -3,6 +3,9 @@
 //! machine) and target/bench/results.json. A missed target is reported, never a failure.
 
 mod api_load;
+mod datapath;
+mod lookups;
+mod report;
 mod world;
 
 use std::{
@@ -14,7 +17,10 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use self::world::{Agent, B_ADDR, World, run, usage};
+use self::{
+    report::{machine, markdown},
+    world::{Agent, B_ADDR, World, run, usage},
+};
 
 /// How long and how often; `--quick` keeps the whole run under three minutes.
 struct Plan {
@@ -293,179 +299,6 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn throughput(&mut self) -> anyhow::Result<()> {
-        let _server =
-            self.world.spawn(&self.world.b, "server", "iperf3", &["-s"], Stdio::null(), Stdio::null())?;
-        std::thread::sleep(Duration::from_millis(500));
-        let modes = ["baseline", "egress-monitor", "tcpdump"];
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 3];
-        let mut accuracy = None;
-        for round in 0..self.plan.rounds {
-            for k in 0..3 {
-                let m = (round + k) % 3; // alternate the order between rounds
-                let (agent, tcpdump) = match modes[m] {
-                    "egress-monitor" => (Some(self.agent("")?), None),
-                    "tcpdump" => {
-                        let p = self.world.spawn(
-                            &self.world.a,
-                            "server",
-                            "tcpdump",
-                            &["-i", "veth0", "-n", "-s", "0", "-w", "/dev/null"],
-                            Stdio::null(),
-                            Stdio::null(),
-                        )?;
-                        std::thread::sleep(Duration::from_millis(1000));
-                        (None, Some(p))
-                    }
-                    _ => (None, None),
-                };
-                let result = self.iperf(self.plan.seconds)?;
-                let bps = result["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .context("iperf3 bits_per_second")?;
-                samples[m].push(bps);
-                if let Some(agent) = agent {
-                    if round == self.plan.rounds - 1 {
-                        accuracy = Some(self.accuracy(&agent, &result)?);
-                    }
-                    agent.stop();
-                }
-                if let Some(mut p) = tcpdump {
-                    p.stop();
-                }
-            }
-        }
-        // Ratios are taken within each round (its three runs are minutes apart at most), then
-        // the median over rounds: slow drifts of a shared machine cancel out.
-        let paired = |m: usize| -> f64 {
-            let mut r: Vec<f64> = samples[m].iter().zip(&samples[0]).map(|(x, b)| x / b).collect();
-            median(&mut r)
-        };
-        let (ratio, tcpdump_ratio) = (paired(1), paired(2));
-        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
-        let (lost, lost_tcpdump) = ((1.0 - ratio).max(0.0), (1.0 - tcpdump_ratio).max(0.0));
-        self.results.insert(
-            "throughput".into(),
-            json!({"rounds": self.plan.rounds, "seconds": self.plan.seconds, "bits_per_second": {
-                "baseline": samples[0], "egress_monitor": samples[1], "tcpdump": samples[2]},
-                "median": {"baseline": med[0], "egress_monitor": med[1], "tcpdump": med[2]}}),
-        );
-        let gbps = |b: f64| format!("{:.2} Gbit/s", b / 1e9);
-        self.row("TCP throughput, baseline (median)", gbps(med[0]), "", None);
-        self.row(
-            "TCP throughput with egress-monitor",
-            format!("{} ({:.1}%)", gbps(med[1]), ratio * 100.0),
-            ">= 97% of baseline",
-            Some(ratio >= 0.97),
-        );
-        self.row(
-            "TCP throughput with tcpdump -w /dev/null",
-            format!("{} ({:.1}%)", gbps(med[2]), tcpdump_ratio * 100.0),
-            "",
-            None,
-        );
-        let times = if lost > 0.0 { lost_tcpdump / lost } else { f64::INFINITY };
-        self.row(
-            "throughput lost: tcpdump / egress-monitor",
-            if times.is_finite() {
-                format!("{times:.1}x")
-            } else {
-                format!("monitor lost none; tcpdump {:.1}%", lost_tcpdump * 100.0)
-            },
-            ">= 5x",
-            Some(times >= 5.0),
-        );
-        if let Some((agent_bytes, expected, err)) = accuracy {
-            self.row(
-                "reported bytes vs what iperf3 sent (+ headers)",
-                format!("{agent_bytes} vs {expected} ({:.3}%)", err * 100.0),
-                "within 0.5%",
-                Some(err <= 0.005),
-            );
-            self.results.insert(
-                "accuracy".into(),
-                json!({"agent_bytes": agent_bytes, "expected_bytes": expected, "error": err}),
-            );
-        }
-        Ok(())
-    }
-
-    /// The agent's bytes for iperf3's data connection against what iperf3 sent plus what the
-    /// kernel adds: 52 bytes of headers (IPv4 + TCP with timestamps) per packet, 8 more on the
-    /// SYN, and retransmitted segments.
-    fn accuracy(&self, agent: &Agent, iperf: &Value) -> anyhow::Result<(u64, u64, f64)> {
-        let sent = iperf["end"]["sum_sent"]["bytes"].as_u64().context("iperf3 sum_sent.bytes")?;
-        // Retransmitted segments go on the wire again (the kernel counts them; iperf3 does not).
-        let retransmits = iperf["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-        let mss = iperf["start"]["tcp_mss_default"].as_u64().unwrap_or(1448);
-        let cgroup = format!("{}/client", self.world.rel);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let flows =
-                agent.get(&format!("/v1/flows?since=10m&cgroup={cgroup}&port=5201&direction=outbound"))?;
-            let data = flows["rows"]
-                .as_array()
-                .and_then(|r| r.iter().max_by_key(|r| r["bytes"].as_u64().unwrap_or(0)).cloned());
-            if let Some(d) = data {
-                let (bytes, packets) = (d["bytes"].as_u64().unwrap_or(0), d["packets"].as_u64().unwrap_or(0));
-                let expected = sent + retransmits * mss + packets * 52 + 8;
-                if bytes >= sent || Instant::now() > deadline {
-                    let err = (bytes as f64 - expected as f64).abs() / expected as f64;
-                    return Ok((bytes, expected, err));
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the agent reported no flow for iperf3's data connection");
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn connection_rate(&mut self) -> anyhow::Result<()> {
-        // Client and server share one CPU: otherwise each connection is a chain of cross-CPU
-        // wakeups whose latency, on a VM, depends on how idle the other CPU is (an agent that
-        // merely wakes every 20 ms made the baseline look slower).
-        let _accept = self.world.traffic_server_on(
-            Some(0),
-            &self.world.b,
-            "server",
-            &["tcp-accept", &format!("{B_ADDR}:7000")],
-        )?;
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for round in 0..self.plan.rounds {
-            for k in 0..2 {
-                let m = (round + k) % 2;
-                let agent = if m == 1 { Some(self.agent("")?) } else { None };
-                let r = self.world.traffic_on(
-                    Some(0),
-                    &self.world.a,
-                    "client",
-                    &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
-                )?;
-                let rate = r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0);
-                samples[m].push(rate);
-                if let Some(a) = agent {
-                    a.stop();
-                }
-            }
-        }
-        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(m, b)| m / b).collect();
-        let ratio = median(&mut per_round);
-        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
-        self.results.insert(
-            "connection_rate".into(),
-            json!({"per_second": {"baseline": samples[0], "egress_monitor": samples[1]}, "median": {"baseline": med[0], "egress_monitor": med[1]}}),
-        );
-        self.row("short TCP connections per second, baseline", format!("{:.0}/s", med[0]), "", None);
-        self.row(
-            "  with egress-monitor",
-            format!("{:.0}/s ({:.1}%)", med[1], ratio * 100.0),
-            ">= 95% of baseline",
-            Some(ratio >= 0.95),
-        );
-        Ok(())
-    }
-
     /// New UDP flows at each rate, to a fresh agent: ring-buffer drops and flows missing from
     /// its store must both be zero.
     fn new_flow_rate(&mut self) -> anyhow::Result<()> {
@@ -601,56 +434,6 @@ impl Bench<'_> {
         self.results.insert("active_flows".into(), Value::Object(out));
         Ok(())
     }
-
-    fn lookups(&mut self, root: &Path) -> anyhow::Result<()> {
-        let secs = self.plan.criterion_seconds.to_string();
-        crate::sh(crate::cargo().args(LOOKUP_BENCH).args([
-            "--",
-            "--warm-up-time",
-            "1",
-            "--measurement-time",
-            &secs,
-            "--noplot",
-        ]))?;
-        let mut per = serde_json::Map::new();
-        for (name, dir) in [("cold", "cold (new destination)"), ("warm", "warm (cached destination)")] {
-            let path = root.join("target/criterion/geolocation+policy").join(dir).join("new/estimates.json");
-            let v: Value = serde_json::from_str(
-                &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-            )?;
-            let ns = v["mean"]["point_estimate"].as_f64().context("criterion mean")?;
-            per.insert(name.into(), json!({"ns_per_lookup": ns, "lookups_per_second": 1e9 / ns}));
-            let value = format!("{:.2} M/s ({ns:.0} ns)", 1e3 / ns);
-            if name == "warm" {
-                self.row(
-                    "geolocation + policy, warm cache, one core",
-                    value,
-                    ">= 2 M/s",
-                    Some(1e9 / ns >= 2e6),
-                );
-            } else {
-                self.row("geolocation + policy, new destination", value, "", None);
-            }
-        }
-        for (name, dir, label) in [
-            (
-                "embedded",
-                "embedded country (DB-IP Lite)",
-                "MMDB verification at load: embedded DB-IP country",
-            ),
-            ("city", "city-sized (1M networks)", "MMDB verification at load: city-sized (1M networks)"),
-        ] {
-            let path = root.join("target/criterion/mmdb verification").join(dir).join("new/estimates.json");
-            let v: Value = serde_json::from_str(
-                &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
-            )?;
-            let ms = v["mean"]["point_estimate"].as_f64().context("criterion mean")? / 1e6;
-            per.insert(format!("verify_{name}"), json!({"ms": ms}));
-            self.row(label, format!("{ms:.0} ms"), "", None);
-        }
-        self.results.insert("lookups".into(), Value::Object(per));
-        Ok(())
-    }
 }
 
 /// Takes the child's stdout to the end, then waits for it.
@@ -671,97 +454,4 @@ impl WaitTake for std::process::Child {
         }
         Ok(out)
     }
-}
-
-fn machine() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
-        .unwrap_or_default();
-    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
-        .unwrap_or(0);
-    json!({
-        "kernel": run("uname", &["-r"]).unwrap_or_default().trim(),
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
-        "iperf3": run("iperf3", &["--version"]).unwrap_or_default().lines().next().unwrap_or("").to_owned(),
-        "date": run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default().trim(),
-    })
-}
-
-fn markdown(
-    rows: &[Row],
-    results: &serde_json::Map<String, Value>,
-    quick: bool,
-    elapsed: Duration,
-) -> String {
-    let m = &results["machine"];
-    let mut s = String::from("# Benchmarks\n\n");
-    s += "What egress-monitor costs the datapath and the host, measured by `cargo xtask bench` on the machine \
-          below, side by side with no monitor and with `tcpdump -w /dev/null`. Everything runs in network \
-          namespaces joined by a veth pair that the benchmark creates and deletes. A missed target is \
-          reported here, not hidden; it does not fail the build. Raw numbers: `target/bench/results.json`.\n\n";
-    s += &format!(
-        "Run: {} ({}, {} s). Machine: {} cores ({}), {} GiB, kernel {}, {}.\n\n",
-        m["date"].as_str().unwrap_or(""),
-        if quick { "`--quick`" } else { "full" },
-        elapsed.as_secs(),
-        m["cores"],
-        m["cpu"].as_str().unwrap_or(""),
-        m["memory_gib"],
-        m["kernel"].as_str().unwrap_or(""),
-        m["iperf3"].as_str().unwrap_or(""),
-    );
-    s += "| measurement | result | target | met |\n|---|---|---|---|\n";
-    for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "",
-        };
-        s += &format!("| {} | {} | {} | {met} |\n", r.name.trim_start(), r.value, r.target);
-    }
-    s += "\n## How each is measured\n\n\
-- **Cost per packet**: `kernel.bpf_stats_enabled=1` during an iperf3 run and a burst of short connections \
-(restored afterwards); `run_time_ns / run_cnt` per program from `bpftool prog show`. One run of the egress \
-program is one skb: a GSO skb carries several segments. The kernel's own accounting is included: on the \
-VM these numbers come from, a cgroup_skb program that returns at once measured about 50 ns per run this way \
-(a development experiment, not a row of this table), and each helper call or atomic add about 10 to 20 ns.\n\
-- **Throughput**: iperf3 (Debian) from namespace a (the client in a classified cgroup) to b over the veth, \
-client on CPU 0 and server on CPU 1 (`-A 0,1`), several rounds alternating the order of no monitor, \
-egress-monitor, and tcpdump capturing the veth to /dev/null. Rates are the receiver's; the percentages are \
-the median over rounds of each round's ratio to its own baseline run (runs of one mode spread by several \
-percent on this shared machine; pairing within a round cancels its slow drifts).\n\
-- **Connection rate**: `em-traffic tcp-rate`: connect, send 16 bytes, half-close, read to EOF, close, back \
-to back, against `em-traffic tcp-accept`; both pinned to CPU 0, so every cost lands on the same CPU as the \
-work it slows (unpinned, each connection is a chain of cross-CPU wakeups whose latency on a VM depends on \
-how idle the other CPU is: a running agent then made the *baseline* look slower). Both ends of each \
-connection are on this host, so the monitor sees two flows, two sockets and their events per \
-connection. Rounds alternate with and without the monitor; the percentage is the median of each round's \
-ratio.\n\
-- **New flows without loss**: `em-traffic udp-flows` opens 200 sockets and sends one datagram per \
-(socket, port), paced at each rate; a fresh agent must report every flow in its store and no ring-buffer drop.\n\
-- **Active flows**: UDP flows held by the agent (idle timeout 300 s) at 10k and then 100k; CPU is user+system \
-time over the sampling window; memory is `RssAnon` (heap), with the memory-mapped country database \
-(`RssFile`) shown aside.\n\
-- **Geolocation + policy**: criterion (`monitor/benches/lookup.rs`) with the DB-IP database and a \
-2,000-network cloud table; warm is the per-address cache.\n\
-- **API under load**: a fresh agent's store is filled with one million flow rows by real traffic \
-(`em-traffic udp-flows`, 20,000 new flows/s), then 50 client threads query `/v1/flows?since=1h&group_by=` \
-(country, class, process, destination in turn) over the API's unix socket, back to back for 60 s, while \
-20,000 new flows/s keep being written; latency is per request, at the client; errors are failed \
-requests; store drops are records the store's writer could not take meanwhile.\n\
-- **MMDB verification**: criterion, the check every database passes when it is loaded (at start and at \
-each reload: the reader's `verify`, or a walk of every network and record when the metadata lacks a \
-description), on the embedded DB-IP Lite country database and on a generated city-sized database (1,000,000 \
-IPv4 networks with country and subdivision).\n\
-- **Accuracy**: the agent's bytes for iperf3's data connection against iperf3's `sum_sent.bytes` plus the \
-headers the kernel adds (52 bytes per packet for IPv4 + TCP with timestamps, 8 more on the SYN) and the \
-segments it sent again (iperf3's `retransmits`, one MSS each).\n";
-    s
 }

@@ -1,0 +1,101 @@
+//! The benchmark's report: the machine it ran on, and BENCHMARKS.md (the table and how each
+//! row is measured).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Row, run};
+
+pub(super) fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0);
+    json!({
+        "kernel": run("uname", &["-r"]).unwrap_or_default().trim(),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "iperf3": run("iperf3", &["--version"]).unwrap_or_default().lines().next().unwrap_or("").to_owned(),
+        "date": run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default().trim(),
+    })
+}
+
+pub(super) fn markdown(
+    rows: &[Row],
+    results: &serde_json::Map<String, Value>,
+    quick: bool,
+    elapsed: Duration,
+) -> String {
+    let m = &results["machine"];
+    let mut s = String::from("# Benchmarks\n\n");
+    s += "What egress-monitor costs the datapath and the host, measured by `cargo xtask bench` on the machine \
+          below, side by side with no monitor and with `tcpdump -w /dev/null`. Everything runs in network \
+          namespaces joined by a veth pair that the benchmark creates and deletes. A missed target is \
+          reported here, not hidden; it does not fail the build. Raw numbers: `target/bench/results.json`.\n\n";
+    s += &format!(
+        "Run: {} ({}, {} s). Machine: {} cores ({}), {} GiB, kernel {}, {}.\n\n",
+        m["date"].as_str().unwrap_or(""),
+        if quick { "`--quick`" } else { "full" },
+        elapsed.as_secs(),
+        m["cores"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or(""),
+        m["iperf3"].as_str().unwrap_or(""),
+    );
+    s += "| measurement | result | target | met |\n|---|---|---|---|\n";
+    for r in rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        s += &format!("| {} | {} | {} | {met} |\n", r.name.trim_start(), r.value, r.target);
+    }
+    s += "\n## How each is measured\n\n\
+- **Cost per packet**: `kernel.bpf_stats_enabled=1` during an iperf3 run and a burst of short connections \
+(restored afterwards); `run_time_ns / run_cnt` per program from `bpftool prog show`. One run of the egress \
+program is one skb: a GSO skb carries several segments. The kernel's own accounting is included: on the \
+VM these numbers come from, a cgroup_skb program that returns at once measured about 50 ns per run this way \
+(a development experiment, not a row of this table), and each helper call or atomic add about 10 to 20 ns.\n\
+- **Throughput**: iperf3 (Debian) from namespace a (the client in a classified cgroup) to b over the veth, \
+client on CPU 0 and server on CPU 1 (`-A 0,1`), several rounds alternating the order of no monitor, \
+egress-monitor, and tcpdump capturing the veth to /dev/null. Rates are the receiver's; the percentages are \
+the median over rounds of each round's ratio to its own baseline run (runs of one mode spread by several \
+percent on this shared machine; pairing within a round cancels its slow drifts).\n\
+- **Connection rate**: `em-traffic tcp-rate`: connect, send 16 bytes, half-close, read to EOF, close, back \
+to back, against `em-traffic tcp-accept`; both pinned to CPU 0, so every cost lands on the same CPU as the \
+work it slows (unpinned, each connection is a chain of cross-CPU wakeups whose latency on a VM depends on \
+how idle the other CPU is: a running agent then made the *baseline* look slower). Both ends of each \
+connection are on this host, so the monitor sees two flows, two sockets and their events per \
+connection. Rounds alternate with and without the monitor; the percentage is the median of each round's \
+ratio.\n\
+- **New flows without loss**: `em-traffic udp-flows` opens 200 sockets and sends one datagram per \
+(socket, port), paced at each rate; a fresh agent must report every flow in its store and no ring-buffer drop.\n\
+- **Active flows**: UDP flows held by the agent (idle timeout 300 s) at 10k and then 100k; CPU is user+system \
+time over the sampling window; memory is `RssAnon` (heap), with the memory-mapped country database \
+(`RssFile`) shown aside.\n\
+- **Geolocation + policy**: criterion (`monitor/benches/lookup.rs`) with the DB-IP database and a \
+2,000-network cloud table; warm is the per-address cache.\n\
+- **API under load**: a fresh agent's store is filled with one million flow rows by real traffic \
+(`em-traffic udp-flows`, 20,000 new flows/s), then 50 client threads query `/v1/flows?since=1h&group_by=` \
+(country, class, process, destination in turn) over the API's unix socket, back to back for 60 s, while \
+20,000 new flows/s keep being written; latency is per request, at the client; errors are failed \
+requests; store drops are records the store's writer could not take meanwhile.\n\
+- **MMDB verification**: criterion, the check every database passes when it is loaded (at start and at \
+each reload: the reader's `verify`, or a walk of every network and record when the metadata lacks a \
+description), on the embedded DB-IP Lite country database and on a generated city-sized database (1,000,000 \
+IPv4 networks with country and subdivision).\n\
+- **Accuracy**: the agent's bytes for iperf3's data connection against iperf3's `sum_sent.bytes` plus the \
+headers the kernel adds (52 bytes per packet for IPv4 + TCP with timestamps, 8 more on the SYN) and the \
+segments it sent again (iperf3's `retransmits`, one MSS each).\n";
+    s
+}
