@@ -45,6 +45,14 @@ pub struct ApiState {
     pub state_dir: PathBuf,
     /// The configured classes: a `class` filter naming another one is refused.
     pub classes: Arc<Vec<String>>,
+    /// Store queries running at once. Queries wait for a permit rather than take every core:
+    /// the store's writer (the evidence) must keep up while people query.
+    pub queries: Arc<tokio::sync::Semaphore>,
+}
+
+/// Store queries the API runs at once: every core but one, at least one.
+pub fn query_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
 
 /// The running servers; dropping the stop sender ends them.
@@ -248,6 +256,7 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     };
     let store = s.store.clone();
     let q2 = q.clone();
+    let Ok(_permit) = s.queries.acquire().await else { return internal("the API is stopping") };
     match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c, store.bucket))).await {
         Ok(Ok(rows)) => Json(FlowsAnswer {
             since: rfc3339(q.since),
@@ -272,6 +281,7 @@ async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response 
     };
     let store = s.store.clone();
     let q2 = q.clone();
+    let Ok(_permit) = s.queries.acquire().await else { return internal("the API is stopping") };
     match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c))).await {
         Ok(Ok(alerts)) => {
             Json(AlertsAnswer { since: rfc3339(q.since), until: rfc3339(q.until), alerts }).into_response()
