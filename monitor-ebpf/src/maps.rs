@@ -68,30 +68,31 @@ pub fn active() -> bool {
 #[inline(never)]
 pub fn overflow(class_id: u32, cgroup_id: u64, packets: u64, bytes: u64) {
     if let Some(o) = OVERFLOW_CLASSES.get_ptr_mut(if class_id < MAX_CLASSES { class_id } else { 0 }) {
-        // SAFETY: live map value; atomic adds.
-        unsafe {
-            crate::atomic::add(&raw mut (*o).packets, packets);
-            crate::atomic::add(&raw mut (*o).bytes, bytes);
-        }
+        add_overflow(o, packets, bytes);
     }
-    match OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id) {
-        Some(o) => unsafe {
-            crate::atomic::add(&raw mut (*o).packets, packets);
-            crate::atomic::add(&raw mut (*o).bytes, bytes);
-            (*o).class_id = class_id;
-        },
+    let o = match OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id) {
+        Some(o) => o,
         None => {
-            let o = Overflow { packets, bytes, class_id, _pad: 0 };
-            if OVERFLOW_CGROUPS.insert(&cgroup_id, &o, BPF_NOEXIST as u64).is_err()
-                && let Some(o) = OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id)
-            {
-                // Another CPU created it first.
-                unsafe {
-                    crate::atomic::add(&raw mut (*o).packets, packets);
-                    crate::atomic::add(&raw mut (*o).bytes, bytes);
-                }
+            let first = Overflow { packets, bytes, class_id, _pad: 0 };
+            if OVERFLOW_CGROUPS.insert(&cgroup_id, &first, BPF_NOEXIST as u64).is_ok() {
+                return;
             }
+            // Another CPU created it first.
+            let Some(o) = OVERFLOW_CGROUPS.get_ptr_mut(&cgroup_id) else { return };
+            o
         }
+    };
+    add_overflow(o, packets, bytes);
+    // SAFETY: live map value.
+    unsafe { (*o).class_id = class_id };
+}
+
+#[inline(always)]
+fn add_overflow(o: *mut Overflow, packets: u64, bytes: u64) {
+    // SAFETY: a live map value; atomic adds, as several CPUs may count into it.
+    unsafe {
+        crate::atomic::add(&raw mut (*o).packets, packets);
+        crate::atomic::add(&raw mut (*o).bytes, bytes);
     }
 }
 

@@ -347,13 +347,14 @@ impl LossReporter {
             return None;
         }
         let k = &k;
+        let overflow = k.overflow_total();
         warn!(
             ringbuf_drops = k.ringbuf_drops - self.last.ringbuf_drops,
             flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
             sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
             unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
             flows_evicted = t.flows_evicted - self.last_evicted,
-            overflow_bytes = k.overflow_total().bytes - self.last.overflow_total().bytes,
+            overflow_bytes = overflow.bytes - self.last.overflow_total().bytes,
             "losses since the last report (ring-buffer drops are recovered by the sweep; \
              overflow and evictions mean agent.max_flows is too small)"
         );
@@ -368,8 +369,8 @@ impl LossReporter {
             sock_storage_failed: k.sock_storage_failed,
             unparsed_packets: k.unparsed_packets,
             flows_evicted: t.flows_evicted,
-            overflow_packets: k.overflow_total().packets,
-            overflow_bytes: k.overflow_total().bytes,
+            overflow_packets: overflow.packets,
+            overflow_bytes: overflow.bytes,
             overflow_by_class: Vec::new(),
             overflow_by_cgroup: Vec::new(),
         })
