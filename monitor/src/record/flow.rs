@@ -113,7 +113,7 @@ pub struct OverflowCount {
     pub bytes: u64,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fixtures"))]
 impl FlowRecord {
     /// A new outbound TCP flow of an unclassified process `api` (pid 1234, uid 1001, cgroup
     /// /payments/userdata) from 10.0.0.2:41000 to `dst`:`dport`, placed at `place`, 1000

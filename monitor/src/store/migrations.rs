@@ -138,6 +138,55 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX losses_by_time ON losses (time_unix);
     ",
+    // 5: flow summaries summed per bucket and group (see store/groups.rs), filled from the
+    //    flow rows already stored.
+    "
+    CREATE TABLE flow_groups (
+        bucket INTEGER NOT NULL,
+        gkey TEXT NOT NULL,
+        prev_bucket INTEGER,
+        class TEXT,
+        verdict TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        country TEXT,
+        cloud_provider TEXT,
+        cloud_region TEXT,
+        site TEXT,
+        internal INTEGER NOT NULL,
+        comm TEXT,
+        pid INTEGER,
+        cgroup TEXT,
+        dst_ip TEXT NOT NULL,
+        dst_port INTEGER,
+        dst_bin BLOB NOT NULL,
+        bytes INTEGER NOT NULL,
+        packets INTEGER NOT NULL,
+        flows INTEGER NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        PRIMARY KEY (bucket, gkey)
+    ) WITHOUT ROWID;
+    INSERT INTO flow_groups
+    SELECT bucket,
+           IFNULL('t' || length(class) || ':' || class, 'n')
+           || IFNULL('t' || length(verdict) || ':' || verdict, 'n')
+           || IFNULL('t' || length(direction) || ':' || direction, 'n')
+           || IFNULL('t' || length(country) || ':' || country, 'n')
+           || IFNULL('t' || length(cloud_provider) || ':' || cloud_provider, 'n')
+           || IFNULL('t' || length(cloud_region) || ':' || cloud_region, 'n')
+           || IFNULL('t' || length(site) || ':' || site, 'n')
+           || IFNULL('i' || internal, 'n')
+           || IFNULL('t' || length(comm) || ':' || comm, 'n')
+           || IFNULL('i' || pid, 'n')
+           || IFNULL('t' || length(cgroup) || ':' || cgroup, 'n')
+           || IFNULL('t' || length(dst_ip) || ':' || dst_ip, 'n')
+           || IFNULL('i' || dst_port, 'n')
+           || IFNULL('i' || prev_bucket, 'n'),
+           prev_bucket, class, verdict, direction, country, cloud_provider, cloud_region, site, internal, comm, pid, cgroup, dst_ip, dst_port, dst_bin,
+           SUM(bytes), SUM(packets), COUNT(*), MIN(first_seen), MAX(last_seen)
+    FROM (SELECT *, LAG(bucket) OVER (PARTITION BY flow_id ORDER BY bucket) AS prev_bucket FROM flows)
+    GROUP BY 1, 2;
+    ",
 ];
 
 /// The schema version this build writes.

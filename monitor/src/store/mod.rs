@@ -4,6 +4,7 @@
 //! its queue is full, records are dropped and counted. Old rows are pruned in the background.
 
 pub mod export;
+mod groups;
 mod migrations;
 pub mod query;
 mod writer;
@@ -34,6 +35,8 @@ pub struct StoreCounters {
     pub dropped: AtomicU64,
     /// Rows written (inserted or updated).
     pub rows_written: AtomicU64,
+    /// Transactions committed: what a reader has seen changes only when this does.
+    pub commits: AtomicU64,
     pub write_errors: AtomicU64,
     pub rows_pruned: AtomicU64,
     /// The latest failure to open or write the store (cleared by the next good write).
@@ -85,11 +88,20 @@ pub fn open_in_memory() -> anyhow::Result<Connection> {
 pub struct StoreReader {
     path: PathBuf,
     pub bucket: Duration,
+    /// The writer's counters, when this process writes the store.
+    writer: Option<Arc<StoreCounters>>,
 }
 
 impl StoreReader {
     pub fn new(dir: &Path, bucket: Duration) -> StoreReader {
-        StoreReader { path: dir.join(FILE), bucket }
+        StoreReader { path: dir.join(FILE), bucket, writer: None }
+    }
+
+    /// The store's version: it changes whenever the writer commits, so two answers read at
+    /// the same version are the same. None when no writer of this process tells (the store
+    /// may change under this reader at any time).
+    pub fn version(&self) -> Option<u64> {
+        self.writer.as_ref().map(|c| c.commits.load(Ordering::Acquire))
     }
 
     pub fn connect(&self) -> rusqlite::Result<Connection> {
@@ -142,7 +154,7 @@ impl Store {
     ) -> anyhow::Result<Store> {
         let conn = open_for_writing(dir)?;
         let counters = Arc::new(StoreCounters::default());
-        let reader = StoreReader::new(dir, settings.bucket);
+        let reader = StoreReader { writer: Some(counters.clone()), ..StoreReader::new(dir, settings.bucket) };
         let writer = StoreWriter::start(conn, settings, counters.clone(), marks)?;
         Ok(Store { writer, reader, counters })
     }

@@ -9,6 +9,7 @@ use rusqlite::{Connection, types::Value as SqlValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::groups;
 use crate::record::fields::{self, ip16 as ip_bin};
 
 /// A parameter that could not be used: the API answers 400 with it.
@@ -338,30 +339,45 @@ impl FlowQuery {
         Ok(FlowQuery { since, until, group_by, limit, filters })
     }
 
+    /// What the answer depends on besides the store: two questions with the same identity have
+    /// the same answer from the same store (times count only to the bucket they fall in).
+    pub fn identity(&self, bucket: Duration) -> String {
+        let bucket = bucket.as_secs().max(1) as i64;
+        let of = |t: DateTime<Utc>| t.timestamp().div_euclid(bucket);
+        format!(
+            "{}..={} {:?} {} {:?}",
+            of(self.since),
+            of(self.until),
+            self.group_by,
+            self.limit,
+            self.filters
+        )
+    }
+
     /// Sums of bytes and packets (and flow counts) per group, largest first. Without
     /// `group_by`, one row per flow.
     pub fn run(&self, conn: &Connection, bucket: Duration) -> rusqlite::Result<Vec<Map<String, Value>>> {
         let bucket = bucket.as_secs().max(1) as i64;
         // A bucket overlaps [since, until) when it starts before until and ends after since.
+        let first_bucket = self.since.timestamp().div_euclid(bucket) * bucket;
         let mut conds = vec!["bucket >= ?".to_owned(), "bucket < ?".to_owned()];
-        let mut values = vec![
-            SqlValue::Integer(self.since.timestamp().div_euclid(bucket) * bucket),
-            SqlValue::Integer(self.until.timestamp() + 1),
-        ];
+        let mut values = vec![SqlValue::Integer(first_bucket), SqlValue::Integer(self.until.timestamp() + 1)];
         for (c, v) in &self.filters {
             conds.push(format!("({c})"));
             values.extend(v.iter().cloned());
         }
-        let (columns, group): (Vec<&str>, String) = if self.group_by.is_empty() {
-            (FLOW_COLUMNS.to_vec(), "flow_id".into())
+        // Grouped: from the per-group sums, a few rows per bucket; one row per flow: from the
+        // flow rows. Both filter on the same columns.
+        let (columns, table, flows) = if self.group_by.is_empty() {
+            (FLOW_COLUMNS.to_vec(), "flows", "COUNT(DISTINCT flow_id)".to_owned())
         } else {
             let cols: Vec<&str> = self.group_by.iter().flat_map(|g| g.columns().iter().copied()).collect();
-            let group = cols.join(", ");
-            (cols, group)
+            (cols, groups::TABLE, groups::flows_expression(first_bucket))
         };
+        let group = if self.group_by.is_empty() { "flow_id".to_owned() } else { columns.join(", ") };
         let sql = format!(
-            "SELECT {}, SUM(bytes), SUM(packets), COUNT(DISTINCT flow_id), MIN(first_seen), MAX(last_seen)
-             FROM flows WHERE {} GROUP BY {group} ORDER BY SUM(bytes) DESC LIMIT {}",
+            "SELECT {}, SUM(bytes), SUM(packets), {flows}, MIN(first_seen), MAX(last_seen)
+             FROM {table} WHERE {} GROUP BY {group} ORDER BY SUM(bytes) DESC, {group} LIMIT {}",
             columns.join(", "),
             conds.join(" AND "),
             self.limit

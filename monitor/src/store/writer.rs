@@ -14,7 +14,10 @@ use std::{
 use rusqlite::{Connection, Transaction, params, params_from_iter, types::Value as SqlValue};
 use tracing::{error, warn};
 
-use super::{CommittedMarks, StoreCounters, StoreSettings};
+use super::{
+    CommittedMarks, StoreCounters, StoreSettings,
+    groups::{self, FlowRow, Groups},
+};
 use crate::record::{
     Alert, AlertUpdate, FlowRecord, FlowState, KernelMark, LossRecord, Output,
     fields::{self, Field, Value},
@@ -158,16 +161,20 @@ impl Writer {
             [],
             |r| r.get(0),
         )?;
+        let retained_from = chrono::Utc::now().timestamp() - self.settings.retention.as_secs() as i64;
+        let mut groups = Groups::default();
         let mut rows = 0;
         for o in batch {
             rows += match &**o {
-                Output::Flow(r) => write_flow(&tx, r, bucket_secs, sent_before)?,
+                Output::Flow(r) => write_flow(&tx, r, bucket_secs, sent_before, retained_from, &mut groups)?,
                 Output::Alert(a) => write_alert(&tx, a)?,
                 Output::AlertUpdate(u) => write_update(&tx, u)?,
                 Output::Loss(l) => write_loss(&tx, l)?,
             };
         }
+        groups.write(&tx)?;
         tx.commit()?;
+        self.counters.commits.fetch_add(1, Ordering::Release);
         self.counters.rows_written.fetch_add(rows, Ordering::Relaxed);
         if let Some(marks) = &mut self.marks {
             self.pending.clear();
@@ -220,37 +227,64 @@ fn insert<R>(verb: &str, table: &str, fields: &'static [Field<R>], tail: &str) -
     format!("{verb} INTO {table} ({}) VALUES ({}) {tail}", columns.join(", "), marks.join(", "))
 }
 
-static FLOW_SQL: LazyLock<String> = LazyLock::new(|| {
-    insert(
-        "INSERT",
-        "flows",
-        fields::FLOW,
-        "ON CONFLICT (bucket, flow_id) DO UPDATE SET
-             bytes = bytes + excluded.bytes, packets = packets + excluded.packets, last_seen = excluded.last_seen,
-             class = excluded.class, verdict = excluded.verdict",
-    )
-});
+static FLOW_SQL: LazyLock<String> = LazyLock::new(|| insert("INSERT", "flows", fields::FLOW, ""));
+
+/// Adds a record's new bytes and packets to its flow's row in the bucket: the columns it
+/// sets, then the key.
+const FLOW_UPDATE_COLUMNS: [&str; 7] =
+    ["bytes", "packets", "last_seen", "class", "verdict", "bucket", "flow_id"];
+const FLOW_UPDATE_SQL: &str = "UPDATE flows SET bytes = bytes + ?1, packets = packets + ?2, last_seen = ?3,
+     class = ?4, verdict = ?5 WHERE bucket = ?6 AND flow_id = ?7";
+
+/// Where a stored flow column sits in a row's values.
+fn column(name: &str) -> usize {
+    static STORED: LazyLock<Vec<&str>> =
+        LazyLock::new(|| fields::stored(fields::FLOW).map(|(c, _)| c).collect());
+    STORED.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no stored flow column {name}"))
+}
 
 static ALERT_SQL: LazyLock<String> =
     LazyLock::new(|| insert("INSERT OR IGNORE", "alerts", fields::ALERT, ""));
 
-/// Adds a flow record's new bytes and packets to its row in the bucket of the record's time.
+/// Adds a flow record's new bytes and packets to its row in the bucket of the record's time,
+/// and to its group's sums.
 fn write_flow(
     tx: &Transaction<'_>,
     r: &FlowRecord,
     bucket_secs: i64,
     sent_before: i64,
+    retained_from: i64,
+    groups: &mut Groups,
 ) -> rusqlite::Result<u64> {
     if r.delta_bytes == 0 && r.delta_packets == 0 && r.state != FlowState::New {
         return Ok(0);
     }
-    let bucket = r.time.0.timestamp().div_euclid(bucket_secs) * bucket_secs;
-    let values = fields::stored(fields::FLOW).map(|(column, f)| match column {
-        // The bucket comes from the store's bucket length, not from the record.
-        "bucket" => SqlValue::Integer(bucket),
-        _ => sql((f.value)(r)),
-    });
-    tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(values))?;
+    let bucket_of = |t: i64| t.div_euclid(bucket_secs) * bucket_secs;
+    let bucket = bucket_of(r.time.0.timestamp());
+    let values: Vec<SqlValue> = fields::stored(fields::FLOW)
+        .map(|(column, f)| match column {
+            // The bucket comes from the store's bucket length, not from the record.
+            "bucket" => SqlValue::Integer(bucket),
+            _ => sql((f.value)(r)),
+        })
+        .collect();
+    // The flow's row in this bucket if it has one, else a new row.
+    let updated = tx
+        .prepare_cached(FLOW_UPDATE_SQL)?
+        .execute(params_from_iter(FLOW_UPDATE_COLUMNS.iter().map(|c| &values[column(c)])))?;
+    let row = if updated > 0 {
+        FlowRow::Existing
+    } else {
+        let prev = if r.state == FlowState::New {
+            None
+        } else {
+            let oldest = bucket_of(r.first_seen.0.timestamp()).max(bucket_of(retained_from));
+            groups::previous_bucket(tx, &r.flow_id, bucket, bucket_secs, oldest)?
+        };
+        tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(&values))?;
+        FlowRow::First { prev }
+    };
+    groups.add(&values, bucket, row);
     // Written into a bucket an exporter has already sent: it sends that bucket again.
     if bucket < sent_before {
         tx.prepare_cached(
@@ -281,6 +315,7 @@ fn write_update(tx: &Transaction<'_>, u: &AlertUpdate) -> rusqlite::Result<u64> 
 fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<u64> {
     let cutoff = chrono::Utc::now().timestamp() - retention.as_secs() as i64;
     let flows = conn.execute("DELETE FROM flows WHERE bucket < ?1", [cutoff])?;
+    conn.execute("DELETE FROM flow_groups WHERE bucket < ?1", [cutoff])?;
     let alerts = conn.execute("DELETE FROM alerts WHERE time_unix < ?1", [cutoff])?;
     let losses = conn.execute("DELETE FROM losses WHERE time_unix < ?1", [cutoff])?;
     Ok((flows + alerts + losses) as u64)
