@@ -136,6 +136,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         state_dir: config.agent.state_dir.clone(),
         classes: Arc::new(config.class_names()),
         queries: Arc::new(tokio::sync::Semaphore::new(api::query_permits())),
+        flow_answers: Arc::default(),
     };
     let api = api::serve(&config.api_options(), token, state).await?;
     let (stop_export, stop_export_rx) = tokio::sync::watch::channel(false);
