@@ -114,6 +114,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             build(true)?;
             // The criterion benchmark is built before the clock starts.
             sh(cargo().args(bench::LOOKUP_BENCH).arg("--no-run"))?;
+            sh(cargo().args(bench::STORE_BENCH).arg("--no-run"))?;
             bench::run_bench(&root, quick, &only)
         }
     }

@@ -1,5 +1,6 @@
 //! The API under load: concurrent clients querying flow summaries with `group_by` against a
-//! store of a million rows, while new flows keep being written.
+//! store of a million rows, while new flows keep being written; and the store alone, measured
+//! by criterion (`monitor/benches/store.rs`).
 
 use std::{
     sync::Mutex,
@@ -8,7 +9,7 @@ use std::{
 
 use serde_json::json;
 
-use super::{Bench, world::B_ADDR};
+use super::{Bench, STORE_BENCH, world::B_ADDR};
 
 /// Flows per second written while the clients query (and while the store is filled).
 const WRITE_RATE: u64 = 20_000;
@@ -18,7 +19,9 @@ const QUERIES: [&str; 4] = ["country", "class", "process", "destination"];
 impl Bench<'_> {
     pub(super) fn api_load(&mut self) -> anyhow::Result<()> {
         let (rows, seconds) = if self.plan.quick { (100_000u64, 10u64) } else { (1_000_000, 60) };
-        let agent = self.agent("")?;
+        // Each flow is one datagram: a short idle timeout ends it and frees its slot in the
+        // kernel's flow table, which would otherwise fill long before a million flows.
+        let agent = self.agent(&[("idle_timeout", "\"5s\"")])?;
         // Fill the store: one row per flow, written by the agent from real traffic.
         let fill = self.world.traffic(
             &self.world.a,
@@ -61,7 +64,7 @@ impl Bench<'_> {
                         let q = format!("/v1/flows?since=1h&group_by={}", QUERIES[i % QUERIES.len()]);
                         i += 1;
                         let t = Instant::now();
-                        match agent.get(&q) {
+                        match agent.fetch(&q) {
                             Ok(_) => mine.push(t.elapsed().as_secs_f64() * 1000.0),
                             Err(e) => errors.lock().unwrap().push(format!("{e:#}")),
                         }
@@ -104,6 +107,37 @@ impl Bench<'_> {
             format!("{} / {dropped}", errors.len()),
             "0 / 0",
             Some(errors.is_empty() && dropped == 0),
+        );
+        Ok(())
+    }
+
+    pub(super) fn store(&mut self, root: &std::path::Path) -> anyhow::Result<()> {
+        self.criterion(&STORE_BENCH)?;
+        let mean_ns = |group: &str, name: &str| -> anyhow::Result<f64> {
+            let path = root.join("target/criterion").join(group).join(name).join("new/estimates.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            v["mean"]["point_estimate"]
+                .as_f64()
+                .ok_or_else(|| anyhow::anyhow!("no mean in {}", path.display()))
+        };
+        // One measurement writes 50,000 new flows and waits for their commit.
+        let per_second = 50_000.0 / (mean_ns("store", "write new flows")? / 1e9);
+        let mut questions = Vec::new();
+        for key in QUERIES {
+            questions.push(mean_ns("store query", &format!("group_by={key}, 1M rows"))? / 1e6);
+        }
+        self.results.insert(
+            "store".into(),
+            json!({"rows_per_second": per_second, "group_by_ms": QUERIES.iter().zip(&questions).map(|(k, ms)| json!({"group_by": k, "ms": ms})).collect::<Vec<_>>()}),
+        );
+        self.row("store: new flow rows written per second, one core", format!("{per_second:.0}/s"), "", None);
+        self.row(
+            &format!("store: one grouped question on 1M flow rows ({})", QUERIES.join(" / ")),
+            questions.iter().map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join(" / ") + " ms",
+            "",
+            None,
         );
         Ok(())
     }

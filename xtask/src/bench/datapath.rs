@@ -16,7 +16,7 @@ impl Bench<'_> {
             for k in 0..3 {
                 let m = (round + k) % 3; // alternate the order between rounds
                 let (agent, tcpdump) = match modes[m] {
-                    "egress-monitor" => (Some(self.agent("")?), None),
+                    "egress-monitor" => (Some(self.agent(&[])?), None),
                     "tcpdump" => {
                         let p = self.world.spawn(
                             &self.world.a,
@@ -147,7 +147,7 @@ impl Bench<'_> {
         for round in 0..self.plan.rounds {
             for k in 0..2 {
                 let m = (round + k) % 2;
-                let agent = if m == 1 { Some(self.agent("")?) } else { None };
+                let agent = if m == 1 { Some(self.agent(&[])?) } else { None };
                 let r = self.world.traffic_on(
                     Some(0),
                     &self.world.a,

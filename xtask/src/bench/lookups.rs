@@ -5,16 +5,21 @@
 use super::*;
 
 impl Bench<'_> {
-    pub(super) fn lookups(&mut self, root: &Path) -> anyhow::Result<()> {
+    /// Runs one criterion benchmark of the monitor crate for the plan's time.
+    pub(super) fn criterion(&self, bench: &[&str]) -> anyhow::Result<()> {
         let secs = self.plan.criterion_seconds.to_string();
-        crate::sh(crate::cargo().args(LOOKUP_BENCH).args([
+        crate::sh(crate::cargo().args(bench).args([
             "--",
             "--warm-up-time",
             "1",
             "--measurement-time",
             &secs,
             "--noplot",
-        ]))?;
+        ]))
+    }
+
+    pub(super) fn lookups(&mut self, root: &Path) -> anyhow::Result<()> {
+        self.criterion(&LOOKUP_BENCH)?;
         let mut per = serde_json::Map::new();
         for (name, dir) in [("cold", "cold (new destination)"), ("warm", "warm (cached destination)")] {
             let path = root.join("target/criterion/geolocation+policy").join(dir).join("new/estimates.json");

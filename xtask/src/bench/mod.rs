@@ -80,9 +80,12 @@ struct Bench<'a> {
 pub const LOOKUP_BENCH: [&str; 7] =
     ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "lookup"];
 
+pub const STORE_BENCH: [&str; 7] =
+    ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "store"];
+
 /// The steps, by the names `--only` takes.
-pub const STEPS: [&str; 7] =
-    ["cost", "throughput", "connections", "flow-rate", "active-flows", "api-load", "lookups"];
+pub const STEPS: [&str; 8] =
+    ["cost", "throughput", "connections", "flow-rate", "active-flows", "api-load", "store", "lookups"];
 
 pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()> {
     for o in only {
@@ -132,6 +135,11 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
     if wanted("api-load") {
         step("the API under load: 50 clients, a store of a million rows, 20,000 new flows/s", || {
             b.api_load()
+        })?;
+    }
+    if wanted("store") {
+        step("the store: rows written per second, grouped questions on a million rows (criterion)", || {
+            b.store(root)
         })?;
     }
     if wanted("lookups") {
@@ -212,8 +220,8 @@ fn prog_stats(id: u64) -> anyhow::Result<(u64, u64)> {
 }
 
 impl Bench<'_> {
-    fn agent(&self, extra: &str) -> anyhow::Result<Agent> {
-        Agent::start(self.world, &self.agent_bin, &self.country_db, extra)
+    fn agent(&self, settings: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        Agent::start(self.world, &self.agent_bin, &self.country_db, settings)
     }
 
     fn row(&mut self, name: &str, value: String, target: &str, met: Option<bool>) {
@@ -240,7 +248,7 @@ impl Bench<'_> {
         let _accept =
             self.world.traffic_server(&self.world.b, "server", &["tcp-accept", &format!("{B_ADDR}:7000")])?;
         std::thread::sleep(Duration::from_millis(500));
-        let agent = self.agent("")?;
+        let agent = self.agent(&[])?;
         let programs: Vec<(String, u64)> = agent.get("/v1/status")?["programs"]
             .as_array()
             .context("programs")?
@@ -306,7 +314,7 @@ impl Bench<'_> {
         let mut best: Option<f64> = None;
         let mut at_20k = None;
         for &rate in &self.plan.rates.clone() {
-            let agent = self.agent("")?;
+            let agent = self.agent(&[])?;
             let flows = rate * self.plan.flow_seconds;
             let sockets = 200u64;
             let ports = flows.div_ceil(sockets);
@@ -374,7 +382,7 @@ impl Bench<'_> {
     }
 
     fn active_flows(&mut self) -> anyhow::Result<()> {
-        let agent = self.agent("")?;
+        let agent = self.agent(&[])?;
         let mut out = serde_json::Map::new();
         let mut total = 0u64;
         // The senders keep their sockets open, so their flows stay active until they are killed.

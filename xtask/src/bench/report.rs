@@ -86,10 +86,16 @@ time over the sampling window; memory is `RssAnon` (heap), with the memory-mappe
 - **Geolocation + policy**: criterion (`monitor/benches/lookup.rs`) with the DB-IP database and a \
 2,000-network cloud table; warm is the per-address cache.\n\
 - **API under load**: a fresh agent's store is filled with one million flow rows by real traffic \
-(`em-traffic udp-flows`, 20,000 new flows/s), then 50 client threads query `/v1/flows?since=1h&group_by=` \
+(`em-traffic udp-flows`, 20,000 new flows/s, one datagram each; `idle_timeout = \"5s\"` so ended flows \
+leave the kernel's table), then 50 client threads query `/v1/flows?since=1h&group_by=` \
 (country, class, process, destination in turn) over the API's unix socket, back to back for 60 s, while \
-20,000 new flows/s keep being written; latency is per request, at the client; errors are failed \
-requests; store drops are records the store's writer could not take meanwhile.\n\
+20,000 new flows/s (to 6,000 destination ports) keep being written; latency is per request, at the \
+client; errors are failed requests; store drops are records the store's writer could not take \
+meanwhile. Grouped questions read the store's per-bucket group sums, and identical questions asked \
+between two store commits share one answer (README, \"The store\").\n\
+- **Store**: criterion (`monitor/benches/store.rs`): the writer thread committing 50,000 new flows \
+(flow ids as the agent makes them, 200 destinations, 3 classes, 4 countries) into a growing store; \
+then each grouped question once, on one connection, against one million flow rows.\n\
 - **MMDB verification**: criterion, the check every database passes when it is loaded (at start and at \
 each reload: the reader's `verify`, or a walk of every network and record when the metadata lacks a \
 description), on the embedded DB-IP Lite country database and on a generated city-sized database (1,000,000 \

@@ -173,20 +173,38 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(world: &World, agent_bin: &Path, country_db: &Path, extra: &str) -> anyhow::Result<Agent> {
+    /// An agent on the bench's settings; `agent` replaces some of its `[agent]` settings
+    /// (key, TOML value).
+    pub fn start(
+        world: &World,
+        agent_bin: &Path,
+        country_db: &Path,
+        agent: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display();
+        let state_dir = format!("\"{d}/state\"");
+        let pin_dir = format!("\"/sys/fs/bpf/em-bench-{}\"", std::process::id());
+        let mut settings = vec![
+            ("host", "\"bench\""),
+            ("state_dir", state_dir.as_str()),
+            ("pin_dir", pin_dir.as_str()),
+            ("sweep_interval", "\"1s\""),
+            ("flush_interval", "\"10s\""),
+            ("idle_timeout", "\"300s\""),
+            ("close_grace", "\"300ms\""),
+            ("max_flows", "524288"),
+        ];
+        for (key, value) in agent {
+            match settings.iter_mut().find(|(k, _)| k == key) {
+                Some(s) => s.1 = value,
+                None => settings.push((key, value)),
+            }
+        }
+        let agent_section: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let config = format!(
             r#"[agent]
-host = "bench"
-state_dir = "{d}/state"
-pin_dir = "/sys/fs/bpf/em-bench-{pid}"
-sweep_interval = "1s"
-flush_interval = "10s"
-idle_timeout = "300s"
-close_grace = "300ms"
-max_flows = 524288
-{extra}
+{agent_section}
 [api]
 socket = "{d}/api.sock"
 
@@ -200,7 +218,6 @@ approved = ["US"]
 "#,
             db = country_db.display(),
             rel = world.rel,
-            pid = std::process::id(),
         );
         std::fs::write(dir.path().join("egress-monitor.toml"), config)?;
         let log = File::create(dir.path().join("agent.log"))?;
@@ -234,6 +251,15 @@ approved = ["US"]
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The body of a successful GET, unparsed (the load clients only time it).
+    pub fn fetch(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self.client.get(format!("http://agent{path}")).send()?;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp.text()?)
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
