@@ -54,7 +54,7 @@ pub struct ApiState {
     pub queries: Arc<tokio::sync::Semaphore>,
     /// Flow answers (their rows, as JSON) shared by identical questions between two store
     /// commits.
-    pub flow_answers: Arc<SharedAnswers<String>>,
+    pub flow_answers: Arc<SharedAnswers>,
 }
 
 /// Store queries the API runs at once: every core but one, at least one.
@@ -266,8 +266,12 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let answer = s
         .flow_answers
         .get(q.identity(store.bucket), version, || async move {
-            let Ok(_permit) = queries.acquire().await else { return Err("the API is stopping".to_owned()) };
+            let Ok(permit) = queries.acquire_owned().await else {
+                return Err("the API is stopping".to_owned());
+            };
             let rows = move || -> Result<String, String> {
+                // Held while the query runs, even if the request that started it is gone.
+                let _permit = permit;
                 let rows =
                     store.connect().and_then(|c| q2.run(&c, store.bucket)).map_err(|e| e.to_string())?;
                 serde_json::to_string(&rows).map_err(|e| e.to_string())
@@ -306,8 +310,12 @@ async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response 
     };
     let store = s.store.clone();
     let q2 = q.clone();
-    let Ok(_permit) = s.queries.acquire().await else { return internal("the API is stopping") };
-    match tokio::task::spawn_blocking(move || store.connect().and_then(|c| q2.run(&c))).await {
+    let Ok(permit) = s.queries.clone().acquire_owned().await else { return internal("the API is stopping") };
+    let alerts = move || {
+        let _permit = permit;
+        store.connect().and_then(|c| q2.run(&c))
+    };
+    match tokio::task::spawn_blocking(alerts).await {
         Ok(Ok(alerts)) => {
             Json(AlertsAnswer { since: rfc3339(q.since), until: rfc3339(q.until), alerts }).into_response()
         }

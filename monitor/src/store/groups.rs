@@ -4,11 +4,13 @@
 //! rows instead of every flow row, so it stays fast on a store of millions of flows while the
 //! writer keeps writing.
 //!
-//! Flow counts stay exact over any window of buckets: each flow's first row in a bucket records
-//! the bucket of the flow's previous row (`prev_bucket`, NULL for none), and a flow is counted
-//! in a window by the one row of it whose previous row lies before the window. A flow whose
-//! class or place changes within a bucket counts once, in the group it had first in that bucket;
-//! its bytes go where they were sent.
+//! Flow counts: each flow's first row in a bucket records the bucket of the flow's previous
+//! row (`prev_bucket`, NULL for none), and a flow counts once in a window, in the group of its
+//! first row there (the one whose previous row lies before the window). For flows that keep
+//! their class, verdict, place and process, that is exactly the number of distinct flows per
+//! group; a flow that changes group (reclassified, judged anew after a reload) counts in the
+//! group it had first, while its bytes go where they were sent: the counts of all groups still
+//! add up to the number of distinct flows.
 
 use std::{collections::HashMap, sync::LazyLock};
 
@@ -161,19 +163,20 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The bucket of a flow's latest row before `bucket`, searched back to `oldest` (the first
-/// bucket the flow or the retention allows): almost always the bucket before; an idle
-/// connection may go back further.
-pub fn previous_bucket(
+/// The newest bucket from `from` down to `down_to` (both included) in which the flow has a
+/// row. Searched back from the bucket before a record's when its flow has no row in that bucket
+/// (almost always found at once; an idle connection may go back further), and forward of it
+/// after the wall clock stepped back.
+pub fn newest_row(
     tx: &Transaction<'_>,
     flow_id: &str,
-    bucket: i64,
+    from: i64,
+    down_to: i64,
     bucket_secs: i64,
-    oldest: i64,
 ) -> rusqlite::Result<Option<i64>> {
     let mut has_row = tx.prepare_cached("SELECT 1 FROM flows WHERE bucket = ?1 AND flow_id = ?2")?;
-    let mut b = bucket - bucket_secs;
-    while b >= oldest {
+    let mut b = from;
+    while b >= down_to {
         if has_row.exists(params![b, flow_id])? {
             return Ok(Some(b));
         }

@@ -45,9 +45,10 @@ impl StoreWriter {
     ) -> anyhow::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let c = counters.clone();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || Writer { conn, settings, counters: c, marks, pending: Vec::new() }.run(rx))?;
+        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
+            Writer { conn, settings, counters: c, marks, pending: Vec::new(), newest_bucket: i64::MIN }
+                .run(rx)
+        })?;
         Ok(StoreWriter { tx: Some(tx), thread: Some(thread), counters })
     }
 
@@ -94,6 +95,8 @@ struct Writer {
     counters: Arc<StoreCounters>,
     marks: Option<Box<dyn CommittedMarks>>,
     pending: Vec<KernelMark>,
+    /// The newest bucket written since start.
+    newest_bucket: i64,
 }
 
 impl Writer {
@@ -139,6 +142,10 @@ impl Writer {
                 match prune(&self.conn, self.settings.retention) {
                     Ok(n) => {
                         self.counters.rows_pruned.fetch_add(n, Ordering::Relaxed);
+                        if n > 0 {
+                            // What readers may have remembered has changed.
+                            self.counters.commits.fetch_add(1, Ordering::Release);
+                        }
                     }
                     Err(e) => error!(error = %e, "cannot prune the store"),
                 }
@@ -161,17 +168,24 @@ impl Writer {
             [],
             |r| r.get(0),
         )?;
-        let retained_from = chrono::Utc::now().timestamp() - self.settings.retention.as_secs() as i64;
-        let mut groups = Groups::default();
+        let now = chrono::Utc::now().timestamp();
+        let mut flows = FlowBatch {
+            bucket_secs,
+            sent_before,
+            kept_from: now - (self.settings.retention + self.settings.prune_every).as_secs() as i64,
+            newest: &mut self.newest_bucket,
+            groups: Groups::default(),
+        };
         let mut rows = 0;
         for o in batch {
             rows += match &**o {
-                Output::Flow(r) => write_flow(&tx, r, bucket_secs, sent_before, retained_from, &mut groups)?,
+                Output::Flow(r) => flows.write(&tx, r)?,
                 Output::Alert(a) => write_alert(&tx, a)?,
                 Output::AlertUpdate(u) => write_update(&tx, u)?,
                 Output::Loss(l) => write_loss(&tx, l)?,
             };
         }
+        let mut groups = flows.groups;
         groups.write(&tx)?;
         tx.commit()?;
         self.counters.commits.fetch_add(1, Ordering::Release);
@@ -246,54 +260,77 @@ fn column(name: &str) -> usize {
 static ALERT_SQL: LazyLock<String> =
     LazyLock::new(|| insert("INSERT OR IGNORE", "alerts", fields::ALERT, ""));
 
-/// Adds a flow record's new bytes and packets to its row in the bucket of the record's time,
-/// and to its group's sums.
-fn write_flow(
-    tx: &Transaction<'_>,
-    r: &FlowRecord,
+/// What writing one batch's flow records needs besides the transaction.
+struct FlowBatch<'a> {
     bucket_secs: i64,
+    /// Buckets before this have been sent by some exporter.
     sent_before: i64,
-    retained_from: i64,
-    groups: &mut Groups,
-) -> rusqlite::Result<u64> {
-    if r.delta_bytes == 0 && r.delta_packets == 0 && r.state != FlowState::New {
-        return Ok(0);
+    /// Rows older than this are gone or about to be pruned (retention, and the prune interval).
+    kept_from: i64,
+    /// The newest bucket this writer has written.
+    newest: &'a mut i64,
+    groups: Groups,
+}
+
+impl FlowBatch<'_> {
+    fn bucket_of(&self, t: i64) -> i64 {
+        t.div_euclid(self.bucket_secs) * self.bucket_secs
     }
-    let bucket_of = |t: i64| t.div_euclid(bucket_secs) * bucket_secs;
-    let bucket = bucket_of(r.time.0.timestamp());
-    let values: Vec<SqlValue> = fields::stored(fields::FLOW)
-        .map(|(column, f)| match column {
-            // The bucket comes from the store's bucket length, not from the record.
-            "bucket" => SqlValue::Integer(bucket),
-            _ => sql((f.value)(r)),
-        })
-        .collect();
-    // The flow's row in this bucket if it has one, else a new row.
-    let updated = tx
-        .prepare_cached(FLOW_UPDATE_SQL)?
-        .execute(params_from_iter(FLOW_UPDATE_COLUMNS.iter().map(|c| &values[column(c)])))?;
-    let row = if updated > 0 {
-        FlowRow::Existing
-    } else {
-        let prev = if r.state == FlowState::New {
-            None
+
+    /// Adds a flow record's new bytes and packets to its row in the bucket of the record's
+    /// time, and to its group's sums.
+    fn write(&mut self, tx: &Transaction<'_>, r: &FlowRecord) -> rusqlite::Result<u64> {
+        if r.delta_bytes == 0 && r.delta_packets == 0 && r.state != FlowState::New {
+            return Ok(0);
+        }
+        let mut bucket = self.bucket_of(r.time.0.timestamp());
+        // A flow's rows never go back in time, even when the wall clock does: after a step
+        // back, a record of a flow with a row in a later bucket goes into that row.
+        if r.state != FlowState::New
+            && *self.newest > bucket
+            && let Some(later) =
+                groups::newest_row(tx, &r.flow_id, *self.newest, bucket + self.bucket_secs, self.bucket_secs)?
+        {
+            bucket = later;
+        }
+        *self.newest = (*self.newest).max(bucket);
+        let values: Vec<SqlValue> = fields::stored(fields::FLOW)
+            .map(|(column, f)| match column {
+                // The bucket comes from the store's bucket length, not from the record.
+                "bucket" => SqlValue::Integer(bucket),
+                _ => sql((f.value)(r)),
+            })
+            .collect();
+        // The flow's row in this bucket if it has one, else a new row.
+        let updated = tx
+            .prepare_cached(FLOW_UPDATE_SQL)?
+            .execute(params_from_iter(FLOW_UPDATE_COLUMNS.iter().map(|c| &values[column(c)])))?;
+        let row = if updated > 0 {
+            FlowRow::Existing
         } else {
-            let oldest = bucket_of(r.first_seen.0.timestamp()).max(bucket_of(retained_from));
-            groups::previous_bucket(tx, &r.flow_id, bucket, bucket_secs, oldest)?
+            let prev = if r.state == FlowState::New {
+                None
+            } else {
+                // Back to the flow's start (two buckets' slack: its first_seen is recomputed
+                // from the clock at each record), or as far as rows are kept.
+                let start = self.bucket_of(r.first_seen.0.timestamp()) - 2 * self.bucket_secs;
+                let oldest = start.max(self.bucket_of(self.kept_from));
+                groups::newest_row(tx, &r.flow_id, bucket - self.bucket_secs, oldest, self.bucket_secs)?
+            };
+            tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(&values))?;
+            FlowRow::First { prev }
         };
-        tx.prepare_cached(&FLOW_SQL)?.execute(params_from_iter(&values))?;
-        FlowRow::First { prev }
-    };
-    groups.add(&values, bucket, row);
-    // Written into a bucket an exporter has already sent: it sends that bucket again.
-    if bucket < sent_before {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO late_buckets (exporter, bucket)
-             SELECT exporter, ?1 FROM export_cursors WHERE exporter LIKE '%.flows' AND position > ?1",
-        )?
-        .execute([bucket])?;
+        self.groups.add(&values, bucket, row);
+        // Written into a bucket an exporter has already sent: it sends that bucket again.
+        if bucket < self.sent_before {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO late_buckets (exporter, bucket)
+                 SELECT exporter, ?1 FROM export_cursors WHERE exporter LIKE '%.flows' AND position > ?1",
+            )?
+            .execute([bucket])?;
+        }
+        Ok(1)
     }
-    Ok(1)
 }
 
 fn write_alert(tx: &Transaction<'_>, a: &Alert) -> rusqlite::Result<u64> {

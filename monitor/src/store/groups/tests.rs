@@ -196,7 +196,58 @@ fn migration_fills_the_groups_from_stored_flows() {
     let path = dir.path().join(crate::store::FILE);
     let mut conn = Connection::open(&path).unwrap();
     // Back to schema 4, as a store written by the previous version: then migrate again.
-    conn.execute_batch("DROP TABLE flow_groups; PRAGMA user_version = 4;").unwrap();
+    conn.execute_batch(
+        "DROP TABLE flow_groups; CREATE INDEX flows_by_class ON flows (class, bucket);
+         CREATE INDEX flows_by_verdict ON flows (verdict, bucket); PRAGMA user_version = 4;",
+    )
+    .unwrap();
     super::super::migrations::migrate(&mut conn).unwrap();
     check(&conn, now);
+}
+
+fn ask(conn: &Connection, q: &str, now: DateTime<Utc>) -> Vec<(String, i64, i64, i64)> {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let q = FlowQuery::parse(&params, now).unwrap();
+    let columns: Vec<&str> = q.group_by.iter().flat_map(|g| g.columns().iter().copied()).collect();
+    answer(q.run(conn, Duration::from_secs(BUCKET as u64)).unwrap(), &columns)
+}
+
+#[test]
+fn a_flow_that_changes_group_counts_once_and_a_clock_step_back_adds_no_row() {
+    let now = Utc::now();
+    let b0 = now.timestamp().div_euclid(BUCKET) * BUCKET - 5 * BUCKET;
+    let at = |t: i64| Timestamp(DateTime::from_timestamp(t, 0).unwrap());
+    let place = Destination { country: Some("CN".into()), ..Default::default() };
+    let mut first = FlowRecord::sample("175.16.199.1", 443, place);
+    (first.time, first.first_seen, first.last_seen) = (at(b0 + 1), at(b0 + 1), at(b0 + 1));
+    (first.delta_bytes, first.delta_packets) = (100, 1);
+    // Reclassified in the next bucket ...
+    let mut second = first.clone();
+    (second.state, second.class, second.verdict) =
+        (FlowState::Active, Some("billing".into()), VerdictKind::Violation);
+    (second.time, second.last_seen, second.delta_bytes) = (at(b0 + BUCKET + 1), at(b0 + BUCKET + 1), 200);
+    // ... then the wall clock steps back into the first bucket.
+    let mut third = second.clone();
+    (third.time, third.last_seen, third.delta_bytes) = (at(b0 + 2), at(b0 + 2), 300);
+    let (_d, reader) = store(vec![Output::Flow(first), Output::Flow(second), Output::Flow(third)]);
+    let conn = reader.connect().unwrap();
+    let rows: Vec<(i64, i64)> = conn
+        .prepare("SELECT bucket, bytes FROM flows ORDER BY bucket")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(b0, 100), (b0 + BUCKET, 500)], "the late record joins the flow's newest row");
+    let since = format!("since={}", DateTime::from_timestamp(b0, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ"));
+    assert_eq!(ask(&conn, &format!("{since}&group_by=country"), now), [("\"CN\"".into(), 600, 3, 1)]);
+    assert_eq!(
+        ask(&conn, &format!("{since}&group_by=class"), now),
+        [("\"billing\"".into(), 500, 2, 0), ("null".into(), 100, 1, 1)],
+        "counted once, in its first group; the bytes where they were sent"
+    );
+    let later =
+        format!("since={}", DateTime::from_timestamp(b0 + BUCKET, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ"));
+    assert_eq!(ask(&conn, &format!("{later}&group_by=class"), now), [("\"billing\"".into(), 500, 2, 1)]);
 }
