@@ -178,16 +178,7 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
     assert!(metrics.contains("egress_monitor_geolocation_cache_hits_total"));
 
     // The CLI, over the socket named by the agent's configuration.
-    let cli = |args: &[&str]| {
-        let out = Command::new(built_binary("egress-monitor"))
-            .args(args)
-            .arg("--config")
-            .arg(&agent.config_path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| cli(&agent, args);
     let app = format!("{cg}/app");
     let json: Value = serde_json::from_str(&cli(&[
         "flows",
@@ -208,7 +199,7 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
     let cn_line = table.lines().find(|l| l.trim_start().starts_with("CN ")).unwrap();
     assert!(cn_line.contains(&bytesize(cn)), "human bytes in {cn_line:?}");
     let csv = cli(&["flows", "--since", "1h", "--cgroup", &app, "--group-by", "class,country", "-o", "csv"]);
-    assert_eq!(csv.lines().next(), Some("class,country,bytes,packets,flows,first_seen,last_seen"));
+    assert_eq!(csv.lines().next(), Some("class,country,internal,bytes,packets,flows,first_seen,last_seen"));
     assert_eq!(csv.lines().count(), 5, "a header and CN, US, DE, SG: {csv}");
     let alerts = cli(&["alerts", "--since", "1h", "--class", &w.class, "-o", "json"]);
     assert!(alerts.contains(printed[0]["id"].as_str().unwrap()));
@@ -216,6 +207,18 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
     assert!(status.contains("programs") && status.contains("9 attached"), "{status}");
     let top = cli(&["top", "-n", "1", "--since", "1h", "--group-by", "country", "--cgroup", &app]);
     assert!(top.starts_with("egress-monitor top - ") && top.contains("CN"), "{top}");
+}
+
+/// A CLI command against `agent` (over the socket its configuration names); its stdout.
+fn cli(agent: &Agent, args: &[&str]) -> String {
+    let out = Command::new(built_binary("egress-monitor"))
+        .args(args)
+        .arg("--config")
+        .arg(&agent.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn bytesize(n: u64) -> String {
@@ -384,4 +387,135 @@ fn clickhouse_round_trip_through_an_outage() {
         (Some(w.class.as_str()), Some("violation"), Some("CN"))
     );
     assert_eq!(row["comm"], "em-traffic");
+}
+
+/// One output contract: every query command takes `-o table|json|csv`; CSV leaves null fields
+/// empty; tables say `internal` and `unknown` rather than `-`, and show each flow's direction;
+/// `--group-by country` keeps internal, unknown and each country apart.
+#[test]
+fn query_commands_share_one_output_contract() {
+    let w = World::new();
+    // Public, but in no database: unknown.
+    const UNKNOWN: &str = "198.51.100.7";
+    w.topo.add_remote_address(UNKNOWN);
+    let agent = Agent::start(&w.config(""));
+    let s = w.serve("[::]:443", 3);
+    let (_, cn) = w.send("app", &format!("{CN_V4}:443"), 1000, 1);
+    // Host b's own address is private: internal.
+    let internal_addr = w.topo.b_v4.to_string();
+    let (_, internal) = w.send("app", &format!("{internal_addr}:443"), 2000, 1);
+    let (_, unknown) = w.send("app", &format!("{UNKNOWN}:443"), 3000, 1);
+    s.finish();
+    let bytes = |port: u16| u64_of(&w.ended(&agent, port, 443)["bytes"]);
+    let (cn, internal, unknown) = (bytes(cn[0]), bytes(internal[0]), bytes(unknown[0]));
+    let app = format!("{}/app", w.cg.rel);
+    let cli = |args: &[&str]| cli(&agent, args);
+    let flows = |extra: &[&str]| {
+        let mut args = vec!["flows", "--since", "1h", "--cgroup", &app];
+        args.extend(extra);
+        cli(&args)
+    };
+    eventually("the three flows in the store", WAIT, || {
+        (flows(&["-o", "csv"]).lines().count() == 4).then_some(())
+    });
+
+    // Grouped by country: CN, internal and unknown apart, in every format.
+    let csv = flows(&["--group-by", "country", "-o", "csv"]);
+    let mut lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.remove(0), "country,internal,bytes,packets,flows,first_seen,last_seen");
+    let sums: HashMap<(String, String), u64> = lines
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            ((f[0].to_owned(), f[1].to_owned()), f[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        sums,
+        HashMap::from([
+            (("CN".into(), "false".into()), cn),
+            (("".into(), "true".into()), internal),
+            (("".into(), "false".into()), unknown),
+        ]),
+        "null is an empty field: {csv}"
+    );
+    let table = flows(&["--group-by", "country"]);
+    for (place, n) in [("CN", cn), ("internal", internal), ("unknown", unknown)] {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(place));
+        assert!(line.is_some_and(|l| l.contains(&bytesize(n))), "{place} with {n} bytes in:\n{table}");
+    }
+    let json: Value = serde_json::from_str(&flows(&["--group-by", "country", "-o", "json"])).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["country"].is_null() && r["internal"] == true && u64_of(&r["bytes"]) == internal)
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["country"].is_null() && r["internal"] == false && u64_of(&r["bytes"]) == unknown)
+    );
+
+    // One row per flow: the direction, and where it went in words.
+    let table = flows(&["--direction", "outbound"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&header[..4], ["CLASS", "VERDICT", "DIRECTION", "PROTO"], "{table}");
+    let row = |dst: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("{dst}:443")))
+            .unwrap_or_else(|| panic!("{dst} in {table}"))
+    };
+    assert!(row(&internal_addr).contains(" internal "), "{table}");
+    assert!(row(UNKNOWN).contains(" unknown "), "{table}");
+    assert!(row(CN_V4).contains(" outbound "), "{table}");
+    assert_eq!(flows(&["--direction", "inbound", "-o", "csv"]).lines().count(), 1, "only the header");
+    let per_flow = flows(&["-o", "csv"]);
+    let header: Vec<&str> = per_flow.lines().next().unwrap().split(',').collect();
+    let country = header.iter().position(|c| *c == "country").unwrap();
+    let to_internal = per_flow.lines().find(|l| l.contains(&internal_addr)).unwrap();
+    assert_eq!(to_internal.split(',').nth(country), Some(""), "null country is empty: {per_flow}");
+
+    // top: the same filters and formats.
+    let top: Value = serde_json::from_str(&cli(&[
+        "top",
+        "-n",
+        "1",
+        "--since",
+        "1h",
+        "--cgroup",
+        &app,
+        "--country",
+        "cn",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let rows = top["rows"].as_array().unwrap();
+    assert_eq!((rows.len(), u64_of(&rows[0]["bytes"])), (1, cn), "{top}");
+    let top =
+        cli(&["top", "-n", "1", "--since", "1h", "--cgroup", &app, "--group-by", "country", "-o", "csv"]);
+    assert_eq!(top.lines().next(), Some("country,internal,bytes,packets,flows,first_seen,last_seen"));
+
+    // status and lookup: -o csv and -o json too.
+    let status = cli(&["status", "-o", "csv"]);
+    assert_eq!(status.lines().next(), Some("field,value"));
+    assert!(status.lines().any(|l| l == "host,h1"), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("programs.0.hook,")), "{status}");
+    let lookup = cli(&["lookup", &internal_addr, UNKNOWN, CN_V4, "-o", "csv"]);
+    let mut lines = lookup.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "address,country,subdivision,asn,as_org,cloud_provider,cloud_region,site,internal,class,verdict,reason"
+        )
+    );
+    let lines: Vec<&str> = lines.collect();
+    assert!(lines[0].starts_with(&format!("{internal_addr},,,,,,,,true,{},", w.class)), "{lookup}");
+    assert!(lines[1].starts_with(&format!("{UNKNOWN},,,,,,,,false,{},", w.class)), "{lookup}");
+    assert!(lines[2].starts_with(&format!("{CN_V4},CN,")) && lines[2].contains(",violation,"), "{lookup}");
+    let json: Value = serde_json::from_str(cli(&["lookup", CN_V4, "-o", "json"]).trim()).unwrap();
+    assert_eq!(json["destination"]["country"], "CN");
+    assert_eq!(cli(&["lookup", CN_V4, "--json"]), cli(&["lookup", CN_V4, "-o", "json"]));
+    let table = cli(&["lookup", UNKNOWN]);
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains("unknown")), "{table}");
 }

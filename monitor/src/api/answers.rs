@@ -35,6 +35,9 @@ pub struct FlowRow {
     pub cloud_provider: Option<String>,
     pub cloud_region: Option<String>,
     pub site: Option<String>,
+    /// Private, loopback, link-local or multicast, and in no site (with a null country: the
+    /// destination is internal; false with a null country: unknown).
+    pub internal: Option<bool>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub uid: Option<u32>,
@@ -68,6 +71,7 @@ impl FlowRow {
             "cloud_provider" => s(&self.cloud_provider),
             "cloud_region" => s(&self.cloud_region),
             "site" => s(&self.site),
+            "internal" => s(&self.internal),
             "pid" => s(&self.pid),
             "comm" => s(&self.comm),
             "uid" => s(&self.uid),

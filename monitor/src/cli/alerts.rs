@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::{
-    ApiArgs, Format, bytes, cloud, endpoint, place, print_json, process, runtime, table, text, write_csv,
+    ApiArgs, Format, bytes, endpoint, field, place, print_json, process, runtime, table, write_csv,
 };
 use crate::api::answers::{AlertsAnswer, StoredAlert, UndeliveredAnswer};
 
@@ -105,14 +105,19 @@ pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow:
                     a.id.clone(),
                     a.severity.clone(),
                     a.class.clone(),
-                    text(&p.pid),
-                    text(&p.comm),
-                    text(&p.cgroup),
+                    field(&p.pid),
+                    field(&p.comm),
+                    field(&p.cgroup),
                     d.ip.clone(),
-                    text(&d.port),
-                    text(&d.country),
-                    cloud(d.cloud_provider.as_deref(), d.cloud_region.as_deref()),
-                    text(&d.site),
+                    field(&d.port),
+                    field(&d.country),
+                    field(
+                        &d.cloud_provider
+                            .as_deref()
+                            .zip(d.cloud_region.as_deref())
+                            .map(|(p, r)| format!("{p}:{r}")),
+                    ),
+                    field(&d.site),
                     a.bytes.to_string(),
                     a.reason.clone(),
                 ]
@@ -120,12 +125,23 @@ pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow:
             write_csv(&header, rows)?;
         }
         Format::Table => {
-            let mut t =
-                table(&["TIME", "SEVERITY", "CLASS", "PROCESS", "DESTINATION", "WHERE", "BYTES", "REASON"]);
+            let mut t = table(&[
+                "TIME",
+                "ID",
+                "SEVERITY",
+                "CLASS",
+                "PROCESS",
+                "DESTINATION",
+                "WHERE",
+                "BYTES",
+                "REASON",
+            ]);
             for a in alerts {
                 let d = &a.destination;
                 t.add_row(vec![
                     a.time.clone(),
+                    // The id's first 12 characters, as syslog and webhooks carry it whole.
+                    a.id.chars().take(12).collect(),
                     a.severity.clone(),
                     a.class.clone(),
                     process(a.process.comm.as_deref(), a.process.pid),
@@ -135,6 +151,7 @@ pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow:
                         d.country.as_deref(),
                         d.cloud_provider.as_deref(),
                         d.cloud_region.as_deref(),
+                        None,
                     ),
                     bytes(a.bytes),
                     a.reason.clone(),

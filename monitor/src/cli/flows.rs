@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::{
-    ApiArgs, Format, bytes, cloud, endpoint, place, print_json, process, runtime, table, text, write_csv,
+    ApiArgs, Format, bytes, cloud, country, endpoint, field, place, print_json, process, runtime, table,
+    text, write_csv,
 };
 use crate::{
     api::answers::{FlowRow, FlowsAnswer},
@@ -21,13 +22,27 @@ pub struct FlowArgs {
     /// End of the window (default: now)
     #[arg(long)]
     until: Option<String>,
+    #[command(flatten)]
+    filters: FlowFilters,
+    /// Sum per group: class, country, cloud_region, site, destination, process (comma-separated);
+    /// without it, one row per flow
+    #[arg(long, value_name = "KEYS")]
+    group_by: Option<String>,
+    /// Most rows to show (largest first)
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+/// The filters of `/v1/flows`, shared by `flows` and `top`.
+#[derive(Args, Debug)]
+pub struct FlowFilters {
     /// Only this class (comma-separated for several)
     #[arg(long)]
     class: Option<String>,
     /// allowed, violation or unclassified (comma-separated)
     #[arg(long)]
     verdict: Option<String>,
-    /// Destination country, ISO 3166-1 alpha-2 (comma-separated)
+    /// Destination country, ISO 3166-1 alpha-2, any case (comma-separated)
     #[arg(long)]
     country: Option<String>,
     /// Cloud region, like aws:us-east-1 or oci:us-* (* matches anything)
@@ -51,20 +66,16 @@ pub struct FlowArgs {
     /// Destination port
     #[arg(long)]
     port: Option<u16>,
-    /// Sum per group: class, country, cloud_region, site, destination, process (comma-separated);
-    /// without it, one row per flow
-    #[arg(long, value_name = "KEYS")]
-    group_by: Option<String>,
-    /// Most rows to show (largest first)
-    #[arg(long, default_value_t = 100)]
-    limit: u32,
+    /// outbound (this host connected or sent first), inbound (a remote peer did), or unknown
+    /// (sockets older than the agent)
+    #[arg(long)]
+    direction: Option<String>,
 }
 
-impl FlowArgs {
+impl FlowFilters {
+    /// The filters given, as API parameters.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
-        let mut p = vec![("since", self.since.clone()), ("limit", self.limit.to_string())];
-        let opt = [
-            ("until", self.until.clone()),
+        let all = [
             ("class", self.class.clone()),
             ("verdict", self.verdict.clone()),
             ("country", self.country.clone()),
@@ -75,9 +86,18 @@ impl FlowArgs {
             ("cgroup", self.cgroup.clone()),
             ("dst", self.dst.clone()),
             ("port", self.port.map(|v| v.to_string())),
-            ("group_by", self.group_by.clone()),
+            ("direction", self.direction.clone()),
         ];
+        all.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+    }
+}
+
+impl FlowArgs {
+    pub(super) fn params(&self) -> Vec<(&'static str, String)> {
+        let mut p = vec![("since", self.since.clone()), ("limit", self.limit.to_string())];
+        let opt = [("until", self.until.clone()), ("group_by", self.group_by.clone())];
         p.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        p.extend(self.filters.params());
         p
     }
 }
@@ -103,7 +123,7 @@ pub(super) fn print_flows(
         Format::Json => return print_json(body),
         Format::Csv => {
             let header = answer_columns(&groups);
-            let rows = a.rows.iter().map(|r| header.iter().map(|c| text(&r.column(c))).collect());
+            let rows = a.rows.iter().map(|r| header.iter().map(|c| field(&r.column(c))).collect());
             return write_csv(&header, rows);
         }
         Format::Table => {}
@@ -113,6 +133,7 @@ pub(super) fn print_flows(
         columns.extend([
             ("CLASS", (|r: &FlowRow| text(&r.class)) as fn(&FlowRow) -> String),
             ("VERDICT", |r| text(&r.verdict)),
+            ("DIRECTION", |r| text(&r.direction)),
             ("PROTO", |r| text(&r.protocol)),
             ("SOURCE", |r| endpoint(r.src_ip.as_deref(), r.src_port)),
             ("DESTINATION", |r| endpoint(r.dst_ip.as_deref(), r.dst_port)),
@@ -122,6 +143,7 @@ pub(super) fn print_flows(
                     r.country.as_deref(),
                     r.cloud_provider.as_deref(),
                     r.cloud_region.as_deref(),
+                    r.internal,
                 )
             }),
             ("PROCESS", |r| process(r.comm.as_deref(), r.pid)),
@@ -130,7 +152,7 @@ pub(super) fn print_flows(
     for g in &groups {
         match g {
             GroupKey::Class => columns.push(("CLASS", |r| text(&r.class))),
-            GroupKey::Country => columns.push(("COUNTRY", |r| text(&r.country))),
+            GroupKey::Country => columns.push(("COUNTRY", |r| country(r.country.as_deref(), r.internal))),
             GroupKey::CloudRegion => {
                 columns.push(("CLOUD", |r| cloud(r.cloud_provider.as_deref(), r.cloud_region.as_deref())))
             }

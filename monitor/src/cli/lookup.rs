@@ -3,9 +3,9 @@
 
 use std::{net::IpAddr, process::ExitCode, sync::Arc};
 
-use comfy_table::{Table, presets};
 use serde::Serialize;
 
+use super::output::{Format, country, field, table, write_csv};
 use crate::{
     cli::prepare::Places,
     config::Config,
@@ -26,7 +26,7 @@ struct ClassAnswer<'a> {
     reason: String,
 }
 
-pub(super) fn lookup(config: &Config, addresses: &[IpAddr], json: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> anyhow::Result<ExitCode> {
     let Places { mut enricher, policy } = super::prepare::places(config)?;
     let placed: Vec<(IpAddr, Arc<Destination>)> =
         addresses.iter().map(|ip| (*ip, enricher.locate(*ip))).collect();
@@ -45,18 +45,24 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], json: bool) -> anyho
                 .collect(),
         })
         .collect();
-    if json {
-        for a in &answers {
-            println!("{}", serde_json::to_string(a)?);
+    match format {
+        Format::Json => {
+            for a in &answers {
+                println!("{}", serde_json::to_string(a)?);
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        return Ok(ExitCode::SUCCESS);
+        Format::Csv => {
+            write_csv(&CSV_HEADER, answers.iter().flat_map(csv_rows))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Format::Table => {}
     }
     let dash = |s: Option<String>| s.unwrap_or_else(|| "-".into());
     let mut places = table(&["ADDRESS", "COUNTRY", "SUBDIVISION", "NETWORK", "CLOUD", "SITE"]);
     for a in &answers {
         let d = a.destination;
-        let country =
-            if d.internal { Some("internal".into()) } else { d.country.as_deref().map(str::to_owned) };
+        let country = Some(country(d.country.as_deref(), Some(d.internal)));
         let network = d.asn.map(|n| match &d.as_org {
             Some(org) => format!("AS{n} {org}"),
             None => format!("AS{n}"),
@@ -96,8 +102,43 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], json: bool) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(presets::NOTHING).set_header(header.to_vec());
-    t
+const CSV_HEADER: [&str; 12] = [
+    "address",
+    "country",
+    "subdivision",
+    "asn",
+    "as_org",
+    "cloud_provider",
+    "cloud_region",
+    "site",
+    "internal",
+    "class",
+    "verdict",
+    "reason",
+];
+
+/// One row per class (one with empty class fields when none is configured).
+fn csv_rows(a: &Answer<'_>) -> Vec<Vec<String>> {
+    let d = a.destination;
+    let place = vec![
+        a.address.to_string(),
+        field(&d.country),
+        field(&d.subdivision),
+        field(&d.asn),
+        field(&d.as_org),
+        field(&d.cloud_provider.map(|p| p.name())),
+        field(&d.cloud_region),
+        field(&d.site),
+        d.internal.to_string(),
+    ];
+    if a.classes.is_empty() {
+        return vec![place.into_iter().chain([String::new(), String::new(), String::new()]).collect()];
+    }
+    a.classes
+        .iter()
+        .map(|c| {
+            let verdict = [c.class.to_owned(), c.verdict.name().to_owned(), c.reason.clone()];
+            place.iter().cloned().chain(verdict).collect()
+        })
+        .collect()
 }

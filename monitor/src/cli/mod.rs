@@ -47,7 +47,7 @@ enum Command {
     Detach(ConfigArg),
     /// Where is an address, and may each class send there? (no daemon needed)
     #[command(
-        after_help = "Examples:\n  egress-monitor lookup 175.16.199.1 2001:db8::1 --config /etc/egress-monitor/egress-monitor.toml\n  egress-monitor lookup 8.8.8.8 --json | jq .destination.country"
+        after_help = "Examples:\n  egress-monitor lookup 175.16.199.1 2001:db8::1 --config /etc/egress-monitor/egress-monitor.toml\n  egress-monitor lookup 8.8.8.8 -o json | jq .destination.country"
     )]
     Lookup(LookupArgs),
     /// Flow summaries from a running agent: bytes and packets per flow or per group
@@ -85,6 +85,8 @@ enum Command {
         args: top::TopArgs,
         #[command(flatten)]
         api: output::ApiArgs,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -102,8 +104,12 @@ struct LookupArgs {
     addresses: Vec<IpAddr>,
     #[command(flatten)]
     config: ConfigArg,
-    /// One JSON object per address (destination fields and each class's verdict)
-    #[arg(long)]
+    /// Output format: tables, one JSON object per address (destination fields and each class's
+    /// verdict), or CSV (one row per address and class)
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: output::Format,
+    /// The same as -o json
+    #[arg(long, hide = true, conflicts_with = "output")]
     json: bool,
 }
 
@@ -144,10 +150,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),
         Command::Detach(arg) => detach::detach(&arg),
-        Command::Lookup(args) => lookup::lookup(&args.config.load()?, &args.addresses, args.json),
+        Command::Lookup(args) => {
+            let format = if args.json { output::Format::Json } else { args.output };
+            lookup::lookup(&args.config.load()?, &args.addresses, format)
+        }
         Command::Flows { filters, api, output } => flows::flows(&api, &filters, output.output),
         Command::Alerts { filters, api, output } => alerts::alerts(&api, &filters, output.output),
         Command::Status { api, output } => status::status(&api, output.output),
-        Command::Top { args, api } => top::top(&api, &args),
+        Command::Top { args, api, output } => top::top(&api, &args, output.output),
     }
 }

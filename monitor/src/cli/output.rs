@@ -75,6 +75,22 @@ pub fn text<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
+/// A CSV field: the value, or empty when there is none.
+pub fn field<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(String::new, T::to_string)
+}
+
+/// Where a destination is, in a word when it has no country: `internal` (private, loopback,
+/// ... and in no site) or `unknown` (no database places it); "-" when that is not known.
+pub fn country(country: Option<&str>, internal: Option<bool>) -> String {
+    match (country, internal) {
+        (Some(c), _) => c.to_owned(),
+        (None, Some(true)) => "internal".into(),
+        (None, Some(false)) => "unknown".into(),
+        (None, None) => "-".into(),
+    }
+}
+
 pub fn bytes(n: u64) -> String {
     bytesize::ByteSize(n).to_string()
 }
@@ -95,18 +111,20 @@ pub fn cloud(provider: Option<&str>, region: Option<&str>) -> String {
     }
 }
 
-/// Where a destination is: site, else cloud region, else country.
+/// Where a destination is: its site, country and cloud region; `internal` or `unknown` when it
+/// has none of them.
 pub fn place(
     site: Option<&str>,
-    country: Option<&str>,
+    country_code: Option<&str>,
     provider: Option<&str>,
     region: Option<&str>,
+    internal: Option<bool>,
 ) -> String {
-    let mut parts: Vec<String> = site.into_iter().chain(country).map(str::to_owned).collect();
+    let mut parts: Vec<String> = site.into_iter().chain(country_code).map(str::to_owned).collect();
     if region.is_some() {
         parts.push(cloud(provider, region));
     }
-    if parts.is_empty() { "-".into() } else { parts.join(" ") }
+    if parts.is_empty() { country(None, internal) } else { parts.join(" ") }
 }
 
 pub fn process(comm: Option<&str>, pid: Option<u32>) -> String {

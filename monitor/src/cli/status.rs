@@ -5,15 +5,21 @@ use std::{process::ExitCode, time::Duration};
 
 use comfy_table::{Table, presets};
 
-use super::output::{ApiArgs, Format, bytes, print_json, runtime};
+use super::output::{ApiArgs, Format, bytes, print_json, runtime, write_csv};
 use crate::status::Status;
 
 pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> {
     let client = api.client()?;
     let (s, body) = runtime()?.block_on(client.get::<Status>("v1/status", &[]))?;
-    if format != Format::Table {
-        print_json(&body)?;
-        return Ok(ExitCode::SUCCESS);
+    match format {
+        Format::Json => return print_json(&body).map(|()| ExitCode::SUCCESS),
+        Format::Csv => {
+            let mut rows = Vec::new();
+            flatten("", &body, &mut rows);
+            write_csv(&["field", "value"], rows.into_iter().map(|(k, v)| vec![k, v]))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Format::Table => {}
     }
     let mut t = Table::new();
     t.load_style(presets::NOTHING);
@@ -89,4 +95,18 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
     }
     println!("{t}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The status document as (field, value) pairs: nested fields joined by dots, list items by
+/// their index (`sinks.0.name`); a null is an empty value.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    let key = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, v)| flatten(&key(k), v, out)),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| flatten(&key(&i.to_string()), v, out)),
+        Value::Null => out.push((prefix.to_owned(), String::new())),
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        other => out.push((prefix.to_owned(), other.to_string())),
+    }
 }

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 use clap::Args;
 
 use super::{
-    flows::print_flows,
+    flows::{FlowFilters, print_flows},
     output::{ApiArgs, Format, runtime},
 };
 use crate::api::answers::{FlowRow, FlowsAnswer};
@@ -18,15 +18,8 @@ pub struct TopArgs {
     /// What to rank: class, country, cloud_region, site, destination, process (comma-separated)
     #[arg(long, default_value = "destination")]
     group_by: String,
-    /// Only this class
-    #[arg(long)]
-    class: Option<String>,
-    /// Only these verdicts (allowed, violation, unclassified)
-    #[arg(long)]
-    verdict: Option<String>,
-    /// Only this cgroup and everything below it
-    #[arg(long)]
-    cgroup: Option<String>,
+    #[command(flatten)]
+    filters: FlowFilters,
     /// Rows shown
     #[arg(long, default_value_t = 20)]
     limit: u32,
@@ -38,7 +31,9 @@ pub struct TopArgs {
     iterations: Option<u64>,
 }
 
-pub(super) fn top(api: &ApiArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
+/// Each refresh as a table (the screen cleared first on a terminal), as one line of JSON (the
+/// API's answer), or as CSV (a header, then the rows).
+pub(super) fn top(api: &ApiArgs, args: &TopArgs, format: Format) -> anyhow::Result<ExitCode> {
     let client = api.client()?;
     let rt = runtime()?;
     let live = std::io::stdout().is_terminal();
@@ -49,25 +44,27 @@ pub(super) fn top(api: &ApiArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
             ("group_by", args.group_by.clone()),
             ("limit", args.limit.to_string()),
         ];
-        for (k, v) in [("class", &args.class), ("verdict", &args.verdict), ("cgroup", &args.cgroup)] {
-            if let Some(v) = v {
-                params.push((k, v.clone()));
+        params.extend(args.filters.params());
+        let (answer, body) = rt.block_on(client.get::<FlowsAnswer<FlowRow>>("v1/flows", &params))?;
+        match format {
+            Format::Json => println!("{}", serde_json::to_string(&body)?),
+            Format::Csv => print_flows(&answer, &body, Format::Csv)?,
+            Format::Table => {
+                if live {
+                    print!("\x1b[2J\x1b[H"); // clear the screen, like top
+                }
+                let total: u64 = answer.rows.iter().map(|r| r.bytes).sum();
+                println!(
+                    "egress-monitor top - {} - last {} by {}: {} in the top {} groups",
+                    chrono::Utc::now().format("%H:%M:%S"),
+                    args.since,
+                    args.group_by,
+                    bytesize::ByteSize(total),
+                    answer.rows.len()
+                );
+                print_flows(&answer, &body, Format::Table)?;
             }
         }
-        let (answer, body) = rt.block_on(client.get::<FlowsAnswer<FlowRow>>("v1/flows", &params))?;
-        if live {
-            print!("\x1b[2J\x1b[H"); // clear the screen, like top
-        }
-        let total: u64 = answer.rows.iter().map(|r| r.bytes).sum();
-        println!(
-            "egress-monitor top - {} - last {} by {}: {} in the top {} groups",
-            chrono::Utc::now().format("%H:%M:%S"),
-            args.since,
-            args.group_by,
-            bytesize::ByteSize(total),
-            answer.rows.len()
-        );
-        print_flows(&answer, &body, Format::Table)?;
         n += 1;
         if args.iterations.is_some_and(|max| n >= max) {
             return Ok(ExitCode::SUCCESS);

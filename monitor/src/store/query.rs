@@ -66,7 +66,8 @@ impl GroupKey {
     pub fn columns(self) -> &'static [&'static str] {
         match self {
             GroupKey::Class => &["class"],
-            GroupKey::Country => &["country"],
+            // Internal and unknown destinations both have no country: `internal` tells them apart.
+            GroupKey::Country => &["country", "internal"],
             GroupKey::CloudRegion => &["cloud_provider", "cloud_region"],
             GroupKey::Site => &["site"],
             GroupKey::Destination => &["dst_ip", "dst_port"],
@@ -105,6 +106,7 @@ const FLOW_COLUMNS: &[&str] = &[
     "cloud_provider",
     "cloud_region",
     "site",
+    "internal",
     "pid",
     "comm",
     "uid",
@@ -386,7 +388,11 @@ impl FlowQuery {
         let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
             let mut m = Map::new();
             for (i, c) in columns.iter().enumerate() {
-                m.insert((*c).into(), sql_to_json(r.get::<_, SqlValue>(i)?));
+                let v = match (*c, r.get::<_, SqlValue>(i)?) {
+                    ("internal", SqlValue::Integer(n)) => Value::Bool(n != 0),
+                    (_, v) => sql_to_json(v),
+                };
+                m.insert((*c).into(), v);
             }
             let n = columns.len();
             m.insert("bytes".into(), Value::from(r.get::<_, i64>(n)?));

@@ -118,6 +118,7 @@ fn reference(
                 m.insert(
                     (*c).into(),
                     match v {
+                        rusqlite::types::Value::Integer(n) if *c == "internal" => Value::from(n != 0),
                         rusqlite::types::Value::Integer(n) => Value::from(n),
                         rusqlite::types::Value::Text(t) => Value::from(t),
                         _ => Value::Null,
@@ -241,7 +242,7 @@ fn a_flow_that_changes_group_counts_once_and_a_clock_step_back_adds_no_row() {
         .unwrap();
     assert_eq!(rows, [(b0, 100), (b0 + BUCKET, 500)], "the late record joins the flow's newest row");
     let since = format!("since={}", DateTime::from_timestamp(b0, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ"));
-    assert_eq!(ask(&conn, &format!("{since}&group_by=country"), now), [("\"CN\"".into(), 600, 3, 1)]);
+    assert_eq!(ask(&conn, &format!("{since}&group_by=country"), now), [("\"CN\"|false".into(), 600, 3, 1)]);
     assert_eq!(
         ask(&conn, &format!("{since}&group_by=class"), now),
         [("\"billing\"".into(), 500, 2, 0), ("null".into(), 100, 1, 1)],
