@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod build;
+mod files;
 mod query;
 mod sinks;
 mod values;
@@ -262,7 +263,9 @@ impl Config {
             message: format!("cannot read the configuration file: {e}"),
             source_line: String::new(),
         })?;
-        Config::parse(&text, origin)
+        let config = Config::parse(&text, origin)?;
+        config.files_exist(&text)?;
+        Ok(config)
     }
 
     /// Parses and validates a configuration.

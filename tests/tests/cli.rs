@@ -190,6 +190,32 @@ fn check_config_names_file_line_key_and_value() {
     let out = egress_monitor(&["check-config", "--config", &good]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok (2 classes"), "{}", text(&out.stdout));
+
+    // A file that is not there: the line that names it.
+    let missing = dir.path().join("GeoLite2-Country.mmdb");
+    std::fs::write(
+        &path,
+        format!("[agent]\nhost = \"h\"\n\n[geoip]\ncountry_db = {:?}\n", missing.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = egress_monitor(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.starts_with(&format!("error: {}:5:", path.display())), "{err}");
+    assert!(err.contains(&format!("geoip.country_db: no such file: {}", missing.display())), "{err}");
+
+    // A class cgroup that does not exist: allowed (it may appear later), with a warning that
+    // names its line.
+    std::fs::write(&path, "[[classes]]\nname = \"payments\"\ncgroups = [\"/no-such-cgroup-here/paymnts\"]\n")
+        .unwrap();
+    let out = egress_monitor(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("warning: {}:3: classes[0].cgroups[0]: no cgroup at ", path.display()))
+            && stdout.contains("/no-such-cgroup-here/paymnts (yet)"),
+        "{stdout}"
+    );
 }
 
 #[test]

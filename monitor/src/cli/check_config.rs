@@ -23,6 +23,19 @@ pub(super) fn check(arg: &ConfigArg) -> ExitCode {
                 n(config.geoip.cloud_ranges.len(), "cloud range file", "cloud range files"),
                 n(config.effective_sinks().len(), "sink", "sinks"),
             );
+            // Allowed (a cgroup may appear later, and is classified then), but likely a typo.
+            match crate::cgroup::detect_root() {
+                Ok(root) => {
+                    for (key, line, dir) in config.missing_cgroups(&root) {
+                        let at = if line > 0 { format!("{origin}:{line}: ") } else { String::new() };
+                        println!(
+                            "warning: {at}{key}: no cgroup at {} (yet): the class selects nothing there until it is created",
+                            dir.display()
+                        );
+                    }
+                }
+                Err(e) => println!("warning: cannot check the class cgroups: {e:#}"),
+            }
             for (i, class) in config.classes.iter().enumerate() {
                 if class.approved.is_empty() {
                     println!(
