@@ -153,13 +153,15 @@ pub static ALERT: &[Field<Alert>] = &[
     A::new("direction", Text, |a| text(a.direction.name())).stored("direction").syslog("direction"),
     A::new("protocol", Text, |a| text(a.protocol.name())).stored("protocol").syslog("protocol"),
     A::new("process.pid", Int, |a| opt_int(a.process.pid)).stored("pid").syslog("pid"),
-    A::new("process.tid", Int, |a| opt_int(a.process.tid)),
+    A::new("process.tid", Int, |a| opt_int(a.process.tid)).stored("tid").not_exported(),
     A::new("process.comm", Text, |a| opt_text(a.process.comm.as_deref())).stored("comm").syslog("comm"),
     A::new("process.uid", Int, |a| Value::Int(a.process.uid.into())).stored("uid").syslog("uid"),
     A::new("process.cgroup", Text, |a| opt_text(a.process.cgroup.as_deref()))
         .stored("cgroup")
         .syslog("cgroup"),
-    A::new("process.cgroup_id", Int, |a| Value::Int(a.process.cgroup_id as i64)),
+    A::new("process.cgroup_id", Int, |a| Value::Int(a.process.cgroup_id as i64))
+        .stored("cgroup_id")
+        .not_exported(),
     A::new("destination.ip", Text, |a| ip(a.destination.ip)).stored("dst_ip").syslog("dst"),
     A::new("destination.port", Int, |a| opt_int(a.destination.port)).stored("dst_port").syslog("dport"),
     A::new("destination.country", Text, |a| opt_text(a.destination.place.country.as_deref()))
@@ -183,7 +185,9 @@ pub static ALERT: &[Field<Alert>] = &[
     A::new("destination.site", Text, |a| opt_text(a.destination.place.site.as_deref()))
         .stored("site")
         .syslog("site"),
-    A::new("destination.internal", Bool, |a| Value::Bool(a.destination.place.internal)),
+    A::new("destination.internal", Bool, |a| Value::Bool(a.destination.place.internal))
+        .stored("internal")
+        .not_exported(),
     A::new("bytes", Int, |a| Value::Int(a.bytes as i64)).stored("bytes").syslog("bytes"),
     A::new("packets", Int, |a| Value::Int(a.packets as i64)).stored("packets").syslog("packets"),
     // Flows counted in the alert's totals: 1 when raised, then as alert updates say.

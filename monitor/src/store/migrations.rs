@@ -193,6 +193,12 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX flows_by_class;
     DROP INDEX flows_by_verdict;
     ",
+    // 7: alerts keep every field the printed alert has (alerts stored before stay null there).
+    "
+    ALTER TABLE alerts ADD COLUMN tid INTEGER;
+    ALTER TABLE alerts ADD COLUMN cgroup_id INTEGER;
+    ALTER TABLE alerts ADD COLUMN internal INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

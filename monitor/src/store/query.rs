@@ -456,7 +456,10 @@ impl AlertQuery {
             let mut alert = Map::new();
             alert.insert("type".into(), "alert".into());
             for (i, (_, f)) in shown.iter().enumerate() {
-                let v = sql_to_json(r.get::<_, SqlValue>(i)?);
+                let v = match (f.kind, r.get::<_, SqlValue>(i)?) {
+                    (fields::Kind::Bool, SqlValue::Integer(n)) => Value::Bool(n != 0),
+                    (_, v) => sql_to_json(v),
+                };
                 match f.path.split_once('.') {
                     Some((outer, inner)) => {
                         let o = alert.entry(outer).or_insert_with(|| Value::Object(Map::new()));

@@ -199,7 +199,9 @@ fn migration_fills_the_groups_from_stored_flows() {
     // Back to schema 4, as a store written by the previous version: then migrate again.
     conn.execute_batch(
         "DROP TABLE flow_groups; CREATE INDEX flows_by_class ON flows (class, bucket);
-         CREATE INDEX flows_by_verdict ON flows (verdict, bucket); PRAGMA user_version = 4;",
+         CREATE INDEX flows_by_verdict ON flows (verdict, bucket); ALTER TABLE alerts DROP COLUMN tid;
+         ALTER TABLE alerts DROP COLUMN cgroup_id; ALTER TABLE alerts DROP COLUMN internal;
+         PRAGMA user_version = 4;",
     )
     .unwrap();
     super::super::migrations::migrate(&mut conn).unwrap();
