@@ -22,6 +22,15 @@ pub struct ClassSelector {
     pub uids: Vec<u32>,
 }
 
+/// A class as its selectors resolved: its cgroups with their ids when they exist (as of the
+/// last rescan), and its uids.
+pub struct ClassDescription {
+    pub id: u32,
+    pub name: String,
+    pub cgroups: Vec<(String, Option<u64>)>,
+    pub uids: Vec<u32>,
+}
+
 /// Class ids are 1-based positions in the config (0 means "no class" in the kernel).
 pub fn class_id(index: usize) -> u32 {
     index as u32 + 1
@@ -34,6 +43,10 @@ pub struct ClassSelectors {
     uids: HashMap<u32, u32>,
     resolved: HashMap<u64, u32>,
     missing: HashSet<String>,
+    /// Class names in class-id order.
+    names: Vec<String>,
+    /// The id of each configured cgroup that exists, by path (as of the last rescan).
+    found: HashMap<String, u64>,
 }
 
 impl ClassSelectors {
@@ -49,7 +62,15 @@ impl ClassSelectors {
                 uids.insert(*uid, class_id(i));
             }
         }
-        Self { root: root.to_owned(), cgroups, uids, resolved: HashMap::new(), missing: HashSet::new() }
+        Self {
+            root: root.to_owned(),
+            cgroups,
+            uids,
+            resolved: HashMap::new(),
+            missing: HashSet::new(),
+            names: classes.iter().map(|c| c.name.clone()).collect(),
+            found: HashMap::new(),
+        }
     }
 
     /// Class of a cgroup path by its deepest configured ancestor (or itself), the rule the
@@ -68,14 +89,37 @@ impl ClassSelectors {
         &self.uids
     }
 
+    /// Each class, in class-id order.
+    pub fn described(&self) -> Vec<ClassDescription> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let id = class_id(i);
+                let cgroups = self
+                    .cgroups
+                    .iter()
+                    .filter(|(_, c, _)| *c == id)
+                    .map(|(p, _, _)| (p.clone(), self.found.get(p).copied()))
+                    .collect();
+                let mut uids: Vec<u32> =
+                    self.uids.iter().filter(|(_, c)| **c == id).map(|(u, _)| *u).collect();
+                uids.sort_unstable();
+                ClassDescription { id, name: name.clone(), cgroups, uids }
+            })
+            .collect()
+    }
+
     /// Looks every configured cgroup up again. Returns the new cgroup-id map when it differs
     /// from the last one (a cgroup appeared, vanished or was re-created).
     pub fn rescan(&mut self) -> Option<&HashMap<u64, u32>> {
         let mut now = HashMap::new();
+        self.found.clear();
         for (path, class, name) in &self.cgroups {
             let dir = self.root.join(path.trim_start_matches('/'));
             match cgroup::id_of(&dir) {
                 Ok(Some(id)) => {
+                    self.found.insert(path.clone(), id);
                     if self.missing.remove(path) {
                         info!(class = %name, cgroup = %path, id, "cgroup now exists; its sockets carry the class");
                     }

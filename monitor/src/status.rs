@@ -14,6 +14,9 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub kernel: KernelSide,
     pub flows_tracked: u64,
+    /// Each class: what selects it, whether its cgroups exist, and what it sent.
+    #[serde(default)]
+    pub classes: Vec<ClassStatus>,
     pub events: EventCounts,
     pub losses: Losses,
     pub alerts: AlertCounts,
@@ -38,6 +41,31 @@ pub struct KernelSide {
     pub agent_away_seconds: Option<f64>,
     /// Flows carried over from replaced program sets.
     pub carried_flows: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClassStatus {
+    pub name: String,
+    pub cgroups: Vec<CgroupSelector>,
+    pub uids: Vec<u32>,
+    /// Flows of this class the agent tracks now.
+    pub flows_tracked: u64,
+    /// Bytes this class sent in the last hour, by verdict, as the store has them.
+    pub last_hour: VerdictBytes,
+}
+
+/// A class's cgroup selector: the path (from the cgroup v2 root) and, when the cgroup exists,
+/// its id (null: not there, or not yet: it is classified as soon as it is created).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CgroupSelector {
+    pub path: String,
+    pub cgroup_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerdictBytes {
+    pub allowed: u64,
+    pub violation: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -412,7 +412,10 @@ fn query_commands_share_one_output_contract() {
     // Public, but in no database: unknown.
     const UNKNOWN: &str = "198.51.100.7";
     w.topo.add_remote_address(UNKNOWN);
-    let agent = Agent::start(&w.config(""));
+    // A second class whose cgroup does not exist: status says so.
+    let agent = Agent::start(&w.config(
+        "\n[[classes]]\nname = \"ghost\"\ncgroups = [\"/no-such-cgroup-em/x\"]\nuids = [4242]\napproved = [\"US\"]\n",
+    ));
     let s = w.serve("[::]:443", 3);
     let (_, cn) = w.send("app", &format!("{CN_V4}:443"), 1000, 1);
     // Host b's own address is private: internal.
@@ -510,6 +513,30 @@ fn query_commands_share_one_output_contract() {
         cli(&["top", "-n", "1", "--since", "1h", "--cgroup", &app, "--group-by", "country", "-o", "csv"]);
     assert_eq!(top.lines().next(), Some("country,internal,bytes,packets,flows,first_seen,last_seen"));
 
+    // status, per class: what selects it, whether its cgroups exist, what it sent last hour.
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    let status = api.ok("/v1/status");
+    let classes = status["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 2, "{status}");
+    let (mine, ghost) = (&classes[0], &classes[1]);
+    assert_eq!(mine["name"], w.class.as_str());
+    assert_eq!(mine["cgroups"][0]["path"], app.as_str());
+    assert!(mine["cgroups"][0]["cgroup_id"].as_u64().is_some_and(|id| id > 0), "{mine}");
+    let last_hour = |v: &str| u64_of(&mine["last_hour"][v]);
+    assert_eq!(last_hour("allowed") + last_hour("violation"), cn + internal + unknown, "{mine}");
+    let violations =
+        api.ok(&format!("/v1/flows?since=1h&class={}&verdict=violation&group_by=class", w.class));
+    assert_eq!(last_hour("violation"), total(&violations));
+    assert!(last_hour("violation") >= cn);
+    assert_eq!((ghost["name"].as_str(), &ghost["cgroups"][0]["cgroup_id"]), (Some("ghost"), &Value::Null));
+    assert_eq!(ghost["uids"], serde_json::json!([4242]));
+    let table = cli(&["status"]);
+    let ghost_line = table.lines().find(|l| l.contains("class ghost")).unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        ghost_line.contains("/no-such-cgroup-em/x (NOT FOUND") && ghost_line.contains("uid 4242"),
+        "{table}"
+    );
+
     // status and lookup: -o csv and -o json too.
     let status = cli(&["status", "-o", "csv"]);
     assert_eq!(status.lines().next(), Some("field,value"));
@@ -523,7 +550,8 @@ fn query_commands_share_one_output_contract() {
             "address,country,subdivision,asn,as_org,cloud_provider,cloud_region,site,internal,class,verdict,reason"
         )
     );
-    let lines: Vec<&str> = lines.collect();
+    let mine = format!(",{},", w.class);
+    let lines: Vec<&str> = lines.filter(|l| l.contains(&mine)).collect();
     assert!(lines[0].starts_with(&format!("{internal_addr},,,,,,,,true,{},", w.class)), "{lookup}");
     assert!(lines[1].starts_with(&format!("{UNKNOWN},,,,,,,,false,{},", w.class)), "{lookup}");
     assert!(lines[2].starts_with(&format!("{CN_V4},CN,")) && lines[2].contains(",violation,"), "{lookup}");

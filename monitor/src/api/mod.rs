@@ -355,6 +355,31 @@ async fn status(State(s): State<ApiState>) -> Response {
     let mut st = s.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     st.uptime_seconds = s.started.elapsed().as_secs();
     st.databases.store_bytes = s.store.size();
+    // What each class sent in the last hour, as the store has it.
+    let store = s.store.clone();
+    let Ok(permit) = s.queries.clone().acquire_owned().await else { return internal("the API is stopping") };
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let sums = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        store.connect().and_then(|c| crate::store::bytes_by_class_and_verdict(&c, since, store.bucket))
+    })
+    .await;
+    match sums {
+        Ok(Ok(sums)) => {
+            for (class, verdict, bytes) in sums {
+                let Some(c) = st.classes.iter_mut().find(|c| Some(&c.name) == class.as_ref()) else {
+                    continue;
+                };
+                match verdict.as_str() {
+                    "allowed" => c.last_hour.allowed += bytes,
+                    "violation" => c.last_hour.violation += bytes,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Err(e)) => error!(error = %e, "reading the classes' last hour from the store"),
+        Err(e) => error!(error = %e, "reading the classes' last hour from the store"),
+    }
     Json(st).into_response()
 }
 

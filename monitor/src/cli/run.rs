@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::{
     api::{self, ApiState},
     cgroup::{self, CgroupNames},
-    classes::ClassSelectors,
+    classes::{ClassDescription, ClassSelectors},
     cli::prepare::{Places, Prepared, prepare},
     config::Config,
     export::clickhouse,
@@ -30,7 +30,7 @@ use crate::{
     record::Output,
     sinks::Sinks,
     state,
-    status::{self, Status},
+    status::{self, CgroupSelector, ClassStatus, Status},
     store::{CommittedMarks, Store},
 };
 
@@ -233,6 +233,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     deliver(&mut pipeline, &sinks, &mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     pipeline.fill_status(&mut s, &kernel);
+                    s.classes = class_status(&selectors, &pipeline);
                     sinks.fill_status(&mut s);
                     store_counters.fill_status(&mut s);
                     s.export = export.iter().map(|(st, _)| st.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
@@ -273,6 +274,26 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
+}
+
+/// Each class's part of the status: its selectors (cgroups found or not) and flows tracked now;
+/// the API adds what it sent in the last hour from the store.
+fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline) -> Vec<ClassStatus> {
+    let tracked = pipeline.table().by_class();
+    selectors
+        .described()
+        .into_iter()
+        .map(|ClassDescription { id, name, cgroups, uids }| ClassStatus {
+            name,
+            cgroups: cgroups
+                .into_iter()
+                .map(|(path, cgroup_id)| CgroupSelector { path, cgroup_id })
+                .collect(),
+            uids,
+            flows_tracked: tracked.get(&id).copied().unwrap_or(0),
+            last_hour: Default::default(),
+        })
+        .collect()
 }
 
 fn host_name(config: &Config) -> String {

@@ -71,6 +71,27 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
+    for c in &s.classes {
+        let mut selects: Vec<String> = c
+            .cgroups
+            .iter()
+            .map(|g| match g.cgroup_id {
+                Some(id) => format!("{} (cgroup id {id})", g.path),
+                None => format!("{} (NOT FOUND: no such cgroup yet)", g.path),
+            })
+            .collect();
+        selects.extend(c.uids.iter().map(|u| format!("uid {u}")));
+        t.add_row(vec![
+            format!("class {}", c.name),
+            format!(
+                "{}; {} flows now; last hour: {} allowed, {} violation",
+                selects.join(", "),
+                c.flows_tracked,
+                bytes(c.last_hour.allowed),
+                bytes(c.last_hour.violation)
+            ),
+        ]);
+    }
     for sink in &s.sinks {
         let mut v = format!(
             "{} delivered, {} waiting, {} retries, {} failed",

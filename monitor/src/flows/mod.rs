@@ -126,6 +126,15 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
+    /// Flows tracked now, by class id (0: unclassified).
+    pub fn by_class(&self) -> HashMap<u32, u64> {
+        let mut n = HashMap::new();
+        for f in self.flows.values() {
+            *n.entry(f.class_id).or_default() += 1;
+        }
+        n
+    }
+
     /// Applies one kernel event; a new flow is reported at once.
     pub fn on_event(&mut self, event: KernelEvent, now: Instant, out: &mut Vec<FlowUpdate>) {
         match event {

@@ -12,9 +12,11 @@
 //! group it had first, while its bytes go where they were sent: the counts of all groups still
 //! add up to the number of distinct flows.
 
-use std::{collections::HashMap, sync::LazyLock};
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
-use rusqlite::{Transaction, params, types::Value as SqlValue};
+use chrono::{DateTime, Utc};
+
+use rusqlite::{Connection, Transaction, params, types::Value as SqlValue};
 
 use crate::record::fields;
 
@@ -189,6 +191,23 @@ pub fn newest_row(
 /// module's comment).
 pub fn flows_expression(first_bucket: i64) -> String {
     format!("SUM(CASE WHEN prev_bucket IS NULL OR prev_bucket < {first_bucket} THEN flows ELSE 0 END)")
+}
+
+/// Bytes sent per class (None: unclassified) and verdict, in the buckets from the one holding
+/// `since` on, from the group sums.
+pub fn bytes_by_class_and_verdict(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    bucket: Duration,
+) -> rusqlite::Result<Vec<(Option<String>, String, u64)>> {
+    let bucket = bucket.as_secs().max(1) as i64;
+    let first = since.timestamp().div_euclid(bucket) * bucket;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT class, verdict, SUM(bytes) FROM {} WHERE bucket >= ?1 GROUP BY class, verdict",
+        TABLE
+    ))?;
+    let rows = stmt.query_map([first], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+    rows.collect()
 }
 
 #[cfg(test)]

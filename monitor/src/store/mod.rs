@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::Context;
 pub use export::ExportReader;
+pub use groups::bytes_by_class_and_verdict;
 use rusqlite::{Connection, OpenFlags};
 pub use writer::StoreWriter;
 
