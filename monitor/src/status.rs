@@ -140,6 +140,17 @@ pub struct Databases {
     pub store_error: Option<String>,
     pub store_bytes: u64,
     pub outbox_bytes: u64,
+    /// Every source of places in force, in the order they are asked: each file with what it is
+    /// (database type, build date, size; a range file's networks).
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// `sites`, `cloud`, `country`, `city` or `asn`.
+    pub kind: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

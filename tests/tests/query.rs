@@ -530,7 +530,18 @@ fn query_commands_share_one_output_contract() {
     assert!(last_hour("violation") >= cn);
     assert_eq!((ghost["name"].as_str(), &ghost["cgroups"][0]["cgroup_id"]), (Some("ghost"), &Value::Null));
     assert_eq!(ghost["uids"], serde_json::json!([4242]));
+    let sources = status["databases"]["sources"].as_array().unwrap();
+    let country = sources.iter().find(|s| s["kind"] == "country").unwrap();
+    let country_db = w.files.path().join("country.mmdb");
+    assert!(
+        country["description"].as_str().unwrap().starts_with(&format!("{} (", country_db.display())),
+        "{sources:?}"
+    );
     let table = cli(&["status"]);
+    assert!(
+        table.lines().any(|l| l.contains("places: country") && l.contains("search-tree nodes")),
+        "{table}"
+    );
     let ghost_line = table.lines().find(|l| l.contains("class ghost")).unwrap_or_else(|| panic!("{table}"));
     assert!(
         ghost_line.contains("/no-such-cgroup-em/x (NOT FOUND") && ghost_line.contains("uid 4242"),

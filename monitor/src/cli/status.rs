@@ -71,6 +71,9 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
+    for source in &s.databases.sources {
+        t.add_row(vec![format!("places: {}", source.kind), source.description.clone()]);
+    }
     for c in &s.classes {
         let mut selects: Vec<String> = c
             .cgroups

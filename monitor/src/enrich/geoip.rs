@@ -196,7 +196,7 @@ impl GeoDb {
         let built = chrono::DateTime::from_timestamp(m.build_epoch as i64, 0)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_default();
-        format!("{} built {built}", m.database_type)
+        format!("{} built {built}, {} search-tree nodes", m.database_type, m.node_count)
     }
 
     /// Whether the file on disk is no longer the one loaded.

@@ -259,6 +259,12 @@ impl Pipeline {
         let c = self.table.counters;
         let e = self.enricher.counters;
         s.flows_tracked = self.table.len() as u64;
+        s.databases.sources = self
+            .enricher
+            .sources()
+            .into_iter()
+            .map(|(kind, description)| status::SourceStatus { kind, description })
+            .collect();
         s.events = status::EventCounts {
             new_flow: c.new_flow_events,
             connect: c.connect_events,
