@@ -462,6 +462,12 @@ fn query_commands_share_one_output_contract() {
         assert!(line.is_some_and(|l| l.contains(&bytesize(n))), "{place} with {n} bytes in:\n{table}");
     }
     let json: Value = serde_json::from_str(&flows(&["--group-by", "country", "-o", "json"])).unwrap();
+    // Every answer says as of when it was read.
+    let as_of = chrono::DateTime::parse_from_rfc3339(json["as_of"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(as_of);
+    assert!(age >= chrono::Duration::zero() && age < chrono::Duration::seconds(30), "{json}");
+    let last = table.lines().last().unwrap();
+    assert!(last.starts_with("3 rows, ") && last.contains(" as of "), "{table}");
     let rows = json["rows"].as_array().unwrap();
     assert!(
         rows.iter()

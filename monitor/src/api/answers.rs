@@ -13,6 +13,10 @@ pub struct FlowsAnswer<R> {
     pub until: String,
     /// The group keys of the question (empty: one row per flow).
     pub group_by: Vec<String>,
+    /// When the store was read for this answer (RFC 3339, milliseconds). An active flow's
+    /// bytes are in the store as of its last report (at least every `agent.flush_interval`).
+    #[serde(default)]
+    pub as_of: String,
     pub rows: Vec<R>,
 }
 

@@ -272,9 +272,12 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
             let rows = move || -> Result<String, String> {
                 // Held while the query runs, even if the request that started it is gone.
                 let _permit = permit;
+                let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let rows =
                     store.connect().and_then(|c| q2.run(&c, store.bucket)).map_err(|e| e.to_string())?;
-                serde_json::to_string(&rows).map_err(|e| e.to_string())
+                let rows = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
+                // The tail of the answer, from its time of reading on (see flows_answer).
+                Ok(format!("\"as_of\":{},\"rows\":{rows}", serde_json::Value::from(as_of)))
             };
             tokio::task::spawn_blocking(rows).await.map_err(|e| e.to_string())?
         })
@@ -285,17 +288,21 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     }
 }
 
-/// A [`FlowsAnswer`] to `q` whose rows are already JSON (shared between answers).
-fn flows_answer(q: &FlowQuery, rows: &str) -> Response {
+/// A [`FlowsAnswer`] to `q` whose tail (`"as_of":...,"rows":[...]`) is already JSON, shared
+/// between answers.
+fn flows_answer(q: &FlowQuery, tail: &str) -> Response {
     let head = FlowsAnswer::<()> {
         since: rfc3339(q.since),
         until: rfc3339(q.until),
         group_by: q.group_by.iter().map(|g| g.name().to_owned()).collect(),
+        as_of: String::new(),
         rows: Vec::new(),
     };
     let head = serde_json::to_string(&head).unwrap_or_default();
-    let Some(head) = head.strip_suffix("[]}") else { return internal("cannot encode the answer") };
-    let body = format!("{head}{rows}}}");
+    let Some(head) = head.strip_suffix("\"as_of\":\"\",\"rows\":[]}") else {
+        return internal("cannot encode the answer");
+    };
+    let body = format!("{head}{tail}}}");
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

@@ -177,5 +177,13 @@ pub(super) fn print_flows(
         t.add_row(columns.iter().map(|(_, f)| f(r)).collect::<Vec<_>>());
     }
     println!("{t}");
+    println!(
+        "{} row{}, {} to {}, as of {} (active flows as of their last report)",
+        a.rows.len(),
+        if a.rows.len() == 1 { "" } else { "s" },
+        a.since,
+        a.until,
+        a.as_of
+    );
     Ok(())
 }
