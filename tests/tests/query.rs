@@ -578,3 +578,59 @@ fn query_commands_share_one_output_contract() {
     let table = cli(&["lookup", UNKNOWN]);
     assert!(table.lines().nth(1).is_some_and(|l| l.contains("unknown")), "{table}");
 }
+
+/// Every command the README shows (but `run`, which is this agent) runs against a running
+/// agent: the examples stay true to the flags. `--config /etc/...` and `--api URL
+/// --token-file F` stand for this agent's configuration; `top` stops after one refresh.
+#[test]
+fn every_readme_example_runs_against_an_agent() {
+    let w = World::new();
+    // The README's examples name the class us-user-data.
+    let agent = Agent::start(
+        &w.config("\n[[classes]]\nname = \"us-user-data\"\nuids = [4243]\napproved = [\"US\"]\n"),
+    );
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut in_sh = false;
+    let mut ran = Vec::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        let command = line.split(" #").next().unwrap().trim();
+        let Some(rest) =
+            command.strip_prefix("egress-monitor ").or_else(|| command.strip_prefix("sudo egress-monitor "))
+        else {
+            continue;
+        };
+        if !in_sh || rest.starts_with("run ") {
+            continue;
+        }
+        let mut args: Vec<String> = Vec::new();
+        let mut words = rest.split_whitespace();
+        while let Some(word) = words.next() {
+            match word {
+                "--config" | "--api" | "--token-file" => {
+                    words.next();
+                }
+                _ => args.push(word.to_owned()),
+            }
+        }
+        if args[0] == "top" {
+            args.extend(["-n".into(), "1".into()]);
+        }
+        args.extend(["--config".into(), agent.config_path.to_str().unwrap().to_owned()]);
+        let out = Command::new(built_binary("egress-monitor")).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "README: {line}\nran: {args:?}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stdout.is_empty(), "README: {line}: printed nothing");
+        ran.push(args[0].clone());
+    }
+    for command in ["check-config", "lookup", "flows", "alerts", "top", "status"] {
+        assert!(ran.iter().any(|r| r == command), "the README shows no `{command}` example: {ran:?}");
+    }
+}
