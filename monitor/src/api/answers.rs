@@ -137,6 +137,8 @@ pub struct StoredDestination {
     pub cloud_provider: Option<String>,
     pub cloud_region: Option<String>,
     pub site: Option<String>,
+    /// Null for alerts stored before the store kept it.
+    pub internal: Option<bool>,
 }
 
 /// `GET /v1/undelivered`: alerts sinks gave up on (refused for good, or failing for longer

@@ -151,7 +151,7 @@ pub(super) fn alerts(api: &ApiArgs, args: &AlertArgs, format: Format) -> anyhow:
                         d.country.as_deref(),
                         d.cloud_provider.as_deref(),
                         d.cloud_region.as_deref(),
-                        None,
+                        d.internal,
                     ),
                     bytes(a.bytes),
                     a.reason.clone(),
