@@ -16,10 +16,12 @@ use crate::{
 
 #[derive(Args, Debug)]
 pub struct FlowArgs {
-    /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d)
+    /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d). The store sums
+    /// flows per time bucket ([store] bucket, default 1m): the window takes whole buckets, from
+    /// the one holding this time, so it may reach up to a bucket earlier
     #[arg(long, default_value = "1h")]
     since: String,
-    /// End of the window (default: now)
+    /// End of the window (default: now); whole buckets, up to the one holding this time
     #[arg(long)]
     until: Option<String>,
     #[command(flatten)]

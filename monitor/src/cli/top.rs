@@ -12,7 +12,7 @@ use crate::api::answers::{FlowRow, FlowsAnswer};
 
 #[derive(Args, Debug)]
 pub struct TopArgs {
-    /// Window the totals cover, ending now
+    /// Window the totals cover, ending now (in whole store buckets: [store] bucket, default 1m)
     #[arg(long, default_value = "5m")]
     since: String,
     /// What to rank: class, country, cloud_region, site, destination, process (comma-separated)
