@@ -255,6 +255,16 @@ pub fn stored<R>(table: &'static [Field<R>]) -> impl Iterator<Item = (&'static s
     table.iter().filter_map(|f| f.column.map(|c| (c, f)))
 }
 
+/// Where each of `names` sits among `table`'s stored columns, in [`stored`] order (a name the
+/// table does not store is a programming error).
+pub fn stored_positions<R>(table: &'static [Field<R>], names: &[&str]) -> Vec<usize> {
+    let stored: Vec<&str> = stored(table).map(|(c, _)| c).collect();
+    names
+        .iter()
+        .map(|n| stored.iter().position(|s| s == n).unwrap_or_else(|| panic!("no stored column {n}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeSet, sync::Arc};

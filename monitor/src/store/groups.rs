@@ -42,12 +42,9 @@ pub const COLUMNS: [&str; 14] = [
 /// Where each of [`COLUMNS`], then bytes, packets, first_seen and last_seen, sits in a flow
 /// row's values (the stored columns of [`fields::FLOW`], in order).
 static POSITIONS: LazyLock<Vec<usize>> = LazyLock::new(|| {
-    let stored: Vec<&str> = fields::stored(fields::FLOW).map(|(c, _)| c).collect();
-    COLUMNS
-        .iter()
-        .chain(&["bytes", "packets", "first_seen", "last_seen"])
-        .map(|c| stored.iter().position(|s| s == c).unwrap_or_else(|| panic!("no stored flow column {c}")))
-        .collect()
+    let names: Vec<&str> =
+        COLUMNS.iter().chain(&["bytes", "packets", "first_seen", "last_seen"]).copied().collect();
+    fields::stored_positions(fields::FLOW, &names)
 });
 
 /// The table, created by migration 5.

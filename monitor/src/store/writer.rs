@@ -250,12 +250,9 @@ const FLOW_UPDATE_COLUMNS: [&str; 7] =
 const FLOW_UPDATE_SQL: &str = "UPDATE flows SET bytes = bytes + ?1, packets = packets + ?2, last_seen = ?3,
      class = ?4, verdict = ?5 WHERE bucket = ?6 AND flow_id = ?7";
 
-/// Where a stored flow column sits in a row's values.
-fn column(name: &str) -> usize {
-    static STORED: LazyLock<Vec<&str>> =
-        LazyLock::new(|| fields::stored(fields::FLOW).map(|(c, _)| c).collect());
-    STORED.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no stored flow column {name}"))
-}
+/// Where [`FLOW_UPDATE_COLUMNS`] sit in a flow row's values.
+static FLOW_UPDATE_POSITIONS: LazyLock<Vec<usize>> =
+    LazyLock::new(|| fields::stored_positions(fields::FLOW, &FLOW_UPDATE_COLUMNS));
 
 static ALERT_SQL: LazyLock<String> =
     LazyLock::new(|| insert("INSERT OR IGNORE", "alerts", fields::ALERT, ""));
@@ -304,7 +301,7 @@ impl FlowBatch<'_> {
         // The flow's row in this bucket if it has one, else a new row.
         let updated = tx
             .prepare_cached(FLOW_UPDATE_SQL)?
-            .execute(params_from_iter(FLOW_UPDATE_COLUMNS.iter().map(|c| &values[column(c)])))?;
+            .execute(params_from_iter(FLOW_UPDATE_POSITIONS.iter().map(|&i| &values[i])))?;
         let row = if updated > 0 {
             FlowRow::Existing
         } else {
