@@ -48,6 +48,19 @@ impl Agent {
         agent
     }
 
+    /// A CLI command against this agent (over the socket its configuration names); its
+    /// stdout. Fails the test when the command fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::built_binary("egress-monitor"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Starts the agent again on its configuration, changed by `edit`, once the previous run
     /// has exited (killed, or stopped). Returns the previous run's records; from now on the
     /// agent's records and log are the new run's.

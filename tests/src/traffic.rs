@@ -15,6 +15,8 @@ use crate::built_binary;
 
 pub struct Traffic {
     child: Child,
+    /// Its standard input: closing it lets a holding process (`tcp-send --hold`) go on.
+    stdin: Option<std::process::ChildStdin>,
     lines: mpsc::Receiver<String>,
     args: Vec<String>,
 }
@@ -39,10 +41,11 @@ impl Traffic {
             }
             None => Command::new(&bin),
         };
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child =
             test_world::spawn(&mut cmd, place).unwrap_or_else(|e| panic!("em-traffic {args:?}: {e:#}"));
         let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -51,7 +54,12 @@ impl Traffic {
                 }
             }
         });
-        Traffic { child, lines, args: args.iter().map(|s| s.to_string()).collect() }
+        Traffic { child, stdin, lines, args: args.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// Closes its standard input: a holding process goes on.
+    pub fn release(&mut self) {
+        self.stdin.take();
     }
 
     pub fn pid(&self) -> u32 {

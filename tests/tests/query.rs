@@ -231,16 +231,8 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
     assert!(top.starts_with("egress-monitor top - ") && top.contains("CN"), "{top}");
 }
 
-/// A CLI command against `agent` (over the socket its configuration names); its stdout.
 fn cli(agent: &Agent, args: &[&str]) -> String {
-    let out = Command::new(built_binary("egress-monitor"))
-        .args(args)
-        .arg("--config")
-        .arg(&agent.config_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    agent.cli(args)
 }
 
 fn bytesize(n: u64) -> String {
@@ -473,12 +465,13 @@ fn query_commands_share_one_output_contract() {
         assert!(line.is_some_and(|l| l.contains(&bytesize(n))), "{place} with {n} bytes in:\n{table}");
     }
     let json: Value = serde_json::from_str(&flows(&["--group-by", "country", "-o", "json"])).unwrap();
-    // Every answer says as of when it was read.
+    // Every answer says up to when it counts.
     let as_of = chrono::DateTime::parse_from_rfc3339(json["as_of"].as_str().unwrap()).unwrap();
     let age = chrono::Utc::now().signed_duration_since(as_of);
     assert!(age >= chrono::Duration::zero() && age < chrono::Duration::seconds(30), "{json}");
+    assert_eq!(json["live"], true, "{json}");
     let last = table.lines().last().unwrap();
-    assert!(last.starts_with("3 rows, ") && last.contains(" as of "), "{table}");
+    assert!(last.starts_with("3 rows, ") && last.contains(" counted up to "), "{table}");
     let rows = json["rows"].as_array().unwrap();
     assert!(
         rows.iter()

@@ -8,15 +8,25 @@ use serde::{Deserialize, Serialize};
 /// `GET /v1/flows`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowsAnswer<R> {
-    /// The window, RFC 3339.
+    /// The window, RFC 3339. A flow is in it when it was seen in it (its first and last seen
+    /// times, to the millisecond).
     pub since: String,
     pub until: String,
+    /// Bytes and packets are summed per store bucket (`[store] bucket`): they count from the
+    /// start of the bucket holding `since`, which is `since` itself only when it falls on a
+    /// bucket boundary.
+    #[serde(default)]
+    pub counted_from: String,
     /// The group keys of the question (empty: one row per flow).
     pub group_by: Vec<String>,
-    /// When the store was read for this answer (RFC 3339, milliseconds). An active flow's
-    /// bytes are in the store as of its last report (at least every `agent.flush_interval`).
+    /// When the counts were read (RFC 3339, milliseconds). With `live`, the answer holds every
+    /// byte the kernel had counted then, active flows included. Without (no agent answered in
+    /// time), it holds what the store held then: an active flow's bytes as of its last report
+    /// (at least every `agent.flush_interval`).
     #[serde(default)]
     pub as_of: String,
+    #[serde(default)]
+    pub live: bool,
     pub rows: Vec<R>,
 }
 

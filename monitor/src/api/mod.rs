@@ -3,6 +3,7 @@
 
 pub mod answers;
 pub mod client;
+pub mod live;
 mod shared;
 
 use std::{
@@ -55,6 +56,9 @@ pub struct ApiState {
     /// Flow answers (their rows, as JSON) shared by identical questions between two store
     /// commits.
     pub flow_answers: Arc<SharedAnswers>,
+    /// The agent's loop, asked for a read of the kernel before a flow question is answered
+    /// (None: answers hold what the store holds).
+    pub live: Option<live::LiveTotals>,
 }
 
 /// Store queries the API runs at once: every core but one, at least one.
@@ -261,8 +265,14 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
         Ok(q) => q,
         Err(e) => return bad_request(e),
     };
+    // Active flows' running totals first: the store then holds what the kernel counted.
+    let read = match &s.live {
+        Some(live) => live.read().await,
+        None => None,
+    };
     let (store, q2, queries) = (s.store.clone(), q.clone(), s.queries.clone());
     let version = store.version();
+    let as_of = read.unwrap_or_else(chrono::Utc::now);
     let answer = s
         .flow_answers
         .get(q.identity(store.bucket), version, || async move {
@@ -272,37 +282,41 @@ async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
             let rows = move || -> Result<String, String> {
                 // Held while the query runs, even if the request that started it is gone.
                 let _permit = permit;
-                let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let rows =
                     store.connect().and_then(|c| q2.run(&c, store.bucket)).map_err(|e| e.to_string())?;
-                let rows = serde_json::to_string(&rows).map_err(|e| e.to_string())?;
-                // The tail of the answer, from its time of reading on (see flows_answer).
-                Ok(format!("\"as_of\":{},\"rows\":{rows}", serde_json::Value::from(as_of)))
+                serde_json::to_string(&rows).map_err(|e| e.to_string())
             };
             tokio::task::spawn_blocking(rows).await.map_err(|e| e.to_string())?
         })
         .await;
     match answer {
-        Ok(rows) => flows_answer(&q, &rows),
+        Ok(rows) => flows_answer(&q, s.store.bucket, as_of, read.is_some(), &rows),
         Err(e) => internal(e),
     }
 }
 
-/// A [`FlowsAnswer`] to `q` whose tail (`"as_of":...,"rows":[...]`) is already JSON, shared
-/// between answers.
-fn flows_answer(q: &FlowQuery, tail: &str) -> Response {
+/// A [`FlowsAnswer`] to `q` whose rows are already JSON, shared between answers.
+fn flows_answer(
+    q: &FlowQuery,
+    bucket: std::time::Duration,
+    as_of: chrono::DateTime<chrono::Utc>,
+    live: bool,
+    rows: &str,
+) -> Response {
     let head = FlowsAnswer::<()> {
         since: rfc3339(q.since),
         until: rfc3339(q.until),
+        counted_from: rfc3339(q.counted_from(bucket)),
         group_by: q.group_by.iter().map(|g| g.name().to_owned()).collect(),
-        as_of: String::new(),
+        as_of: as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        live,
         rows: Vec::new(),
     };
     let head = serde_json::to_string(&head).unwrap_or_default();
-    let Some(head) = head.strip_suffix("\"as_of\":\"\",\"rows\":[]}") else {
+    let Some(head) = head.strip_suffix("[]}") else {
         return internal("cannot encode the answer");
     };
-    let body = format!("{head}{tail}}}");
+    let body = format!("{head}{rows}}}");
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

@@ -16,12 +16,13 @@ use crate::{
 
 #[derive(Args, Debug)]
 pub struct FlowArgs {
-    /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d). The store sums
-    /// flows per time bucket ([store] bucket, default 1m): the window takes whole buckets, from
-    /// the one holding this time, so it may reach up to a bucket earlier
+    /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d). Flows are those
+    /// seen in the window, by their own first and last seen times. Their bytes are summed per
+    /// store bucket ([store] bucket, default 1m), from the one holding this time: the footer
+    /// says so when that reaches earlier
     #[arg(long, default_value = "1h")]
     since: String,
-    /// End of the window (default: now); whole buckets, up to the one holding this time
+    /// End of the window (default: now)
     #[arg(long)]
     until: Option<String>,
     #[command(flatten)]
@@ -179,13 +180,21 @@ pub(super) fn print_flows(
         t.add_row(columns.iter().map(|(_, f)| f(r)).collect::<Vec<_>>());
     }
     println!("{t}");
-    println!(
-        "{} row{}, {} to {}, as of {} (active flows as of their last report)",
-        a.rows.len(),
-        if a.rows.len() == 1 { "" } else { "s" },
-        a.since,
-        a.until,
-        a.as_of
-    );
+    println!("{}", footer(a));
     Ok(())
+}
+
+/// The line under a flows table: how many rows, the window, as of when the counts are, and,
+/// when the window does not start on a store bucket, from when the sums count.
+fn footer<R>(a: &FlowsAnswer<R>) -> String {
+    let n = a.rows.len();
+    let mut line = format!("{n} row{}, {} to {}, ", if n == 1 { "" } else { "s" }, a.since, a.until);
+    line += &match a.live {
+        true => format!("counted up to {} (active flows included)", a.as_of),
+        false => format!("as of {} (active flows as of their last report)", a.as_of),
+    };
+    if !a.counted_from.is_empty() && a.counted_from != a.since {
+        line += &format!("; sums from {} (whole store buckets)", a.counted_from);
+    }
+    line
 }

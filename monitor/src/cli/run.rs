@@ -16,7 +16,10 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, ApiState},
+    api::{
+        self, ApiState,
+        live::{LiveTotals, ReadQueue},
+    },
     cgroup::{self, CgroupNames},
     classes::{ClassDescription, ClassSelectors},
     cli::prepare::{Places, Prepared, prepare},
@@ -128,7 +131,12 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let metrics = Arc::new(Metrics::new());
+    // Flow questions ask for a read of the kernel first (their answers include active flows'
+    // running totals); one read serves the questions of a sweep interval.
+    let (live, read_requests) = LiveTotals::new(store_counters.clone());
+    let mut reads = ReadQueue::new(read_requests, config.agent.sweep_interval.0);
     let state = ApiState {
+        live: Some(live),
         store: store.reader.clone(),
         status: status.clone(),
         metrics: metrics.clone(),
@@ -239,6 +247,16 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     s.export = export.iter().map(|(st, _)| st.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
                     metrics.observe(&s);
                 }
+                due = reads.next() => {
+                    if due {
+                        let at = chrono::Utc::now();
+                        let (batch, malformed) = events.drain();
+                        pipeline.on_events(batch, malformed, &mut out);
+                        pipeline.report_all(&mut probe.flows, &mut out);
+                        deliver(&mut pipeline, &sinks, &mut out).await;
+                        reads.made(at, store_counters.queued.load(std::sync::atomic::Ordering::Acquire));
+                    }
+                }
                 _ = reload.tick() => {
                     pipeline.enricher.reload_replaced();
                 }
@@ -250,7 +268,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         // Report what was counted up to now, so nothing is left unsaid.
         let (batch, malformed) = events.drain();
         pipeline.on_events(batch, malformed, &mut out);
-        pipeline.finish(&mut probe.flows, &mut out);
+        pipeline.report_all(&mut probe.flows, &mut out);
         deliver(&mut pipeline, &sinks, &mut out).await;
         pipeline.final_alert_updates(&mut out);
         // Read after the final sweep, so the last loss record counts everything.

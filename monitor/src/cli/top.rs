@@ -12,7 +12,8 @@ use crate::api::answers::{FlowRow, FlowsAnswer};
 
 #[derive(Args, Debug)]
 pub struct TopArgs {
-    /// Window the totals cover, ending now (in whole store buckets: [store] bucket, default 1m)
+    /// Window the totals cover, ending now. Totals take whole store buckets ([store] bucket,
+    /// default 1m), from the one holding this time; active flows count up to the moment asked
     #[arg(long, default_value = "5m")]
     since: String,
     /// What to rank: class, country, cloud_region, site, destination, process (comma-separated)

@@ -192,16 +192,17 @@ impl Pipeline {
         }
     }
 
-    /// At shutdown: reports everything counted up to now, so that nothing is left unsaid (the
-    /// caller then reports losses with the kernel's final counters).
-    pub fn finish(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) {
+    /// Reads the kernel flow map and reports every flow whose counts changed since its last
+    /// report, whatever the flush interval: for a question that wants live totals, and at
+    /// shutdown, so that nothing counted is left unsaid.
+    pub fn report_all(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) {
         let now = Instant::now();
         self.swept(map, now);
         self.table.flush_all(now, &mut self.updates);
         self.emit(out);
     }
 
-    /// At shutdown, once every chunk of [`Pipeline::finish`] was handed over: the last totals
+    /// At shutdown, once every chunk of [`Pipeline::report_all`] was handed over: the last totals
     /// of every alert that changed.
     pub fn final_alert_updates(&mut self, out: &mut Vec<Output>) {
         let host = self.records.host.clone();

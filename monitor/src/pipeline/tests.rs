@@ -156,7 +156,7 @@ fn a_sweep_reports_later_bytes_and_the_alert_update_and_finish_ends_the_flow() {
     out.clear();
     let mut map = FakeMap::default();
     map.0.insert(k, value(1, 9, 5120));
-    p.finish(&mut map, &mut out);
+    p.report_all(&mut map, &mut out);
     p.final_alert_updates(&mut out);
     let flows: Vec<(FlowState, u64, u64)> = out
         .iter()

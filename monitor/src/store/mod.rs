@@ -40,6 +40,11 @@ pub struct StoreCounters {
     pub commits: AtomicU64,
     pub write_errors: AtomicU64,
     pub rows_pruned: AtomicU64,
+    /// Records handed to the writer's queue, and those of them it has since committed (or
+    /// failed to write): once `settled` reaches a value `queued` had, everything queued before
+    /// then is in the store (see [`StoreCounters::wait_settled`]).
+    pub queued: AtomicU64,
+    pub settled: AtomicU64,
     /// The latest failure to open or write the store (cleared by the next good write).
     pub last_error: std::sync::Mutex<Option<String>>,
 }
@@ -47,6 +52,19 @@ pub struct StoreCounters {
 impl StoreCounters {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every record queued before `queued` was read is settled, at most `wait`.
+    /// False when the writer did not get there in time.
+    pub async fn wait_settled(&self, queued: u64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.settled.load(Ordering::Acquire) < queued {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Brings the store's part of the status document up to date.

@@ -10,7 +10,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::groups;
-use crate::record::fields::{self, ip16 as ip_bin};
+
+mod alerts;
+use crate::record::fields::ip16 as ip_bin;
+pub use alerts::AlertQuery;
 
 /// A parameter that could not be used: the API answers 400 with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,15 +137,6 @@ pub struct FlowQuery {
     filters: Vec<(String, Vec<SqlValue>)>,
 }
 
-/// `GET /v1/alerts`.
-#[derive(Debug, Clone)]
-pub struct AlertQuery {
-    pub since: DateTime<Utc>,
-    pub until: DateTime<Utc>,
-    pub limit: usize,
-    filters: Vec<(String, Vec<SqlValue>)>,
-}
-
 /// A time: RFC 3339, or a duration meaning that long before now ("1h", "24h", "7d").
 pub fn parse_time(parameter: &str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ParamError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(value) {
@@ -203,7 +197,6 @@ fn unknown(params: &[(String, String)], known: &[&str]) -> Result<(), ParamError
 }
 
 const VERDICTS: [&str; 3] = ["allowed", "violation", "unclassified"];
-const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
 
 impl FlowQuery {
     pub const PARAMETERS: [&'static str; 15] = [
@@ -345,7 +338,11 @@ impl FlowQuery {
     /// the same answer from the same store (times count only to the bucket they fall in).
     pub fn identity(&self, bucket: Duration) -> String {
         let bucket = bucket.as_secs().max(1) as i64;
-        let of = |t: DateTime<Utc>| t.timestamp().div_euclid(bucket);
+        // Single flows are chosen by their own times, to the millisecond.
+        let of = |t: DateTime<Utc>| match self.group_by.is_empty() {
+            true => t.timestamp_millis(),
+            false => t.timestamp().div_euclid(bucket),
+        };
         format!(
             "{}..={} {:?} {} {:?}",
             of(self.since),
@@ -356,14 +353,28 @@ impl FlowQuery {
         )
     }
 
-    /// Sums of bytes and packets (and flow counts) per group, largest first. Without
-    /// `group_by`, one row per flow.
-    pub fn run(&self, conn: &Connection, bucket: Duration) -> rusqlite::Result<Vec<Map<String, Value>>> {
+    /// Start of the first store bucket the sums count: the bucket holding `since`.
+    pub fn counted_from(&self, bucket: Duration) -> DateTime<Utc> {
         let bucket = bucket.as_secs().max(1) as i64;
+        DateTime::from_timestamp(self.since.timestamp().div_euclid(bucket) * bucket, 0).unwrap_or(self.since)
+    }
+
+    /// Sums of bytes and packets (and flow counts) per group, largest first. Without
+    /// `group_by`, one row per flow: the flows seen in the window (by their own first and last
+    /// seen times). Sums take whole store buckets, from the one holding `since`.
+    pub fn run(&self, conn: &Connection, bucket: Duration) -> rusqlite::Result<Vec<Map<String, Value>>> {
+        let first_bucket = self.counted_from(bucket).timestamp();
         // A bucket overlaps [since, until) when it starts before until and ends after since.
-        let first_bucket = self.since.timestamp().div_euclid(bucket) * bucket;
         let mut conds = vec!["bucket >= ?".to_owned(), "bucket < ?".to_owned()];
         let mut values = vec![SqlValue::Integer(first_bucket), SqlValue::Integer(self.until.timestamp() + 1)];
+        if self.group_by.is_empty() {
+            // A flow's row in a bucket holds its bytes up to its last_seen there: a row last
+            // seen before `since` holds none of the window's. (Group rows cannot be cut like
+            // this: a flow's count is taken from its first row in the window.)
+            let ms = |t: DateTime<Utc>| SqlValue::Text(t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            conds.extend(["last_seen >= ?".to_owned(), "first_seen <= ?".to_owned()]);
+            values.extend([ms(self.since), ms(self.until)]);
+        }
         for (c, v) in &self.filters {
             conds.push(format!("({c})"));
             values.extend(v.iter().cloned());
@@ -401,78 +412,6 @@ impl FlowQuery {
             m.insert("first_seen".into(), Value::from(r.get::<_, String>(n + 3)?));
             m.insert("last_seen".into(), Value::from(r.get::<_, String>(n + 4)?));
             Ok(m)
-        })?;
-        rows.collect()
-    }
-}
-
-impl AlertQuery {
-    pub const PARAMETERS: [&'static str; 5] = ["since", "until", "class", "severity", "limit"];
-
-    pub fn parse(params: &[(String, String)], now: DateTime<Utc>) -> Result<AlertQuery, ParamError> {
-        unknown(params, &Self::PARAMETERS)?;
-        let Common { since, until, limit } = parse_common(params, now)?;
-        let mut filters = Vec::new();
-        for (k, v) in params {
-            match k.as_str() {
-                "class" => filters.push(in_list("class", list(v))),
-                "severity" => {
-                    let values = list(v);
-                    if values.is_empty()
-                        || values
-                            .iter()
-                            .any(|x| !matches!(x, SqlValue::Text(t) if SEVERITIES.contains(&t.as_str())))
-                    {
-                        return Err(bad("severity", v, "critical, high, medium or low (comma-separated)"));
-                    }
-                    filters.push(in_list("severity", values));
-                }
-                _ => {}
-            }
-        }
-        Ok(AlertQuery { since, until, limit, filters })
-    }
-
-    /// Alerts in the window, newest first, shaped like the alert records.
-    pub fn run(&self, conn: &Connection) -> rusqlite::Result<Vec<Value>> {
-        let mut conds = vec!["time_unix >= ?".to_owned(), "time_unix <= ?".to_owned()];
-        let mut values =
-            vec![SqlValue::Integer(self.since.timestamp()), SqlValue::Integer(self.until.timestamp())];
-        for (c, v) in &self.filters {
-            conds.push(format!("({c})"));
-            values.extend(v.iter().cloned());
-        }
-        let shown: Vec<_> = fields::stored(fields::ALERT).filter(|(_, f)| f.api).collect();
-        let columns: Vec<&str> = shown.iter().map(|(c, _)| *c).collect();
-        let sql = format!(
-            "SELECT {} FROM alerts WHERE {} ORDER BY time_unix DESC, id LIMIT {}",
-            columns.join(", "),
-            conds.join(" AND "),
-            self.limit
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-            // Shaped like the alert records: each column at its field's place.
-            let mut alert = Map::new();
-            alert.insert("type".into(), "alert".into());
-            for (i, (_, f)) in shown.iter().enumerate() {
-                let v = match (f.kind, r.get::<_, SqlValue>(i)?) {
-                    (fields::Kind::Bool, SqlValue::Integer(n)) => Value::Bool(n != 0),
-                    (_, v) => sql_to_json(v),
-                };
-                match f.path.split_once('.') {
-                    Some((outer, inner)) => {
-                        let o = alert.entry(outer).or_insert_with(|| Value::Object(Map::new()));
-                        if let Value::Object(o) = o {
-                            o.insert(inner.into(), v);
-                        }
-                    }
-                    None => {
-                        alert.insert(f.path.into(), v);
-                    }
-                }
-            }
-            Ok(Value::Object(alert))
         })?;
         rows.collect()
     }

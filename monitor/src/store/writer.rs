@@ -65,7 +65,9 @@ impl StoreWriter {
         };
         {
             match tx.try_send(output.clone()) {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.counters.queued.fetch_add(1, Ordering::Release);
+                }
                 Err(TrySendError::Full(_)) => {
                     if self.counters.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(10_000) {
                         warn!(
@@ -135,6 +137,7 @@ impl Writer {
                         error!(error = %e, records = batch.len(), "cannot write to the store; these records are not stored (counted as dropped)");
                     }
                 }
+                self.counters.settled.fetch_add(batch.len() as u64, Ordering::Release);
                 batch.clear();
             }
             if last_prune.elapsed() >= self.settings.prune_every {

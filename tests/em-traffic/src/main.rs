@@ -6,7 +6,9 @@
 //!   em-traffic tcp-send   ADDR BYTES [CONNECTIONS] [--fork] [--thread NAME] [--pace MS]
 //!                         (--pace: write 64 KiB, sleep MS, and so on; a "connected" line with
 //!                         the local address comes first; --thread: send from a thread named
-//!                         NAME, reporting its tid)
+//!                         NAME, reporting its tid; --hold: once the peer has acknowledged
+//!                         every byte, report "written" and wait for stdin to close before
+//!                         closing the connection)
 //!   em-traffic udp-serve  LISTEN_ADDR REPLY_BYTES DATAGRAMS
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
@@ -34,9 +36,10 @@ fn main() {
         Some("tcp-serve") => tcp_serve(addr, num(2, 0), num(3, 1)),
         Some("tcp-send") => {
             let pace = args.iter().position(|a| a == "--pace").map(|i| num(i + 1, 0) as u64);
+            let hold = flag("--hold");
             let thread = args.iter().position(|a| a == "--thread").and_then(|i| args.get(i + 1)).cloned();
             if flag("--fork") {
-                fork_then(|| tcp_send(addr, num(2, 0), num(3, 1), pace))
+                fork_then(|| tcp_send(addr, num(2, 0), num(3, 1), pace, hold))
             } else if let Some(name) = thread {
                 let (bytes, connections) = (num(2, 0), num(3, 1));
                 std::thread::Builder::new()
@@ -45,13 +48,13 @@ fn main() {
                         // SAFETY: gettid has no preconditions.
                         let tid = unsafe { libc::gettid() };
                         report(&[("event", "thread".into()), ("tid", tid.into())]);
-                        tcp_send(addr, bytes, connections, pace)
+                        tcp_send(addr, bytes, connections, pace, hold)
                     })
                     .expect("spawn the sending thread")
                     .join()
                     .expect("the sending thread panicked");
             } else {
-                tcp_send(addr, num(2, 0), num(3, 1), pace)
+                tcp_send(addr, num(2, 0), num(3, 1), pace, hold)
             }
         }
         Some("udp-serve") => udp_serve(addr, num(2, 0), num(3, 1)),
@@ -121,7 +124,7 @@ fn tcp_serve(addr: SocketAddr, reply: usize, connections: usize) {
 
 /// Opens CONNECTIONS connections one after the other; each sends BYTES, half-closes, reads the
 /// reply to EOF and closes.
-fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<u64>) {
+fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<u64>, hold: bool) {
     let mut locals = Vec::new();
     for _ in 0..connections {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -131,7 +134,7 @@ fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<
         match pace_ms {
             None => s.write_all(&vec![b's'; bytes]).expect("write"),
             Some(ms) => {
-                report(&[("event", "connected".into()), ("local", local.into())]);
+                report(&[("event", "connected".into()), ("local", local.clone().into())]);
                 let chunk = vec![b's'; 65536];
                 let mut left = bytes;
                 while left > 0 {
@@ -142,11 +145,29 @@ fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<
                 }
             }
         }
+        if hold {
+            wait_acknowledged(&s);
+            report(&[("event", "written".into()), ("local", local.clone().into())]);
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut reply = Vec::new();
         s.read_to_end(&mut reply).expect("read");
     }
     report(&[("event", "sent".into()), ("locals", locals.into())]);
+}
+
+/// Waits until the peer has acknowledged everything written (the send queue is empty).
+fn wait_acknowledged(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) } != 0 || unacked == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Receives DATAGRAMS datagrams and answers each with REPLY_BYTES.
