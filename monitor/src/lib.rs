@@ -25,6 +25,7 @@ pub mod policy;
 pub mod probe;
 pub mod record;
 pub mod sinks;
+pub mod sockets;
 pub mod state;
 pub mod status;
 pub mod store;

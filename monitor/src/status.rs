@@ -41,6 +41,21 @@ pub struct KernelSide {
     pub agent_away_seconds: Option<f64>,
     /// Flows carried over from replaced program sets.
     pub carried_flows: u64,
+    /// The TCP and UDP sockets open when the agent started, whose process and direction it
+    /// recorded for the kernel (the hooks that would have were not attached when they opened).
+    #[serde(default)]
+    pub sockets_at_start: SocketsAtStart,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketsAtStart {
+    pub found: u64,
+    pub listening: u64,
+    /// Sockets whose kernel storage got a process, a direction or the listener mark.
+    pub seeded: u64,
+    /// Writes of the kernel storage that failed, and processes that could not be read.
+    pub failed: u64,
+    pub unreadable_processes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

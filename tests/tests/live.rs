@@ -32,8 +32,10 @@ fn answers_count_active_flows_up_to_the_moment_asked() {
     assert_eq!(written["event"], "written", "{written}");
     let sport = port(&written["local"]);
     let asked = Utc::now();
+    // Agents of tests running at once see each other's traffic: only this test's cgroup.
+    let app = format!("{}/app", w.cg.rel);
     let flows = |args: &[&str]| {
-        let mut all = vec!["flows", "--dst", CN_V4, "--direction", "outbound"];
+        let mut all = vec!["flows", "--dst", CN_V4, "--direction", "outbound", "--cgroup", &app];
         all.extend(args);
         agent.cli(&all)
     };
@@ -80,4 +82,61 @@ fn answers_count_active_flows_up_to_the_moment_asked() {
         )),
         "{table}"
     );
+}
+
+#[test]
+fn sockets_open_before_the_agent_get_their_process_and_direction() {
+    let w = World::new();
+    let a = w.topo.a_v4.to_string();
+    let (app, server_cg) = (w.cg.dir("app"), w.cg.dir("server"));
+    let place = |netns, cgroup| Placement { netns, cgroup, uid: None };
+    // Before the agent: a classified listener with a connection it accepted, and a classified
+    // client's connection out, both holding their connections open.
+    let mut listener = Traffic::start(&place(&w.topo.a, &app), &["tcp-serve", "0.0.0.0:7000", "500", "2"]);
+    listener.next_report();
+    let listener_pid = listener.pid();
+    let mut viewer = Traffic::start(
+        &place(&w.topo.b, &server_cg),
+        &["tcp-send", &format!("{a}:7000"), "1000", "1", "--hold"],
+    );
+    let viewer_port = port(&viewer.next_report()["local"]);
+    let server = w.serve("0.0.0.0:443", 1);
+    let mut client = Traffic::start(
+        &place(&w.topo.a, &app),
+        &["tcp-send", &format!("{CN_V4}:443"), "2000", "1", "--hold"],
+    );
+    let client_port = port(&client.next_report()["local"]);
+    let client_pid = client.pid();
+
+    let agent = Agent::start(&w.config(""));
+    let status: Value = serde_json::from_str(&agent.cli(&["status", "-o", "json"])).unwrap();
+    let at_start = &status["kernel"]["sockets_at_start"];
+    assert!(u64_of(&at_start["listening"]) >= 1 && u64_of(&at_start["seeded"]) >= 3, "{at_start}");
+    assert_eq!(at_start["failed"], 0, "{at_start}");
+    let table = agent.cli(&["status"]);
+    let line = table.lines().find(|l| l.contains("sockets at start")).unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains(&format!("{} found (", at_start["found"])), "{table}");
+
+    // A connection accepted after the agent started, from the listener that was already there.
+    viewer.release();
+    viewer.finish();
+    let later =
+        Traffic::start(&place(&w.topo.b, &server_cg), &["tcp-send", &format!("{a}:7000"), "1000", "1"]);
+    let later_port = port(&later.finish()["locals"][0]);
+    client.release();
+    client.finish();
+    server.finish();
+    listener.finish();
+
+    let check = |rec: &Value, pid: u32, direction: &str| {
+        assert_eq!(rec["class"], w.class.as_str(), "{rec}");
+        assert_eq!(rec["direction"], direction, "{rec}");
+        assert_eq!(rec["process"]["pid"], pid, "{rec}");
+        assert_eq!(rec["process"]["comm"], "em-traffic", "{rec}");
+    };
+    // The listener's side of both connections: inbound, its process.
+    check(&w.ended(&agent, 7000, viewer_port), listener_pid, "inbound");
+    check(&w.ended(&agent, 7000, later_port), listener_pid, "inbound");
+    // The client's connection out: outbound, its process.
+    check(&w.ended(&agent, client_port, 443), client_pid, "outbound");
 }

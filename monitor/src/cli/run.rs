@@ -28,11 +28,11 @@ use crate::{
     flows::FlowTable,
     metrics::Metrics,
     pipeline::{Pipeline, RecordContext},
-    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap},
+    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap, SocketSeed},
     record::KernelMark,
     record::Output,
     sinks::Sinks,
-    state,
+    sockets, state,
     status::{self, CgroupSelector, ClassStatus, Status},
     store::{CommittedMarks, Store},
 };
@@ -83,6 +83,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     // what was reported is read before its programs could be told to count again.
     let adopted_reported = probe.reported.collect().context("reading the pinned record of reported flows")?;
     probe.attach()?;
+    let sockets_at_start = seed_open_sockets(&mut probe);
     let start = probe.start_info();
     for p in probe.attached() {
         info!(program = p.name, hook = p.hook, id = p.id, cgroup = %root.display(), start = start.kind.name(), "attached");
@@ -123,6 +124,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             agent_away_seconds: away.map(|d| d.as_secs_f64()),
             carried_flows: 0,
+            sockets_at_start: sockets_at_start.1,
         },
         databases: status::Databases {
             store_path: store.reader.path().display().to_string(),
@@ -165,6 +167,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut out: Vec<Output> = Vec::new();
     // What the kernel counted while no agent ran: the adopted set's flows are reported at the
     // first sweep (minus what was reported before); replaced sets are drained now.
+    pipeline.seed_sockets(&sockets_at_start.0);
     pipeline.adopt(adopted_reported);
     for mut retired in probe.take_retired() {
         pipeline
@@ -292,6 +295,43 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
+}
+
+/// Sockets opened before the programs were attached: the hooks that record a socket's process
+/// and direction ran before them, so the agent records what they would have, in the kernel (the
+/// connections a listener accepts from now on inherit it) and for the flows the kernel already
+/// saw.
+fn seed_open_sockets(probe: &mut Probe) -> (Vec<sockets::OpenSocket>, status::SocketsAtStart) {
+    let started = Instant::now();
+    let mut counts = status::SocketsAtStart::default();
+    let mut first_error = None;
+    let (found, scan) = sockets::scan(|fd, s| {
+        let seed = SocketSeed { process: s.process, direction: s.direction, listener: s.listening };
+        match probe.sockets.seed(fd, &seed) {
+            Ok(wrote) => counts.seeded += wrote as u64,
+            Err(e) => {
+                counts.failed += 1;
+                first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    });
+    (counts.found, counts.listening, counts.unreadable_processes) =
+        (scan.sockets, scan.listening, scan.unreadable);
+    info!(
+        found = counts.found,
+        listening = counts.listening,
+        seeded = counts.seeded,
+        took = ?started.elapsed(),
+        "sockets open before the agent: process and direction recorded"
+    );
+    if let Some(error) = first_error {
+        warn!(
+            failed = counts.failed,
+            error,
+            "recording the process of sockets open before the agent failed for some; their flows have no process"
+        );
+    }
+    (found, counts)
 }
 
 /// Each class's part of the status: its selectors (cgroups found or not) and flows tracked now;

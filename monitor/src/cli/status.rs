@@ -49,6 +49,17 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
             };
             format!("{} ({} at start{away}; pinned at {})", k.attached_since, k.start, k.pinned_at)
         }),
+        ("sockets at start", {
+            let o = &s.kernel.sockets_at_start;
+            let failed = match (o.failed, o.unreadable_processes) {
+                (0, 0) => String::new(),
+                (f, u) => format!("; {f} failed, {u} processes unreadable"),
+            };
+            format!(
+                "{} found ({} listening), {} given their process and direction{failed}",
+                o.found, o.listening, o.seeded
+            )
+        }),
         ("flows tracked", s.flows_tracked.to_string()),
         (
             "events",

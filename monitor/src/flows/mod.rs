@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_common::{FlowKey, FlowValue, ProcessInfo, Reported, SOCK_HAS_PROCESS, SockEvent};
+use monitor_common::{
+    DIRECTION_UNKNOWN, FlowKey, FlowValue, ProcessInfo, Reported, SOCK_HAS_PROCESS, SockEvent,
+};
 
 use crate::probe::KernelEvent;
 pub use crate::record::FlowState;
@@ -95,6 +97,9 @@ pub struct FlowTable {
     stale: Vec<FlowKey>,
     /// Process per socket cookie from connect events, for flows whose entry lacks it.
     processes: HashMap<u64, ProcessInfo>,
+    /// Direction per socket cookie of the sockets open before the agent (see
+    /// [`FlowTable::seed`]), for flows whose entry lacks it.
+    directions: HashMap<u64, u8>,
     /// Sockets closed recently (by cookie): the sweep marks their flows closed.
     closed: HashMap<u64, Instant>,
     sweep: u64,
@@ -112,6 +117,7 @@ impl FlowTable {
             adopted: HashMap::new(),
             stale: Vec::new(),
             processes: HashMap::new(),
+            directions: HashMap::new(),
             closed: HashMap::new(),
             sweep: 0,
             counters: TableCounters::default(),
@@ -149,10 +155,21 @@ impl FlowTable {
             KernelEvent::SockClosed { cookie } => {
                 self.counters.close_events += 1;
                 self.processes.remove(&cookie);
+                self.directions.remove(&cookie);
                 // The sweep marks its flows closed (no index by socket: it would cost memory per
                 // flow to save a lookup per flow per sweep while sockets close).
                 self.closed.insert(cookie, now);
             }
+        }
+    }
+
+    /// A socket open before the agent started, found by scanning the processes' descriptors:
+    /// its flows that the kernel first saw without a process or a direction (it sent before its
+    /// storage was seeded) get them from here. Call before the first sweep.
+    pub fn seed(&mut self, cookie: u64, process: ProcessInfo, direction: u8) {
+        self.processes.insert(cookie, process);
+        if direction != DIRECTION_UNKNOWN {
+            self.directions.insert(cookie, direction);
         }
     }
 
@@ -211,7 +228,10 @@ impl FlowTable {
             packets: v.packets,
             bytes: v.bytes,
             class_id: v.class_id,
-            direction: v.direction,
+            direction: match v.direction {
+                DIRECTION_UNKNOWN => self.directions.get(&v.cookie).copied().unwrap_or(v.direction),
+                d => d,
+            },
             cookie: v.cookie,
             sock_uid: v.sock_uid,
             process,

@@ -79,6 +79,14 @@ impl Pipeline {
         self.table.adopt(reported);
     }
 
+    /// The sockets open before the agent started (see [`crate::sockets`]): their flows get
+    /// the process and direction found, where the kernel could not record them.
+    pub fn seed_sockets(&mut self, sockets: &[crate::sockets::OpenSocket]) {
+        for s in sockets {
+            self.table.seed(s.cookie, s.process, s.direction);
+        }
+    }
+
     /// Reports what a replaced program set counted that no agent reported: the events left in
     /// its ring buffer, then every flow in its map (see [`FlowTable::carry_over`]); its final
     /// failure and overflow counters are added to the current set's from now on.

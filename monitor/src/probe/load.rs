@@ -19,7 +19,8 @@ pub(super) fn map_data(map: Map) -> MapData {
         | Map::LruHashMap(m)
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
-        | Map::RingBuf(m) => m,
+        | Map::RingBuf(m)
+        | Map::SkStorage(m) => m,
         other => panic!("unexpected map type {other:?}"),
     }
 }

@@ -12,6 +12,7 @@ mod load;
 pub mod lpm;
 mod maps;
 pub mod pins;
+mod seed;
 mod sys;
 
 use std::{
@@ -31,6 +32,7 @@ use load::{attach_program, load, map_data};
 pub use maps::{ClassMaps, KernelStats, StatsMap};
 use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, FlowKey, FlowValue, Reported, agent_slot};
 use pins::SetDir;
+pub use seed::{SocketSeed, SocketStorage};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// The object built by monitor/build.rs from monitor-ebpf.
@@ -141,6 +143,8 @@ pub struct Probe {
     pub reported: ReportedMap,
     pub classes: ClassMaps,
     pub stats: StatsMap,
+    /// The sockets' storage, for sockets opened before the programs were attached.
+    pub sockets: SocketStorage,
     agent: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
@@ -261,13 +265,14 @@ impl Probe {
                 .push((old.clone(), Retired { path: old.path, flows, reported, events, stats, heartbeat }));
         }
         let config_pin = opts.pin_dir.join(pins::SHARED_CONFIG);
-        let (maps, classes, ebpf, epoch, kernel_log, kind) = if adopt {
+        let (maps, classes, sockets, ebpf, epoch, kernel_log, kind) = if adopt {
             let maps = SetMaps::new(|n| open_map(&set, n))?;
+            let sockets = SocketStorage::new(open_map(&set, "SOCKS")?)?;
             let config = MapData::from_pin(&config_pin)
                 .with_context(|| format!("opening pinned map {}", config_pin.display()))?;
             let classes = class_maps(|n| open_map(&set, n), config)?;
             let epoch = maps.agent.get(&agent_slot::EPOCH, 0)? as u32;
-            (maps, classes, None, epoch, None, StartKind::Adopted)
+            (maps, classes, sockets, None, epoch, None, StartKind::Adopted)
         } else {
             let active = match MapData::from_pin(&config_pin) {
                 Ok(m) => Array::<_, u32>::try_from(Map::Array(m))?.get(&CONFIG_ACTIVE_EPOCH, 0).unwrap_or(0),
@@ -282,9 +287,10 @@ impl Probe {
             let mut maps = SetMaps::new(&mut take)?;
             let config = take("CONFIG")?;
             let classes = class_maps(&mut take, config)?;
+            let sockets = SocketStorage::new(take("SOCKS")?)?;
             maps.agent.set(agent_slot::EPOCH, epoch as u64, 0)?;
             let kind = if to_retire.is_empty() { StartKind::Fresh } else { StartKind::Replaced };
-            (maps, classes, Some(ebpf), epoch, kernel_log, kind)
+            (maps, classes, sockets, Some(ebpf), epoch, kernel_log, kind)
         };
         let own_heartbeat = if adopt { maps.slot(agent_slot::HEARTBEAT_NS) } else { None };
         let previous_heartbeat = to_retire.iter().filter_map(|(_, r)| r.heartbeat).chain(own_heartbeat).max();
@@ -300,6 +306,7 @@ impl Probe {
             reported: maps.reported,
             classes,
             stats: maps.stats,
+            sockets,
             agent: maps.agent,
             events: Some(maps.events),
             kernel_log,

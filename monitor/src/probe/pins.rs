@@ -35,6 +35,7 @@ pub const SET_MAPS: &[&str] = &[
     "AGENT",
     "OVERFLOW_CLASSES",
     "OVERFLOW_CGROUPS",
+    "SOCKS",
 ];
 
 fn is_bpffs(path: &Path) -> bool {
@@ -72,6 +73,10 @@ pub fn set_digest(object: &[u8], max_flows: u32, ring_buffer_size: u32, cgroup_r
     h.update(max_flows.to_le_bytes());
     h.update(ring_buffer_size.to_le_bytes());
     h.update(cgroup_root.as_os_str().as_bytes());
+    // A set pinned with other maps is another layout: replaced (its counts carried over).
+    for name in SET_MAPS {
+        h.update(name.as_bytes());
+    }
     let d = h.finalize();
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
