@@ -18,8 +18,8 @@ use crate::{
 pub struct FlowArgs {
     /// Start of the window: RFC 3339, or a duration before now (30m, 24h, 7d). Flows are those
     /// seen in the window, by their own first and last seen times. Their bytes are summed per
-    /// store bucket ([store] bucket, default 1m), from the one holding this time: the footer
-    /// says so when that reaches earlier
+    /// store bucket ([store] bucket, default 1m), from the one holding this time: the line
+    /// above the table says so when that reaches earlier
     #[arg(long, default_value = "1h")]
     since: String,
     /// End of the window (default: now)
@@ -179,14 +179,14 @@ pub(super) fn print_flows(
     for r in &a.rows {
         t.add_row(columns.iter().map(|(_, f)| f(r)).collect::<Vec<_>>());
     }
+    println!("{}", heading(a));
     println!("{t}");
-    println!("{}", footer(a));
     Ok(())
 }
 
-/// The line under a flows table: how many rows, the window, as of when the counts are, and,
+/// The line above a flows table: how many rows, the window, as of when the counts are, and,
 /// when the window does not start on a store bucket, from when the sums count.
-fn footer<R>(a: &FlowsAnswer<R>) -> String {
+fn heading<R>(a: &FlowsAnswer<R>) -> String {
     let n = a.rows.len();
     let mut line = format!("{n} row{}, {} to {}, ", if n == 1 { "" } else { "s" }, a.since, a.until);
     line += &match a.live {
