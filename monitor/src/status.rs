@@ -63,8 +63,11 @@ pub struct ClassStatus {
     pub name: String,
     pub cgroups: Vec<CgroupSelector>,
     pub uids: Vec<u32>,
-    /// Flows of this class the agent tracks now.
+    /// Flows of this class the agent tracks now, and the sockets they belong to (the sockets
+    /// the kernel classified into this class that sent since they were last reported).
     pub flows_tracked: u64,
+    #[serde(default)]
+    pub sockets_tracked: u64,
     /// Bytes this class sent in the last hour, by verdict, as the store has them.
     pub last_hour: VerdictBytes,
 }

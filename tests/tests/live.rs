@@ -53,6 +53,10 @@ fn answers_count_active_flows_up_to_the_moment_asked() {
     assert_eq!(grouped["rows"][0]["bytes"], rows[0]["bytes"], "{grouped}");
     let table = flows(&["--since", "1h"]);
     assert!(table.lines().next().unwrap().contains(" counted up to "), "{table}");
+    // The class's view: the one socket and its one flow, tracked now.
+    let status: Value = serde_json::from_str(&agent.cli(&["status", "-o", "json"])).unwrap();
+    let class = &status["classes"][0];
+    assert_eq!((&class["flows_tracked"], &class["sockets_tracked"]), (&1.into(), &1.into()), "{class}");
 
     client.release();
     client.finish();

@@ -348,7 +348,8 @@ fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline) -> Vec<ClassSta
                 .map(|(path, cgroup_id)| CgroupSelector { path, cgroup_id })
                 .collect(),
             uids,
-            flows_tracked: tracked.get(&id).copied().unwrap_or(0),
+            flows_tracked: tracked.get(&id).map_or(0, |t| t.flows),
+            sockets_tracked: tracked.get(&id).map_or(0, |t| t.sockets),
             last_hour: Default::default(),
         })
         .collect()

@@ -98,9 +98,10 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         t.add_row(vec![
             format!("class {}", c.name),
             format!(
-                "{}; {} flows now; last hour: {} allowed, {} violation",
+                "{}; {} flows of {} sockets now; last hour: {} allowed, {} violation",
                 selects.join(", "),
                 c.flows_tracked,
+                c.sockets_tracked,
                 bytes(c.last_hour.allowed),
                 bytes(c.last_hour.violation)
             ),

@@ -59,6 +59,13 @@ pub struct Flow {
     carried: bool,
 }
 
+/// Flows of one class tracked now, and how many sockets they belong to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub flows: u64,
+    pub sockets: u64,
+}
+
 /// What the table hands on: a flow and the stage it reached.
 #[derive(Debug, Clone)]
 pub struct FlowUpdate {
@@ -132,13 +139,17 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
-    /// Flows tracked now, by class id (0: unclassified).
-    pub fn by_class(&self) -> HashMap<u32, u64> {
-        let mut n = HashMap::new();
+    /// Flows tracked now and the sockets they belong to, by class id (0: unclassified).
+    pub fn by_class(&self) -> HashMap<u32, Tracked> {
+        let mut n: HashMap<u32, (u64, std::collections::HashSet<u64>)> = HashMap::new();
         for f in self.flows.values() {
-            *n.entry(f.class_id).or_default() += 1;
+            let (flows, sockets) = n.entry(f.class_id).or_default();
+            *flows += 1;
+            if f.cookie != 0 {
+                sockets.insert(f.cookie);
+            }
         }
-        n
+        n.into_iter().map(|(c, (flows, s))| (c, Tracked { flows, sockets: s.len() as u64 })).collect()
     }
 
     /// Applies one kernel event; a new flow is reported at once.
