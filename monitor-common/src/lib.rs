@@ -162,6 +162,58 @@ pub struct SockEvent {
     pub process: ProcessInfo,
 }
 
+/// A connection, datagram or SYN of an enforcing class to or from an unapproved address was
+/// refused (see [`BlockEvent`]).
+pub const EVENT_BLOCKED: u32 = 4;
+
+/// [`BlockEvent::hook`]: where the attempt was refused.
+pub mod blocked {
+    /// `connect()` failed with EPERM before any packet left.
+    pub const CONNECT: u8 = 1;
+    /// An unconnected `sendto()`/`sendmsg()` failed with EPERM.
+    pub const SENDMSG: u8 = 2;
+    /// An incoming SYN or datagram was dropped before the socket saw it.
+    pub const INGRESS: u8 = 3;
+}
+
+/// An attempt of an enforcing class's socket the kernel refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockEvent {
+    pub kind: u32,
+    pub class_id: u32,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// The unapproved address (the destination, or the sender of a dropped packet), and the
+    /// local one (zero when not bound yet). IPv4 in the first 4 bytes.
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub family: u8,
+    pub proto: u8,
+    /// `blocked::*`.
+    pub hook: u8,
+    pub _pad: u8,
+    /// Length of the dropped packet (ingress); 0 when nothing was sent.
+    pub bytes: u32,
+    pub _pad2: u32,
+    /// The calling process (connect, sendmsg), or the socket's recorded one (ingress: the
+    /// listener's); tgid 0 when unknown.
+    pub process: ProcessInfo,
+}
+
+/// Slots of each program set's `POLICY` array, written by the agent only.
+pub mod policy_slot {
+    /// Which pair of verdict tables is in force: 0 none (nothing is refused), 1 the `_A`
+    /// tables, 2 the `_B` tables. The agent fills the other pair, then switches with this one
+    /// write, so a half-built table is never in force.
+    pub const ACTIVE: u32 = 0;
+    /// Bit `id - 1` set: class `id` enforces (classes 1 to 64 can).
+    pub const ENFORCING: u32 = 1;
+    pub const COUNT: u32 = 4;
+}
+
 /// Indexes of the per-CPU `STATS` counters the agent reads and reports.
 pub mod stat {
     /// Ring-buffer reservations that failed (event lost; the flow is still found by the sweep).
@@ -234,6 +286,7 @@ mod user {
     unsafe impl aya::Pod for SockEvent {}
     unsafe impl aya::Pod for Reported {}
     unsafe impl aya::Pod for Overflow {}
+    unsafe impl aya::Pod for BlockEvent {}
 }
 
 // Layout guards: both sides compile these, so a field change that shifts bytes fails the build.
@@ -245,3 +298,4 @@ const _: () = assert!(core::mem::size_of::<NewFlowEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<Reported>() == 24);
 const _: () = assert!(core::mem::size_of::<Overflow>() == 24);
+const _: () = assert!(core::mem::size_of::<BlockEvent>() == 104);

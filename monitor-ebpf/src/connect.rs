@@ -88,16 +88,7 @@ fn on_send(ctx: &SockAddrContext, family: u8, connect: bool) {
         info.direction = DIRECTION_OUTBOUND;
     }
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
-    let mut daddr = [0u8; 16];
-    if family == FAMILY_V4 {
-        daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    } else {
-        let ip6 = sa.user_ip6;
-        daddr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
-        daddr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
-        daddr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
-        daddr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
-    }
+    let daddr = sock::user_addr(sa, family);
     let event = SockEvent {
         kind: EVENT_CONNECT,
         _pad: 0,

@@ -22,10 +22,10 @@ use crate::{
     sock,
 };
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 /// `bpf_sock.state` of a request socket (the SYN-ACK of a connection being accepted).
 const TCP_NEW_SYN_RECV: u32 = 12;
 
@@ -221,9 +221,9 @@ fn owner(s: &Sender, key: &FlowKey, tcp_flags: u8) -> Owner {
 }
 
 /// What the flow key does not hold but counting needs.
-struct Headers {
+pub struct Headers {
     /// TCP flags (0 for other protocols).
-    tcp_flags: u8,
+    pub tcp_flags: u8,
     /// Offset of the transport header (the network header's length).
     l4: usize,
     /// Length of the transport header (TCP data offset; 8 for UDP; 0 when unknown).
@@ -234,7 +234,7 @@ struct Headers {
 /// hold them (then the caller reads through the helper); `Some(None)` for a packet that is
 /// neither IPv4 nor IPv6.
 #[inline(always)]
-fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers>> {
+pub fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers>> {
     // SAFETY: every read below is bounds-checked against data_end first (the verifier checks it).
     unsafe {
         let data = (*skb).data as usize as *const u8;
@@ -321,7 +321,7 @@ fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Headers
 /// Fills the 5-tuple of `key` from the packet (network header at offset 0). None when the
 /// packet is neither IPv4 nor IPv6.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
+pub fn parse(ctx: &SkBuffContext, key: &mut FlowKey) -> Option<Headers> {
     let b0: u8 = ctx.load(0).ok()?;
     let l4: usize;
     match b0 >> 4 {

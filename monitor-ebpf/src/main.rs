@@ -1,5 +1,7 @@
-//! The egress-monitor kernel programs. Observe mode only: every program allows everything.
-//! One file per hook family; `maps` holds every map the agent reads or fills.
+//! The egress-monitor kernel programs. Those attached to the cgroup v2 root observe only:
+//! they allow everything. `enforce` holds the only programs that refuse, attached to the
+//! cgroups of enforcing classes alone. One file per hook family; `maps` holds every map the
+//! agent reads or fills.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -8,6 +10,7 @@
 mod atomic;
 mod connect;
 mod egress;
+mod enforce;
 mod lifecycle;
 mod maps;
 mod sock;

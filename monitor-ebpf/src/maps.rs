@@ -7,11 +7,11 @@ use aya_ebpf::{
         BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     },
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use monitor_common::{
     CONFIG_ACTIVE_EPOCH, CONFIG_SLOTS, FlowKey, FlowValue, MAX_CLASSES, Overflow, Reported, SockInfo,
-    agent_slot, stat,
+    agent_slot, policy_slot, stat,
 };
 
 /// Per-flow counters: one entry per (cgroup, 5-tuple). The agent sweeps it and removes the
@@ -54,6 +54,23 @@ pub static UID_CLASSES: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 /// the program set that counts. Shared by every program set; its layout is frozen.
 #[map]
 pub static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// The residency policy compiled for the kernel: per network, the classes that may send there
+/// (bit `id - 1` for class `id`), by longest prefix match. Two pairs, A and B: the agent fills
+/// the pair not in force and then switches `POLICY[ACTIVE]` (see `monitor_common::policy_slot`).
+/// Sizes are set by the agent at load. IPv4-mapped and NAT64 addresses are looked up as IPv4.
+#[map]
+pub static VERDICTS_V4_A: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static VERDICTS_V4_B: LpmTrie<[u8; 4], u64> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static VERDICTS_V6_A: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static VERDICTS_V6_B: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(1024, 0);
+
+/// Which verdict tables are in force and which classes enforce (`monitor_common::policy_slot`).
+#[map]
+pub static POLICY: Array<u64> = Array::with_max_entries(policy_slot::COUNT, 0);
 
 /// Whether this program set is the one that counts. A set the agent has loaded but not yet
 /// switched to, or one it is replacing, lets every packet and socket through untouched.

@@ -2,7 +2,7 @@
 //! socket, and the class of a socket (cgroup ancestors first, then uid).
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_sock_addr},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
@@ -11,7 +11,9 @@ use aya_ebpf::{
     },
 };
 use aya_log_ebpf::debug;
-use monitor_common::{CLASS_NONE, CONFIG_GENERATION, MAX_CGROUP_DEPTH, ProcessInfo, SockInfo, stat};
+use monitor_common::{
+    CLASS_NONE, CONFIG_GENERATION, FAMILY_V4, MAX_CGROUP_DEPTH, ProcessInfo, SockInfo, stat,
+};
 
 use crate::maps::{CGROUP_CLASSES, CONFIG, SOCKS, UID_CLASSES, count};
 
@@ -114,4 +116,21 @@ pub fn classify(skb: *mut __sk_buff) -> u32 {
         }
     }
     class
+}
+
+/// The address the caller of a sock_addr hook gave (to connect or sendto): IPv4 in the first
+/// 4 bytes, network order.
+#[inline(always)]
+pub fn user_addr(sa: &bpf_sock_addr, family: u8) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    } else {
+        let ip6 = sa.user_ip6;
+        addr[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+        addr[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
+    }
+    addr
 }

@@ -110,6 +110,17 @@ impl ClassSelectors {
             .collect()
     }
 
+    /// The existing cgroups (id, directory) of the classes `ids`, as of the last rescan.
+    pub fn cgroups_of(&self, ids: &[u32]) -> Vec<(u64, PathBuf)> {
+        self.cgroups
+            .iter()
+            .filter(|(_, class, _)| ids.contains(class))
+            .filter_map(|(path, _, _)| {
+                Some((*self.found.get(path)?, self.root.join(path.trim_start_matches('/'))))
+            })
+            .collect()
+    }
+
     /// Looks every configured cgroup up again. Returns the new cgroup-id map when it differs
     /// from the last one (a cgroup appeared, vanished or was re-created).
     pub fn rescan(&mut self) -> Option<&HashMap<u64, u32>> {

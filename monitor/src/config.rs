@@ -13,11 +13,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod build;
+mod classes;
 mod files;
 mod query;
 mod sinks;
 mod values;
 
+pub use classes::{ClassConfig, Mode};
 pub use query::{ApiConfig, ClickHouseConfig, DEFAULT_API_SOCKET, ExportConfig, StoreConfig};
 
 pub use query::WebhookUrl;
@@ -26,8 +28,6 @@ pub use sinks::{
     WebhookFormat, WebhookOptions,
 };
 pub use values::{CgroupPath, Cidr, ClassName, CountryCode, Interval, RingBufferSize, SiteName};
-
-use crate::policy::{ApprovedEntry, Decision, Severity};
 
 /// Where `run` and the other commands look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/egress-monitor/egress-monitor.toml";
@@ -159,29 +159,6 @@ impl Default for AgentConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/egress-monitor"),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassConfig {
-    pub name: Spanned<ClassName>,
-    /// cgroup paths relative to the cgroup v2 root; each covers its descendants.
-    #[serde(default)]
-    pub cgroups: Vec<Spanned<CgroupPath>>,
-    /// Socket owner uids whose traffic carries this class.
-    #[serde(default)]
-    pub uids: Vec<Spanned<u32>>,
-    /// Where this class may go: countries, subdivisions, cloud regions, sites, ASNs.
-    #[serde(default)]
-    pub approved: Vec<Spanned<ApprovedEntry>>,
-    /// Destinations with no geolocation data at all.
-    #[serde(default = "Decision::violation")]
-    pub unknown: Decision,
-    /// Private, loopback and link-local destinations that match no site.
-    #[serde(default = "Decision::allow")]
-    pub internal: Decision,
-    #[serde(default)]
-    pub severity: Severity,
 }
 
 /// Where a configuration came from, for error messages.
@@ -330,59 +307,7 @@ impl Config {
                 ));
             }
         }
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut cgroups: HashMap<&str, &str> = HashMap::new();
-        let mut uids: HashMap<u32, &str> = HashMap::new();
-        for (i, class) in self.classes.iter().enumerate() {
-            let name = class.name.get_ref().0.as_str();
-            if let Some(first) = names.insert(name, i) {
-                return Err((
-                    class.name.span(),
-                    format!("classes[{i}].name"),
-                    format!("class name {name:?} is already used by classes[{first}]"),
-                ));
-            }
-            if class.cgroups.is_empty() && class.uids.is_empty() {
-                return Err((
-                    class.name.span(),
-                    format!("classes[{i}]"),
-                    format!("class {name:?} selects nothing: give it `cgroups` or `uids`"),
-                ));
-            }
-            for (j, cg) in class.cgroups.iter().enumerate() {
-                if let Some(other) = cgroups.insert(cg.get_ref().0.as_str(), name) {
-                    return Err((
-                        cg.span(),
-                        format!("classes[{i}].cgroups[{j}]"),
-                        format!("cgroup {:?} is already selected by class {other:?}", cg.get_ref().0),
-                    ));
-                }
-            }
-            for (j, entry) in class.approved.iter().enumerate() {
-                if let ApprovedEntry::Site(site) = entry.get_ref()
-                    && !sites.contains_key(site.as_str())
-                {
-                    let known: Vec<&str> = self.sites.iter().map(|s| s.name.get_ref().0.as_str()).collect();
-                    return Err((
-                        entry.span(),
-                        format!("classes[{i}].approved[{j}]"),
-                        format!(
-                            "{site:?} is not a country, subdivision, cloud region or ASN, and no [[sites]] entry has that name (sites: {})",
-                            if known.is_empty() { "none configured".to_owned() } else { known.join(", ") }
-                        ),
-                    ));
-                }
-            }
-            for (j, uid) in class.uids.iter().enumerate() {
-                if let Some(other) = uids.insert(*uid.get_ref(), name) {
-                    return Err((
-                        uid.span(),
-                        format!("classes[{i}].uids[{j}]"),
-                        format!("uid {} is already selected by class {other:?}", uid.get_ref()),
-                    ));
-                }
-            }
-        }
+        let names = classes::validate(&self.classes, &self.sites)?;
         for (i, sink) in self.sink_entries.iter().enumerate() {
             let Some((_, classes)) = sink.iter().find(|(k, _)| k.get_ref() == "classes") else { continue };
             let Some(list) = classes.get_ref().as_array() else { continue };

@@ -41,10 +41,24 @@ pub struct KernelSide {
     pub agent_away_seconds: Option<f64>,
     /// Flows carried over from replaced program sets.
     pub carried_flows: u64,
+    /// The residency policy as the kernel's verdict tables hold it (null while no class
+    /// enforces): networks per table, and how long the latest compile and write took.
+    #[serde(default)]
+    pub verdict_tables: Option<VerdictTablesStatus>,
+    /// The cgroups (by id) the enforcement programs are attached to.
+    #[serde(default)]
+    pub enforcing_cgroups: Vec<u64>,
     /// The TCP and UDP sockets open when the agent started, whose process and direction it
     /// recorded for the kernel (the hooks that would have were not attached when they opened).
     #[serde(default)]
     pub sockets_at_start: SocketsAtStart,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerdictTablesStatus {
+    pub ipv4_networks: u64,
+    pub ipv6_networks: u64,
+    pub compile_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +75,9 @@ pub struct SocketsAtStart {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ClassStatus {
     pub name: String,
+    /// `observe` or `enforce`.
+    #[serde(default)]
+    pub mode: String,
     pub cgroups: Vec<CgroupSelector>,
     pub uids: Vec<u32>,
     /// Flows of this class the agent tracks now, and the sockets they belong to (the sockets

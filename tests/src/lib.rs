@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod capture;
 pub mod cgroups;
 pub mod clickhouse;
 pub mod http;

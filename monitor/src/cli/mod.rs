@@ -3,6 +3,7 @@
 mod alerts;
 mod check_config;
 mod detach;
+mod enforcing;
 mod flows;
 mod lookup;
 mod output;

@@ -22,7 +22,10 @@ use crate::{
     },
     cgroup::{self, CgroupNames},
     classes::{ClassDescription, ClassSelectors},
-    cli::prepare::{Places, Prepared, prepare},
+    cli::{
+        enforcing::Enforcer,
+        prepare::{Places, Prepared, prepare},
+    },
     config::Config,
     export::clickhouse,
     flows::FlowTable,
@@ -125,6 +128,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
             agent_away_seconds: away.map(|d| d.as_secs_f64()),
             carried_flows: 0,
             sockets_at_start: sockets_at_start.1,
+            ..Default::default()
         },
         databases: status::Databases {
             store_path: store.reader.path().display().to_string(),
@@ -176,6 +180,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
         deliver(&mut pipeline, &sinks, &mut out).await;
     }
     status.lock().unwrap_or_else(|e| e.into_inner()).kernel.carried_flows = pipeline.carried_flows;
+    // Enforcement: the verdict tables first, then the programs that read them.
+    let enforcer = Enforcer::new(&config.class_modes());
+    let tables = enforcer.install(&mut probe, &mut pipeline)?;
+    enforcer.attach(&mut probe, &selectors)?;
+    status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables;
     let mut drain = interval(DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sweep = interval(config.agent.sweep_interval.0);
@@ -204,6 +213,9 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     if let Some(cgroups) = selectors.rescan().cloned() {
                         classes_to_write = Some(cgroups);
                         pipeline.reclassify(|path| selectors.class_of_path(path));
+                        if let Err(e) = enforcer.attach(&mut probe, &selectors) {
+                            warn!(error = %format!("{e:#}"), "attaching enforcement to the classes' cgroups failed; retrying when they change");
+                        }
                     }
                     // A failed write of the class maps is retried at every sweep until it works.
                     if let Some(cgroups) = &classes_to_write {
@@ -244,7 +256,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     deliver(&mut pipeline, &sinks, &mut out).await;
                     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
                     pipeline.fill_status(&mut s, &kernel);
-                    s.classes = class_status(&selectors, &pipeline);
+                    s.classes = class_status(&selectors, &pipeline, &enforcer);
+                    s.kernel.enforcing_cgroups = probe.enforcement.attached().unwrap_or_default();
                     sinks.fill_status(&mut s);
                     store_counters.fill_status(&mut s);
                     s.export = export.iter().map(|(st, _)| st.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
@@ -261,7 +274,13 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     }
                 }
                 _ = reload.tick() => {
-                    pipeline.enricher.reload_replaced();
+                    // A replaced database or range file: the kernel's verdicts follow.
+                    if pipeline.enricher.reload_replaced() {
+                        match enforcer.install(&mut probe, &mut pipeline) {
+                            Ok(tables) => status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables,
+                            Err(e) => warn!(error = %format!("{e:#}"), "compiling the reloaded places into the kernel's verdict tables failed; the previous tables stay in force"),
+                        }
+                    }
                 }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break }
@@ -336,13 +355,14 @@ fn seed_open_sockets(probe: &mut Probe) -> (Vec<sockets::OpenSocket>, status::So
 
 /// Each class's part of the status: its selectors (cgroups found or not) and flows tracked now;
 /// the API adds what it sent in the last hour from the store.
-fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline) -> Vec<ClassStatus> {
+fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline, enforcer: &Enforcer) -> Vec<ClassStatus> {
     let tracked = pipeline.table().by_class();
     selectors
         .described()
         .into_iter()
         .map(|ClassDescription { id, name, cgroups, uids }| ClassStatus {
             name,
+            mode: enforcer.mode(id).into(),
             cgroups: cgroups
                 .into_iter()
                 .map(|(path, cgroup_id)| CgroupSelector { path, cgroup_id })

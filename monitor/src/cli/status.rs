@@ -96,7 +96,7 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
             .collect();
         selects.extend(c.uids.iter().map(|u| format!("uid {u}")));
         t.add_row(vec![
-            format!("class {}", c.name),
+            format!("class {} ({})", c.name, if c.mode.is_empty() { "observe" } else { &c.mode }),
             format!(
                 "{}; {} flows of {} sockets now; last hour: {} allowed, {} violation",
                 selects.join(", "),

@@ -78,6 +78,11 @@ impl Config {
             .collect()
     }
 
+    /// Each class's mode, in class-id order.
+    pub fn class_modes(&self) -> Vec<super::Mode> {
+        self.classes.iter().map(|c| *c.mode.get_ref()).collect()
+    }
+
     /// Options of the kernel side, for the cgroup v2 root at `cgroup_root`.
     pub fn probe_options(&self, cgroup_root: &std::path::Path) -> ProbeOptions {
         ProbeOptions {

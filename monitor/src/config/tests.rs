@@ -402,3 +402,17 @@ fn two_sinks_with_the_same_name_are_rejected() {
     assert_eq!((e.key.as_str(), e.line), ("sinks[1]", 5));
     assert!(e.message.contains("\"syslog:udp://h:514\" is the same as sinks[0]"), "{e}");
 }
+
+#[test]
+fn a_class_selected_by_uid_alone_cannot_enforce() {
+    let e = err("[[classes]]\nname = \"a\"\nuids = [1000]\nmode = \"enforce\"\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "classes[0].mode"), "{e}");
+    assert!(e.message.contains("selected by uid alone and cannot enforce"), "{e}");
+    let e = err("[[classes]]\nname = \"a\"\ncgroups = [\"/a\"]\nmode = \"block\"\n");
+    assert_eq!(e.key, "classes[0].mode", "{e}");
+    let ok = Config::parse(
+        "[[classes]]\nname = \"a\"\ncgroups = [\"/a\"]\nmode = \"enforce\"\n",
+        Origin::Embedded,
+    );
+    assert_eq!(ok.unwrap().class_modes(), [crate::config::Mode::Enforce]);
+}

@@ -79,6 +79,12 @@ impl Pipeline {
         self.table.adopt(reported);
     }
 
+    /// The residency policy compiled for the kernel's verdict tables, from the places in
+    /// force now.
+    pub fn compile_policy(&mut self) -> Result<crate::policy::compile::Compiled, String> {
+        crate::policy::compile::compile(&mut self.enricher, &self.policy)
+    }
+
     /// The sockets open before the agent started (see [`crate::sockets`]): their flows get
     /// the process and direction found, where the kernel could not record them.
     pub fn seed_sockets(&mut self, sockets: &[crate::sockets::OpenSocket]) {

@@ -20,7 +20,8 @@ pub(super) fn map_data(map: Map) -> MapData {
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
         | Map::RingBuf(m)
-        | Map::SkStorage(m) => m,
+        | Map::SkStorage(m)
+        | Map::LpmTrie(m) => m,
         other => panic!("unexpected map type {other:?}"),
     }
 }
@@ -52,6 +53,10 @@ pub(super) fn load(
         // Room for ended flows whose last record the store has not committed yet.
         .map_max_entries("REPORTED", opts.max_flows.saturating_mul(2))
         .map_max_entries("EVENTS", opts.ring_buffer_size)
+        .map_max_entries("VERDICTS_V4_A", super::verdicts::MAX_ENTRIES)
+        .map_max_entries("VERDICTS_V4_B", super::verdicts::MAX_ENTRIES)
+        .map_max_entries("VERDICTS_V6_A", super::verdicts::MAX_ENTRIES)
+        .map_max_entries("VERDICTS_V6_B", super::verdicts::MAX_ENTRIES)
         .map_pin_path(pins::SHARED_CONFIG, config_pin.to_owned());
     for name in pins::SET_MAPS {
         loader.map_pin_path(name, set.map(name));
@@ -66,6 +71,12 @@ pub(super) fn load(
     };
     for (name, _) in ROOT_PROGRAMS.iter().chain(CGROUP_PROGRAMS) {
         load_program(&mut ebpf, name).with_context(|| format!("loading program {name}"))?;
+    }
+    // Pinned, so that an agent adopting the set can attach them to cgroups that appear later.
+    for (name, _) in CGROUP_PROGRAMS {
+        let pin = super::enforce::program_pin(set, name);
+        let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        prog.pin(&pin).with_context(|| format!("pinning program {name} at {}", pin.display()))?;
     }
     Ok((ebpf, kernel_log))
 }

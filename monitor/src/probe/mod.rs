@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod btf;
+mod enforce;
 mod events;
 mod load;
 pub mod lpm;
@@ -14,6 +15,7 @@ mod maps;
 pub mod pins;
 mod seed;
 mod sys;
+mod verdicts;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +29,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 pub use batch::{BatchMap, FlowMap, ReportedMap};
+pub use enforce::Enforcement;
 pub use events::{DRAIN_INTERVAL, EventStream, KernelEvent, KernelLog, KernelLogStream, parse_event};
 use load::{attach_program, load, map_data};
 pub use maps::{ClassMaps, KernelStats, StatsMap};
@@ -34,6 +37,7 @@ use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, FlowKey, FlowValue,
 use pins::SetDir;
 pub use seed::{SocketSeed, SocketStorage};
 use tokio::io::{Interest, unix::AsyncFd};
+pub use verdicts::{Installed, VerdictTables};
 
 /// The object built by monitor/build.rs from monitor-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
@@ -75,9 +79,9 @@ pub const ROOT_PROGRAMS: &[(&str, &str)] = &[
     ("flow_egress", "cgroup_skb/egress"),
 ];
 
-/// Programs attached only to chosen cgroups (those of the classes that need them), never to
-/// the root: the place for programs that may deny traffic. None yet.
-pub const CGROUP_PROGRAMS: &[(&str, &str)] = &[];
+/// Programs attached only to the cgroups of enforcing classes, never to the root: the only
+/// ones that refuse anything.
+pub const CGROUP_PROGRAMS: &[(&str, &str)] = enforce::PROGRAMS;
 
 /// How the agent found the kernel side when it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,14 +141,16 @@ pub struct Probe {
     epoch: u32,
     attached: Vec<AttachedProgram>,
     root: PathBuf,
-    /// Programs of [`CGROUP_PROGRAMS`] and the cgroup each is attached to.
-    attached_to_cgroups: Vec<(PathBuf, AttachedProgram)>,
     pub flows: FlowMap,
     pub reported: ReportedMap,
     pub classes: ClassMaps,
     pub stats: StatsMap,
     /// The sockets' storage, for sockets opened before the programs were attached.
     pub sockets: SocketStorage,
+    /// The residency policy as the enforcement programs read it.
+    pub verdicts: VerdictTables,
+    /// The enforcement programs and the cgroups they are attached to.
+    pub enforcement: Enforcement,
     agent: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
@@ -265,14 +271,15 @@ impl Probe {
                 .push((old.clone(), Retired { path: old.path, flows, reported, events, stats, heartbeat }));
         }
         let config_pin = opts.pin_dir.join(pins::SHARED_CONFIG);
-        let (maps, classes, sockets, ebpf, epoch, kernel_log, kind) = if adopt {
+        let (maps, classes, sockets, verdicts, ebpf, epoch, kernel_log, kind) = if adopt {
             let maps = SetMaps::new(|n| open_map(&set, n))?;
             let sockets = SocketStorage::new(open_map(&set, "SOCKS")?)?;
+            let verdicts = VerdictTables::new(|n| open_map(&set, n))?;
             let config = MapData::from_pin(&config_pin)
                 .with_context(|| format!("opening pinned map {}", config_pin.display()))?;
             let classes = class_maps(|n| open_map(&set, n), config)?;
             let epoch = maps.agent.get(&agent_slot::EPOCH, 0)? as u32;
-            (maps, classes, sockets, None, epoch, None, StartKind::Adopted)
+            (maps, classes, sockets, verdicts, None, epoch, None, StartKind::Adopted)
         } else {
             let active = match MapData::from_pin(&config_pin) {
                 Ok(m) => Array::<_, u32>::try_from(Map::Array(m))?.get(&CONFIG_ACTIVE_EPOCH, 0).unwrap_or(0),
@@ -288,10 +295,12 @@ impl Probe {
             let config = take("CONFIG")?;
             let classes = class_maps(&mut take, config)?;
             let sockets = SocketStorage::new(take("SOCKS")?)?;
+            let verdicts = VerdictTables::new(&mut take)?;
             maps.agent.set(agent_slot::EPOCH, epoch as u64, 0)?;
             let kind = if to_retire.is_empty() { StartKind::Fresh } else { StartKind::Replaced };
-            (maps, classes, sockets, Some(ebpf), epoch, kernel_log, kind)
+            (maps, classes, sockets, verdicts, Some(ebpf), epoch, kernel_log, kind)
         };
+        let enforcement = Enforcement::open(&set, &opts.cgroup_root)?;
         let own_heartbeat = if adopt { maps.slot(agent_slot::HEARTBEAT_NS) } else { None };
         let previous_heartbeat = to_retire.iter().filter_map(|(_, r)| r.heartbeat).chain(own_heartbeat).max();
         let attached_since = if adopt { maps.slot(agent_slot::ATTACHED_NS) } else { None };
@@ -301,12 +310,13 @@ impl Probe {
             epoch,
             attached: Vec::new(),
             root: opts.cgroup_root.clone(),
-            attached_to_cgroups: Vec::new(),
             flows: maps.flows,
             reported: maps.reported,
             classes,
             stats: maps.stats,
             sockets,
+            verdicts,
+            enforcement,
             agent: maps.agent,
             events: Some(maps.events),
             kernel_log,
@@ -379,33 +389,6 @@ impl Probe {
     /// Records that the agent is alive now (the next agent learns how long it was away).
     pub fn heartbeat(&mut self) -> anyhow::Result<()> {
         self.agent.set(agent_slot::HEARTBEAT_NS, realtime_ns(), 0).context("writing the agent heartbeat")
-    }
-
-    /// Attaches every program of [`CGROUP_PROGRAMS`] to one chosen cgroup. Refuses the cgroup
-    /// v2 root: programs that may deny traffic never go there.
-    pub fn attach_to_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
-        if self.root == cgroup {
-            return Err(anyhow!(
-                "{}: refusing to attach per-cgroup programs to the cgroup v2 root",
-                cgroup.display()
-            ));
-        }
-        let Some(ebpf) = &mut self.ebpf else {
-            bail!("the program set was adopted, not loaded by this agent")
-        };
-        let dir = crate::cgroup::open_root(cgroup)?;
-        for (name, hook) in CGROUP_PROGRAMS {
-            let id =
-                attach_program(ebpf, name, &dir, &self.set.path.join("links").join(format!("{name}@cgroup")))
-                    .with_context(|| format!("attaching {name} ({hook}) to {}", cgroup.display()))?;
-            self.attached_to_cgroups.push((cgroup.to_owned(), AttachedProgram { name, hook, id }));
-        }
-        Ok(())
-    }
-
-    /// Programs attached to chosen cgroups, with their cgroup.
-    pub fn attached_to_cgroups(&self) -> &[(PathBuf, AttachedProgram)] {
-        &self.attached_to_cgroups
     }
 
     /// The ring buffer of kernel events, registered with the tokio reactor. Can be taken once.

@@ -36,6 +36,11 @@ pub const SET_MAPS: &[&str] = &[
     "OVERFLOW_CLASSES",
     "OVERFLOW_CGROUPS",
     "SOCKS",
+    "VERDICTS_V4_A",
+    "VERDICTS_V4_B",
+    "VERDICTS_V6_A",
+    "VERDICTS_V6_B",
+    "POLICY",
 ];
 
 fn is_bpffs(path: &Path) -> bool {
@@ -111,7 +116,7 @@ impl SetDir {
     }
 
     pub fn create(&self) -> anyhow::Result<()> {
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "progs"] {
             let d = self.path.join(sub);
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }

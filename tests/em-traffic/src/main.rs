@@ -13,6 +13,10 @@
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
 //!                         options extension header)
+//!   em-traffic tcp-try    ADDR [--from ADDR]        connect (from a bound address), send 100
+//!                                                 bytes, close; report whether connect worked
+//!   em-traffic udp-try    ADDR                      one 64-byte datagram with sendto
+//!                         (both report {"event":"tried","ok":bool,"errno":N})
 //!
 //! and load for the benchmarks:
 //!
@@ -58,6 +62,11 @@ fn main() {
             }
         }
         Some("udp-serve") => udp_serve(addr, num(2, 0), num(3, 1)),
+        Some("tcp-try") => {
+            let from = args.iter().position(|a| a == "--from").and_then(|i| args.get(i + 1));
+            tcp_try(addr, from.map(|f| f.parse().expect("--from ADDR")))
+        }
+        Some("udp-try") => udp_try(addr),
         Some("tcp-accept") => tcp_accept(addr),
         Some("tcp-rate") => tcp_rate(addr, num(2, 1)),
         Some("udp-flows") => udp_flows(addr, num(2, 1), num(3, 1), num(4, 1000), num(5, 0)),
@@ -155,6 +164,37 @@ fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<
         s.read_to_end(&mut reply).expect("read");
     }
     report(&[("event", "sent".into()), ("locals", locals.into())]);
+}
+
+fn tried(result: std::io::Result<()>) {
+    let errno = result.as_ref().err().and_then(std::io::Error::raw_os_error).unwrap_or(0);
+    report(&[("event", "tried".into()), ("ok", result.is_ok().into()), ("errno", errno.into())]);
+}
+
+/// One connection attempt, from `from` when given (an address of this host).
+fn tcp_try(addr: SocketAddr, from: Option<std::net::IpAddr>) {
+    let socket = match addr {
+        SocketAddr::V4(_) => socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None),
+        SocketAddr::V6(_) => socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None),
+    }
+    .expect("socket");
+    if let Some(ip) = from {
+        socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind --from");
+    }
+    let result = socket.connect(&addr.into()).and_then(|()| {
+        let mut s: TcpStream = socket.into();
+        s.write_all(&[b't'; 100])?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        s.read_to_end(&mut Vec::new()).map(drop)
+    });
+    tried(result);
+}
+
+/// One datagram sent with sendto (the socket is not connected).
+fn udp_try(addr: SocketAddr) {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let s = UdpSocket::bind(bind).expect("bind");
+    tried(s.send_to(&[b'u'; 64], addr).map(drop));
 }
 
 /// Waits until the peer has acknowledged everything written (the send queue is empty).

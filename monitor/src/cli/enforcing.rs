@@ -1,0 +1,94 @@
+//! The agent's side of enforcement (part of `run`): compiles the residency policy into the
+//! kernel's verdict tables at start and whenever a database or range file is replaced, and keeps
+//! the enforcement programs attached to exactly the existing cgroups of enforcing classes.
+//! With no enforcing class, nothing is compiled and nothing refuses.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::{
+    classes::ClassSelectors, config::Mode, pipeline::Pipeline, probe::Probe, status::VerdictTablesStatus,
+};
+
+pub struct Enforcer {
+    /// Class ids that enforce.
+    classes: Vec<u32>,
+}
+
+impl Enforcer {
+    /// `modes`: each class's mode, in class-id order.
+    pub fn new(modes: &[Mode]) -> Enforcer {
+        let classes = modes
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m == Mode::Enforce)
+            .map(|(i, _)| crate::classes::class_id(i))
+            .collect();
+        Enforcer { classes }
+    }
+
+    pub fn mode(&self, class_id: u32) -> &'static str {
+        if self.classes.contains(&class_id) { "enforce" } else { "observe" }
+    }
+
+    /// Bit `id - 1` for every enforcing class.
+    fn mask(&self) -> u64 {
+        self.classes.iter().fold(0, |m, id| m | 1u64 << (id - 1))
+    }
+
+    /// Compiles the policy into the verdict tables not in force and puts them in force. Does
+    /// nothing without an enforcing class but clear the kernel's enforcing mask.
+    pub fn install(
+        &self,
+        probe: &mut Probe,
+        pipeline: &mut Pipeline,
+    ) -> anyhow::Result<Option<VerdictTablesStatus>> {
+        if self.classes.is_empty() {
+            if probe.verdicts.enforcing() != 0 {
+                probe.verdicts.install(std::iter::empty(), std::iter::empty(), 0)?;
+            }
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let compiled =
+            pipeline.compile_policy().map_err(anyhow::Error::msg).context("compiling the policy")?;
+        let installed = probe
+            .verdicts
+            .install(
+                compiled.v4.iter().map(|(n, m)| (n.addr(), n.prefix_len(), *m)),
+                compiled.v6.iter().map(|(n, m)| (n.addr(), n.prefix_len(), *m)),
+                self.mask(),
+            )
+            .context("writing the kernel's verdict tables")?;
+        let seconds = started.elapsed().as_secs_f64();
+        info!(
+            ipv4 = installed.v4_entries,
+            ipv6 = installed.v6_entries,
+            took = ?started.elapsed(),
+            written_in = ?installed.took,
+            "residency policy compiled into the kernel's verdict tables"
+        );
+        Ok(Some(VerdictTablesStatus {
+            ipv4_networks: installed.v4_entries as u64,
+            ipv6_networks: installed.v6_entries as u64,
+            compile_seconds: seconds,
+        }))
+    }
+
+    /// Attaches the enforcement programs to every existing cgroup of an enforcing class and
+    /// detaches them from every other cgroup (a class that no longer enforces, a cgroup gone).
+    pub fn attach(&self, probe: &mut Probe, selectors: &ClassSelectors) -> anyhow::Result<()> {
+        let wanted = selectors.cgroups_of(&self.classes);
+        let (attached, detached) = probe.enforcement.reconcile(&wanted)?;
+        for id in &attached {
+            let path = wanted.iter().find(|(w, _)| w == id).map(|(_, p)| p.display().to_string());
+            info!(cgroup_id = id, cgroup = path.unwrap_or_default(), "enforcement attached");
+        }
+        for id in detached {
+            warn!(cgroup_id = id, "enforcement detached: no enforcing class selects this cgroup (any more)");
+        }
+        Ok(())
+    }
+}
