@@ -87,6 +87,7 @@ fn alert() -> Alert {
         host: f.host,
         class: "us-user-data".into(),
         severity: Severity::Critical,
+        action: Default::default(),
         reason: "destination country CN is not approved for class us-user-data".into(),
         direction: f.direction,
         protocol: f.protocol,

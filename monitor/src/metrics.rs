@@ -26,6 +26,11 @@ pub struct ClassSeverity {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LossKind {
     pub kind: String,
 }
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub flow_bytes: Family<ClassVerdict, Counter>,
     pub flow_packets: Family<ClassVerdict, Counter>,
     pub alerts: Family<ClassSeverity, Counter>,
+    /// Attempts the kernel refused, by class.
+    pub blocked: Family<ClassLabel, Counter>,
     flows_tracked: Gauge,
     losses: Family<LossKind, Counter>,
     sink_delivered: Family<SinkLabel, Counter>,
@@ -69,6 +76,7 @@ impl Metrics {
             flow_bytes: Family::default(),
             flow_packets: Family::default(),
             alerts: Family::default(),
+            blocked: Family::default(),
             flows_tracked: Gauge::default(),
             losses: Family::default(),
             sink_delivered: Family::default(),
@@ -84,6 +92,11 @@ impl Metrics {
         registry.register("flow_bytes", "Bytes sent (layer 3), by class and verdict", m.flow_bytes.clone());
         registry.register("flow_packets", "Packets sent, by class and verdict", m.flow_packets.clone());
         registry.register("alerts", "Alerts raised, by class and severity", m.alerts.clone());
+        registry.register(
+            "blocked",
+            "Connections, datagrams and SYNs of enforcing classes the kernel refused, by class",
+            m.blocked.clone(),
+        );
         registry.register("flows_tracked", "Flows the agent is tracking now", m.flows_tracked.clone());
         registry.register("losses", "Data lost, by kind (nothing is dropped silently)", m.losses.clone());
         registry.register("sink_delivered", "Alerts delivered, by sink", m.sink_delivered.clone());

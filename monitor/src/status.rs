@@ -85,6 +85,9 @@ pub struct ClassStatus {
     pub flows_tracked: u64,
     #[serde(default)]
     pub sockets_tracked: u64,
+    /// Attempts the kernel refused since the agent started (enforcing classes).
+    #[serde(default)]
+    pub blocked: u64,
     /// Bytes this class sent in the last hour, by verdict, as the store has them.
     pub last_hour: VerdictBytes,
 }

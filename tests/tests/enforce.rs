@@ -5,9 +5,10 @@
 use integration_tests::{
     Agent,
     capture::Capture,
+    records::u64_of,
     traffic::{Placement, Traffic},
     unique,
-    world::{CN_V4, CN_V6, SITE_SG, US_V4, World},
+    world::{CN_V4, CN_V6, SITE_SG, US_V4, WAIT, World},
 };
 use serde_json::Value;
 
@@ -34,6 +35,7 @@ fn an_enforcing_class_cannot_send_to_unapproved_places() {
     let server = w.serve("[::]:443", 4);
 
     // The enforcing class: refused before any packet leaves, over IPv4, IPv6 and v4-mapped.
+    let mut first_pid = None;
     for (what, to) in [
         ("tcp-try", format!("{CN_V4}:443")),
         ("tcp-try", format!("[{CN_V6}]:443")),
@@ -43,6 +45,7 @@ fn an_enforcing_class_cannot_send_to_unapproved_places() {
     ] {
         let r = attempt(&w, "app", what, &to);
         assert!(refused(&r), "{what} {to}: {r}");
+        first_pid.get_or_insert(u64_of(&r["pid"]));
     }
     // ... while its approved places work.
     for to in [format!("{US_V4}:443"), format!("{SITE_SG}:443")] {
@@ -61,5 +64,69 @@ fn an_enforcing_class_cannot_send_to_unapproved_places() {
     // Two connections reached CN (watch and plain), each with its SYN: nothing else tried.
     let syns = seen.iter().filter(|l| l.contains(&format!("> {CN_V4}.443: Flags [S]"))).count();
     assert_eq!(syns, 2, "{seen:#?}");
+
+    // Every refusal is a `blocked` alert naming the process; the observing class's is `observed`.
+    let blocked = agent.wait_for("the blocked alert", WAIT, |v| {
+        v["type"] == "alert"
+            && v["action"] == "blocked"
+            && v["destination"]["ip"] == CN_V4
+            && v["destination"]["port"] == 443
+    });
+    assert_eq!(blocked["class"], w.class.as_str(), "{blocked}");
+    assert_eq!(blocked["process"]["pid"], first_pid.unwrap(), "{blocked}");
+    assert_eq!(blocked["process"]["comm"], "em-traffic", "{blocked}");
+    assert_eq!(blocked["direction"], "outbound", "{blocked}");
+    assert_eq!((u64_of(&blocked["bytes"]), u64_of(&blocked["packets"])), (0, 0), "nothing left: {blocked}");
+    assert!(blocked["reason"].as_str().unwrap().contains("CN"), "{blocked}");
+    let observed = agent.wait_for("the observing class's alert", WAIT, |v| {
+        v["type"] == "alert" && v["class"] == watch.as_str()
+    });
+    assert_eq!(observed["action"], "observed", "{observed}");
+    for port in [53, 443] {
+        agent.wait_for("blocked alerts over IPv6 too", WAIT, |v| {
+            v["action"] == "blocked" && v["destination"]["ip"] == CN_V6 && v["destination"]["port"] == port
+        });
+    }
+
+    // Inbound: a viewer in CN cannot connect to the class's server (its SYN is dropped), a
+    // viewer in the US can.
+    let a = w.topo.a_v4.to_string();
+    let app = w.cg.dir("app");
+    let mut listener = Traffic::start(
+        &Placement { netns: &w.topo.a, cgroup: &app, uid: None },
+        &["tcp-serve", "0.0.0.0:8443", "0", "1"],
+    );
+    listener.next_report();
+    let from = |ip: &str| {
+        let server = w.cg.dir("server");
+        Traffic::start(
+            &Placement { netns: &w.topo.b, cgroup: &server, uid: None },
+            &["tcp-try", &format!("{a}:8443"), "--from", ip],
+        )
+        .finish()
+    };
+    let cn_viewer = from(CN_V4);
+    assert_eq!(
+        (&cn_viewer["ok"], &cn_viewer["errno"]),
+        (&false.into(), &libc::ETIMEDOUT.into()),
+        "{cn_viewer}"
+    );
+    let us_viewer = from(US_V4);
+    assert_eq!(us_viewer["ok"], true, "{us_viewer}");
+    let listener_pid = listener.pid();
+    listener.finish();
+    let refused = agent.wait_for("the blocked viewer", WAIT, |v| {
+        v["action"] == "blocked" && v["direction"] == "inbound" && v["destination"]["ip"] == CN_V4
+    });
+    assert_eq!(refused["process"]["pid"], listener_pid, "the listener's process: {refused}");
+    assert!(u64_of(&refused["bytes"]) > 0 && u64_of(&refused["packets"]) >= 1, "the dropped SYNs: {refused}");
+
+    // Blocks are counted per class.
+    let status: Value = serde_json::from_str(&agent.cli(&["status", "-o", "json"])).unwrap();
+    let class = status["classes"].as_array().unwrap().iter().find(|c| c["name"] == w.class.as_str()).unwrap();
+    assert_eq!(class["mode"], "enforce", "{class}");
+    assert!(u64_of(&class["blocked"]) >= 6, "five refused sends and the viewer's SYNs: {class}");
+    let metrics = integration_tests::api::Api::unix(&agent.dir().join("api.sock")).get("/metrics").text;
+    assert!(metrics.contains(&format!("egress_monitor_blocked_total{{class=\"{}\"}}", w.class)), "{metrics}");
     drop(agent);
 }

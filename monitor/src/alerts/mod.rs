@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 pub use crate::record::{Alert, AlertUpdate};
 use crate::{
     policy::{ClassPolicy, Verdict},
-    record::{Direction, FlowRecord, Timestamp},
+    record::{Action, Direction, FlowRecord, Timestamp},
 };
 
 /// What makes two violations "the same alert". The workload is the cgroup and, when known,
@@ -28,6 +28,8 @@ struct AlertKey {
     comm: Option<String>,
     ip: IpAddr,
     port: Option<u16>,
+    /// Refused attempts are alerts of their own, apart from traffic that went.
+    action: Action,
 }
 
 struct OpenAlert {
@@ -82,7 +84,22 @@ impl AlertBook {
         verdict: &Verdict,
         now: Instant,
     ) -> Option<Alert> {
+        self.observe_as(flow, rec, class, verdict, now, Action::Observed)
+    }
+
+    /// As [`AlertBook::observe`], for traffic that met `action`: a refused attempt
+    /// ([`Action::Blocked`]) is described by `rec` as the flow it would have been.
+    pub fn observe_as(
+        &mut self,
+        flow: &FlowKey,
+        rec: &FlowRecord,
+        class: &ClassPolicy,
+        verdict: &Verdict,
+        now: Instant,
+        action: Action,
+    ) -> Option<Alert> {
         let key = AlertKey {
+            action,
             class: class.name.clone(),
             cgroup: rec
                 .process
@@ -127,6 +144,7 @@ impl AlertBook {
             host: rec.host.clone(),
             class: class.name.clone(),
             severity: class.severity,
+            action,
             reason: class.explain(verdict, rec.destination.ip, &rec.destination.place),
             direction: rec.direction,
             protocol: rec.protocol,
@@ -184,6 +202,10 @@ fn alert_id(host: &str, key: &AlertKey, raised: Timestamp) -> String {
     ] {
         h.update(part.as_bytes());
         h.update([0]);
+    }
+    // Observed alerts keep the ids they had before enforcement existed.
+    if key.action == Action::Blocked {
+        h.update(b"blocked\0");
     }
     h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

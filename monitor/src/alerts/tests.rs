@@ -116,10 +116,13 @@ fn ids_are_deterministic() {
         comm: Some("api".into()),
         ip: "175.16.199.1".parse().unwrap(),
         port: Some(443),
+        action: crate::record::Action::Observed,
     };
     let t = Timestamp::now();
     assert_eq!(alert_id("h1", &k, t), alert_id("h1", &k, t));
     assert_ne!(alert_id("h1", &k, t), alert_id("h2", &k, t));
+    let blocked = AlertKey { action: crate::record::Action::Blocked, ..k.clone() };
+    assert_ne!(alert_id("h1", &k, t), alert_id("h1", &blocked, t), "a refusal is an alert of its own");
 }
 
 #[test]

@@ -116,6 +116,8 @@ pub struct StoredAlert {
     pub host: String,
     pub class: String,
     pub severity: String,
+    /// `observed` or `blocked` (null for alerts stored before the store kept it).
+    pub action: Option<String>,
     pub reason: String,
     pub direction: Option<String>,
     pub protocol: Option<String>,

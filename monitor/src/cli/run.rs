@@ -370,6 +370,7 @@ fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline, enforcer: &Enfo
             uids,
             flows_tracked: tracked.get(&id).map_or(0, |t| t.flows),
             sockets_tracked: tracked.get(&id).map_or(0, |t| t.sockets),
+            blocked: pipeline.blocks().get(&id).copied().unwrap_or(0),
             last_hour: Default::default(),
         })
         .collect()

@@ -98,10 +98,11 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         t.add_row(vec![
             format!("class {} ({})", c.name, if c.mode.is_empty() { "observe" } else { &c.mode }),
             format!(
-                "{}; {} flows of {} sockets now; last hour: {} allowed, {} violation",
+                "{}; {} flows of {} sockets now; {} blocked; last hour: {} allowed, {} violation",
                 selects.join(", "),
                 c.flows_tracked,
                 c.sockets_tracked,
+                c.blocked,
                 bytes(c.last_hour.allowed),
                 bytes(c.last_hour.violation)
             ),

@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod refused;
+
 use monitor_common::{
     DIRECTION_UNKNOWN, FlowKey, FlowValue, ProcessInfo, Reported, SOCK_HAS_PROCESS, SockEvent,
 };
@@ -171,6 +173,8 @@ impl FlowTable {
                 // flow to save a lookup per flow per sweep while sockets close).
                 self.closed.insert(cookie, now);
             }
+            // Not a flow: nothing left, or the packet was dropped (see FlowUpdate::refused).
+            KernelEvent::Blocked(_) => {}
         }
     }
 

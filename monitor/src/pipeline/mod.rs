@@ -18,10 +18,10 @@ use crate::{
     alerts::AlertBook,
     enrich::Enricher,
     flows::{FlowTable, FlowUpdate, KernelFlows, TableCounters},
-    metrics::{ClassSeverity, ClassVerdict, Metrics},
+    metrics::{ClassLabel, ClassSeverity, ClassVerdict, Metrics},
     policy::Policy,
     probe::{KernelEvent, KernelStats, Retired},
-    record::{FlowState, LossRecord, Output, OverflowCount, Timestamp, VerdictKind},
+    record::{Action, FlowState, LossRecord, Output, OverflowCount, Timestamp, VerdictKind},
     status::{self, Status},
 };
 
@@ -44,6 +44,8 @@ pub struct Pipeline {
     kernel_base: KernelStats,
     /// Flows carried over from replaced program sets.
     pub carried_flows: u64,
+    /// Attempts the kernel refused, by class id.
+    blocks: std::collections::HashMap<u32, u64>,
 }
 
 impl Pipeline {
@@ -70,6 +72,7 @@ impl Pipeline {
             failing_sweeps: 0,
             kernel_base: KernelStats::default(),
             carried_flows: 0,
+            blocks: Default::default(),
         }
     }
 
@@ -129,9 +132,39 @@ impl Pipeline {
         }
         let now = Instant::now();
         for e in batch {
-            self.table.on_event(e, now, &mut self.updates);
+            match e {
+                KernelEvent::Blocked(b) => self.blocked(&b, out),
+                e => self.table.on_event(e, now, &mut self.updates),
+            }
         }
         self.emit(out);
+    }
+
+    /// An attempt the kernel refused: counted for its class, and alerted with the action
+    /// `blocked` (deduplicated like other alerts). It is no flow: nothing left, or the packet
+    /// was dropped on its way in.
+    fn blocked(&mut self, e: &monitor_common::BlockEvent, out: &mut Vec<Output>) {
+        *self.blocks.entry(e.class_id).or_default() += 1;
+        let u = crate::flows::FlowUpdate::refused(e, monotonic_ns());
+        let place = self.enricher.locate(ip_of(&u.key, &u.key.daddr));
+        let verdict = self.policy.evaluate(e.class_id, &place);
+        let record = self.records.flow_record(&u, place, verdict.kind, &Clock::sample(), Timestamp::now());
+        let class_name = record.class.as_deref().unwrap_or_default().to_owned();
+        self.metrics.blocked.get_or_create(&ClassLabel { class: class_name }).inc();
+        let Some(class) = self.policy.class(e.class_id) else { return };
+        if let Some(alert) =
+            self.alerts.observe_as(&u.key, &record, class, &verdict, Instant::now(), Action::Blocked)
+        {
+            let labels =
+                ClassSeverity { class: alert.class.to_string(), severity: alert.severity.name().into() };
+            self.metrics.alerts.get_or_create(&labels).inc();
+            out.push(Output::Alert(alert));
+        }
+    }
+
+    /// Attempts the kernel refused since start, by class id.
+    pub fn blocks(&self) -> &std::collections::HashMap<u32, u64> {
+        &self.blocks
     }
 
     /// Corrects the class of known flows after the class maps changed; `class_of_path` maps a

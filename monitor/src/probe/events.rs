@@ -1,7 +1,9 @@
 //! The kernel's ring buffer of events, and the programs' own debug messages.
 
 use aya::maps::{MapData, RingBuf};
-use monitor_common::{EVENT_CONNECT, EVENT_NEW_FLOW, EVENT_SOCK_CLOSED, NewFlowEvent, SockEvent};
+use monitor_common::{
+    BlockEvent, EVENT_BLOCKED, EVENT_CONNECT, EVENT_NEW_FLOW, EVENT_SOCK_CLOSED, NewFlowEvent, SockEvent,
+};
 use tokio::io::unix::AsyncFd;
 
 /// A record from the kernel's ring buffer.
@@ -9,7 +11,11 @@ use tokio::io::unix::AsyncFd;
 pub enum KernelEvent {
     NewFlow(NewFlowEvent),
     Connect(SockEvent),
-    SockClosed { cookie: u64 },
+    SockClosed {
+        cookie: u64,
+    },
+    /// An enforcing class's attempt the kernel refused.
+    Blocked(BlockEvent),
 }
 
 pub struct EventStream {
@@ -64,6 +70,9 @@ pub fn parse_event(bytes: &[u8]) -> Option<KernelEvent> {
             EVENT_SOCK_CLOSED if bytes.len() >= size_of::<SockEvent>() => {
                 let e: SockEvent = std::ptr::read_unaligned(bytes.as_ptr().cast());
                 Some(KernelEvent::SockClosed { cookie: e.cookie })
+            }
+            EVENT_BLOCKED if bytes.len() >= size_of::<BlockEvent>() => {
+                Some(KernelEvent::Blocked(std::ptr::read_unaligned(bytes.as_ptr().cast())))
             }
             _ => None,
         }

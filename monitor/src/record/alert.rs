@@ -18,6 +18,10 @@ pub struct Alert {
     pub host: Arc<str>,
     pub class: Arc<str>,
     pub severity: Severity,
+    /// `observed` (the data went; the class observes, or the flow began before enforcement)
+    /// or `blocked` (the kernel refused it: the class enforces).
+    #[serde(default)]
+    pub action: Action,
     pub reason: String,
     pub direction: Direction,
     pub protocol: Protocol,
@@ -28,6 +32,24 @@ pub struct Alert {
     pub packets: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+}
+
+/// What became of the traffic an alert is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Observed,
+    Blocked,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Observed => "observed",
+            Action::Blocked => "blocked",
+        }
+    }
 }
 
 /// New totals of an open alert: every flow of its key since it was raised.

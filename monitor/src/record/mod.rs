@@ -9,7 +9,7 @@ pub mod fields;
 mod flow;
 mod values;
 
-pub use alert::{Alert, AlertUpdate};
+pub use alert::{Action, Alert, AlertUpdate};
 pub use flow::{DestinationRecord, Endpoint, FlowRecord, KernelMark, LossRecord, OverflowCount, Process};
 use serde::Serialize;
 pub use values::{

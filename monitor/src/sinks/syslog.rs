@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(
             rfc5424(&alert(), Facility(4), 77),
             "<34>1 2026-11-25T10:00:00.120Z h1 egress-monitor 77 residency-violation \
-             [alert@32473 id=\"0123456789abcdef0123456789abcdef\" class=\"us-user-data\" severity=\"critical\" \
+             [alert@32473 id=\"0123456789abcdef0123456789abcdef\" class=\"us-user-data\" severity=\"critical\" action=\"observed\" \
              direction=\"outbound\" protocol=\"tcp\" pid=\"1234\" comm=\"api\" uid=\"1001\" cgroup=\"/payments/userdata\" \
              dst=\"175.16.199.1\" dport=\"443\" country=\"CN\" bytes=\"5120\" packets=\"9\"] \
              destination country CN is not approved for class us-user-data"
@@ -478,7 +478,7 @@ mod tests {
         assert_eq!(
             rfc3164(&alert(), Facility(10), 77),
             "<82>Nov 25 10:00:00 h1 egress-monitor[77]: destination country CN is not approved for class us-user-data \
-             id=0123456789abcdef0123456789abcdef class=us-user-data severity=critical direction=outbound protocol=tcp \
+             id=0123456789abcdef0123456789abcdef class=us-user-data severity=critical action=observed direction=outbound protocol=tcp \
              pid=1234 comm=api uid=1001 cgroup=/payments/userdata dst=175.16.199.1 dport=443 country=CN bytes=5120 packets=9"
         );
     }

@@ -178,6 +178,7 @@ mod tests {
             host: r.host,
             class: "c".into(),
             severity: crate::record::Severity::High,
+            action: Default::default(),
             reason: "r".into(),
             direction: r.direction,
             protocol: r.protocol,

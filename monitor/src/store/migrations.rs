@@ -199,6 +199,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN cgroup_id INTEGER;
     ALTER TABLE alerts ADD COLUMN internal INTEGER;
     ",
+    // 8: whether the kernel refused what an alert is about (null: stored before enforcement).
+    "
+    ALTER TABLE alerts ADD COLUMN action TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

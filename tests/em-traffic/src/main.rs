@@ -13,8 +13,8 @@
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
 //!                         options extension header)
-//!   em-traffic tcp-try    ADDR [--from ADDR]        connect (from a bound address), send 100
-//!                                                 bytes, close; report whether connect worked
+//!   em-traffic tcp-try    ADDR [--from ADDR]        connect (from a bound address; 3 s at most),
+//!                                                 send 100 bytes, close; report whether it worked
 //!   em-traffic udp-try    ADDR                      one 64-byte datagram with sendto
 //!                         (both report {"event":"tried","ok":bool,"errno":N})
 //!
@@ -167,7 +167,12 @@ fn tcp_send(addr: SocketAddr, bytes: usize, connections: usize, pace_ms: Option<
 }
 
 fn tried(result: std::io::Result<()>) {
-    let errno = result.as_ref().err().and_then(std::io::Error::raw_os_error).unwrap_or(0);
+    let errno = match &result {
+        Ok(()) => 0,
+        // A connect timeout is the library's own error, without an errno.
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    };
     report(&[("event", "tried".into()), ("ok", result.is_ok().into()), ("errno", errno.into())]);
 }
 
@@ -181,7 +186,8 @@ fn tcp_try(addr: SocketAddr, from: Option<std::net::IpAddr>) {
     if let Some(ip) = from {
         socket.bind(&SocketAddr::new(ip, 0).into()).expect("bind --from");
     }
-    let result = socket.connect(&addr.into()).and_then(|()| {
+    // A dropped SYN is retried for minutes: give up after 3 s (ETIMEDOUT).
+    let result = socket.connect_timeout(&addr.into(), std::time::Duration::from_secs(3)).and_then(|()| {
         let mut s: TcpStream = socket.into();
         s.write_all(&[b't'; 100])?;
         s.shutdown(std::net::Shutdown::Write)?;

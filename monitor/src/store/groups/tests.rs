@@ -201,7 +201,7 @@ fn migration_fills_the_groups_from_stored_flows() {
         "DROP TABLE flow_groups; CREATE INDEX flows_by_class ON flows (class, bucket);
          CREATE INDEX flows_by_verdict ON flows (verdict, bucket); ALTER TABLE alerts DROP COLUMN tid;
          ALTER TABLE alerts DROP COLUMN cgroup_id; ALTER TABLE alerts DROP COLUMN internal;
-         PRAGMA user_version = 4;",
+         ALTER TABLE alerts DROP COLUMN action; PRAGMA user_version = 4;",
     )
     .unwrap();
     super::super::migrations::migrate(&mut conn).unwrap();
