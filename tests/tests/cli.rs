@@ -48,7 +48,9 @@ cidrs = ["10.20.0.0/16"]
 [[classes]]
 name = "us-user-data"
 uids = [1001]
+cgroups = ["/payments"]
 approved = ["US-WA", "aws:us-*", "dc-us-east"]
+mode = "enforce"
 
 [[classes]]
 name = "telemetry"
@@ -93,6 +95,12 @@ fn lookup_json_places_each_address_and_judges_each_class() {
         (Some("175.16.199.1"), Some("CN"))
     );
     assert_eq!(verdicts(cn), ["us-user-data=violation", "telemetry=allowed"]);
+    // What the kernel does there: the enforcing class is refused; an observing one never is.
+    assert_eq!(
+        (&cn["classes"][0]["kernel"], &cn["classes"][1]["kernel"]),
+        (&"block".into(), &"allow".into())
+    );
+    assert_eq!(answers[1]["classes"][1]["kernel"], "allow", "telemetry observes its violation");
     assert_eq!(cn["classes"][0]["reason"], "destination country CN is not approved for class us-user-data");
 
     let us = &answers[1]["destination"];
@@ -138,7 +146,7 @@ fn lookup_table_for_people() {
     assert_eq!(row("192.168.1.1")[..2], ["192.168.1.1", "internal"]);
     assert!(
         shown.contains(
-            "us-user-data  VIOLATION  destination country CN is not approved for class us-user-data"
+            "us-user-data  VIOLATION  block   destination country CN is not approved for class us-user-data"
         ),
         "{shown}"
     );

@@ -130,3 +130,48 @@ fn an_enforcing_class_cannot_send_to_unapproved_places() {
     assert!(metrics.contains(&format!("egress_monitor_blocked_total{{class=\"{}\"}}", w.class)), "{metrics}");
     drop(agent);
 }
+
+/// The country database as the world writes it, with `cn` placed in `country`: replaced on
+/// disk by rename, as geoipupdate does.
+fn replace_country_db(w: &World, country: &str) {
+    let db = monitor::enrich::fixtures::geoip2_country(&[
+        ("175.16.199.0/24", Some(country), Some(country)),
+        ("216.160.83.0/24", Some("US"), Some("US")),
+        ("130.61.0.0/16", Some("DE"), Some("DE")),
+        ("2001:db8:86::/48", Some("CN"), Some("CN")),
+        ("2001:db8:1::/48", Some("US"), Some("US")),
+    ]);
+    let tmp = w.files.path().join("country.mmdb.new");
+    std::fs::write(&tmp, db).unwrap();
+    std::fs::rename(&tmp, w.files.path().join("country.mmdb")).unwrap();
+}
+
+#[test]
+fn enforcement_follows_the_database_outlives_the_agent_and_detach_removes_it() {
+    let w = World::new();
+    let config = w.config("mode = \"enforce\"\n").replace("[geoip]\n", "[geoip]\nreload_interval = \"1s\"\n");
+    let mut agent = Agent::start(&config);
+    // Attempts that get through while the kernel's answer changes each take a connection.
+    let _server = w.serve("0.0.0.0:443", 1000);
+    let cn = format!("{CN_V4}:443");
+    assert!(refused(&attempt(&w, "app", "tcp-try", &cn)));
+
+    // The database now places the address in the US: the kernel's answer follows within a
+    // reload interval (and a compile).
+    replace_country_db(&w, "US");
+    integration_tests::eventually("the kernel lets the address through", WAIT, || {
+        (attempt(&w, "app", "tcp-try", &cn)["ok"] == true).then_some(())
+    });
+    replace_country_db(&w, "CN");
+    integration_tests::eventually("the kernel refuses the address again", WAIT, || {
+        refused(&attempt(&w, "app", "tcp-try", &cn)).then_some(())
+    });
+
+    // SIGKILL: no agent, the kernel goes on refusing.
+    agent.kill();
+    assert!(refused(&attempt(&w, "app", "tcp-try", &cn)), "enforcement outlives the agent");
+    // `detach` removes it.
+    agent.detach();
+    let r = attempt(&w, "app", "tcp-try", &cn);
+    assert_eq!(r["ok"], true, "after detach: {r}");
+}

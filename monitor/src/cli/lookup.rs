@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::output::{Format, country, field, table, write_csv};
 use crate::{
     cli::prepare::Places,
-    config::Config,
+    config::{Config, Mode},
     record::{Destination, VerdictKind},
 };
 
@@ -23,11 +23,15 @@ struct Answer<'a> {
 struct ClassAnswer<'a> {
     class: &'a str,
     verdict: VerdictKind,
+    /// What the kernel does with the class's traffic there: `block` (the class enforces and
+    /// this is a violation) or `allow`.
+    kernel: &'static str,
     reason: String,
 }
 
 pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> anyhow::Result<ExitCode> {
     let Places { mut enricher, policy } = super::prepare::places(config)?;
+    let modes = config.class_modes();
     let placed: Vec<(IpAddr, Arc<Destination>)> =
         addresses.iter().map(|ip| (*ip, enricher.locate(*ip))).collect();
     let answers: Vec<Answer<'_>> = placed
@@ -38,9 +42,16 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> a
             classes: policy
                 .classes()
                 .iter()
-                .map(|c| {
+                .zip(&modes)
+                .map(|(c, mode)| {
                     let v = c.evaluate(d);
-                    ClassAnswer { class: &c.name, verdict: v.kind, reason: c.explain(&v, *ip, d) }
+                    let block = *mode == Mode::Enforce && v.kind == VerdictKind::Violation;
+                    ClassAnswer {
+                        class: &c.name,
+                        verdict: v.kind,
+                        kernel: if block { "block" } else { "allow" },
+                        reason: c.explain(&v, *ip, d),
+                    }
                 })
                 .collect(),
         })
@@ -82,7 +93,7 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> a
         println!("\nNo classes are configured: nothing to judge.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut verdicts = table(&["ADDRESS", "CLASS", "VERDICT", "REASON"]);
+    let mut verdicts = table(&["ADDRESS", "CLASS", "VERDICT", "KERNEL", "REASON"]);
     for a in &answers {
         for c in &a.classes {
             let verdict = match c.verdict {
@@ -94,6 +105,7 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> a
                 a.address.to_string(),
                 c.class.to_owned(),
                 verdict.into(),
+                c.kernel.into(),
                 c.reason.clone(),
             ]);
         }
@@ -102,7 +114,7 @@ pub(super) fn lookup(config: &Config, addresses: &[IpAddr], format: Format) -> a
     Ok(ExitCode::SUCCESS)
 }
 
-const CSV_HEADER: [&str; 12] = [
+const CSV_HEADER: [&str; 13] = [
     "address",
     "country",
     "subdivision",
@@ -114,6 +126,7 @@ const CSV_HEADER: [&str; 12] = [
     "internal",
     "class",
     "verdict",
+    "kernel",
     "reason",
 ];
 
@@ -132,12 +145,13 @@ fn csv_rows(a: &Answer<'_>) -> Vec<Vec<String>> {
         d.internal.to_string(),
     ];
     if a.classes.is_empty() {
-        return vec![place.into_iter().chain([String::new(), String::new(), String::new()]).collect()];
+        return vec![place.into_iter().chain(std::iter::repeat_n(String::new(), 4)).collect()];
     }
     a.classes
         .iter()
         .map(|c| {
-            let verdict = [c.class.to_owned(), c.verdict.name().to_owned(), c.reason.clone()];
+            let verdict =
+                [c.class.to_owned(), c.verdict.name().to_owned(), c.kernel.to_owned(), c.reason.clone()];
             place.iter().cloned().chain(verdict).collect()
         })
         .collect()
