@@ -10,7 +10,6 @@ pub mod btf;
 mod enforce;
 mod events;
 mod load;
-pub mod lpm;
 mod maps;
 pub mod pins;
 mod seed;

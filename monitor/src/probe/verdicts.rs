@@ -77,6 +77,13 @@ impl VerdictTables {
         // Tables first: a class that starts enforcing is judged by the new ones.
         self.policy.set(policy_slot::ACTIVE, pair, 0).context("putting the new verdict tables in force")?;
         self.policy.set(policy_slot::ENFORCING, enforcing, 0).context("writing the enforcing classes")?;
+        // The pair no longer in force holds the old policy: free its memory, once every program
+        // run that read the old ACTIVE just before the switch is over (runs take microseconds;
+        // one that found an emptying table would let its call through).
+        std::thread::sleep(Duration::from_millis(20));
+        let old = 1 - i;
+        clear(&mut self.v4[old]).context("clearing the IPv4 verdict table no longer in force")?;
+        clear(&mut self.v6[old]).context("clearing the IPv6 verdict table no longer in force")?;
         Ok(Installed { v4_entries, v6_entries, pair, took: started.elapsed() })
     }
 

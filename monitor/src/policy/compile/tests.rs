@@ -119,8 +119,99 @@ fn the_embedded_database_compiles_into_a_table_that_agrees_with_the_agent() {
     }
 }
 
+/// The kernel's own verdict tables: a program set loaded (not attached) under a pin directory
+/// of its own, removed on drop.
+struct KernelTables {
+    probe: Option<crate::probe::Probe>,
+    dir: std::path::PathBuf,
+}
+
+impl KernelTables {
+    fn open() -> KernelTables {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/em-unit-{}", std::process::id()));
+        let probe = crate::probe::Probe::open(&crate::probe::ProbeOptions {
+            max_flows: 1024,
+            ring_buffer_size: 1 << 16,
+            kernel_log: false,
+            pin_dir: dir.clone(),
+            cgroup_root: crate::cgroup::detect_root().unwrap(),
+        })
+        .unwrap();
+        KernelTables { probe: Some(probe), dir }
+    }
+
+    fn install(&mut self, c: &Compiled) -> crate::probe::Installed {
+        let v = &mut self.probe.as_mut().unwrap().verdicts;
+        v.install(
+            c.v4.iter().map(|(n, m)| (n.addr(), n.prefix_len(), *m)),
+            c.v6.iter().map(|(n, m)| (n.addr(), n.prefix_len(), *m)),
+            u64::MAX,
+        )
+        .unwrap()
+    }
+
+    /// The mask the kernel finds for `ip`, turned into the address the programs look up.
+    fn lookup(&self, ip: IpAddr) -> Option<u64> {
+        let as_kernel = crate::enrich::embedded_ipv4(ip.to_canonical());
+        self.probe.as_ref().unwrap().verdicts.lookup(as_kernel).unwrap()
+    }
+
+    /// Kernel memory of this process's LPM tries (the verdict tables), from /proc/self/fdinfo.
+    fn memory() -> u64 {
+        let mut total = 0;
+        for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
+            if info.lines().any(|l| l == "map_type:\t11") {
+                total += info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:\t"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+}
+
+impl Drop for KernelTables {
+    fn drop(&mut self) {
+        drop(self.probe.take());
+        let _ = crate::probe::pins::remove_all(&self.dir);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 #[test]
-fn the_kernels_lookup_in_the_compiled_tables_equals_the_agents_verdicts() {
+fn the_kernel_tables_answer_as_the_agent_does_at_every_fixture_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut enricher, policy) = world(dir.path());
+    let compiled = compile(&mut enricher, &policy).unwrap();
+    let mut kernel = KernelTables::open();
+    kernel.install(&compiled);
+    let networks = enricher.networks().unwrap();
+    let mut checked = 0;
+    for n in &networks {
+        for ip in [n.network(), n.broadcast()] {
+            let below = match ip {
+                IpAddr::V4(a) => u32::from(a).checked_sub(1).map(|x| IpAddr::V4(x.into())),
+                IpAddr::V6(a) => u128::from(a).checked_sub(1).map(|x| IpAddr::V6(x.into())),
+            };
+            for ip in [Some(ip), below].into_iter().flatten() {
+                assert_eq!(kernel.lookup(ip), Some(mask_of(&mut enricher, &policy, ip)), "{ip} ({n})");
+                checked += 1;
+            }
+        }
+    }
+    for (i, a) in spread(100_000, 5).enumerate() {
+        let ip =
+            if i % 2 == 0 { IpAddr::V4(Ipv4Addr::from(a as u32)) } else { IpAddr::V6(Ipv6Addr::from(a)) };
+        assert_eq!(kernel.lookup(ip), Some(mask_of(&mut enricher, &policy, ip)), "{ip}");
+    }
+    assert!(checked > 20, "{checked} boundaries");
+}
+
+#[test]
+fn the_kernel_tables_of_the_embedded_database_answer_as_the_agent_does() {
     let text = "[[classes]]\nname = \"us\"\nuids = [1]\napproved = [\"US\"]\n\
                 [[classes]]\nname = \"eu\"\nuids = [2]\napproved = [\"DE\", \"FR\", \"NL\"]\nunknown = \"allow\"\n\
                 [[classes]]\nname = \"strict\"\nuids = [3]\ninternal = \"violation\"\n";
@@ -128,26 +219,23 @@ fn the_kernels_lookup_in_the_compiled_tables_equals_the_agents_verdicts() {
     let (mut enricher, policy) = (Enricher::open(&config.enrich_options()).unwrap(), config.policy());
     let started = std::time::Instant::now();
     let compiled = compile(&mut enricher, &policy).unwrap();
-    let mut kernel = crate::probe::lpm::PolicyTables::create(4_000_000).unwrap();
-    for (net, mask) in &compiled.v4 {
-        kernel.v4.insert(net.addr().octets(), net.prefix_len(), *mask).unwrap();
-    }
-    for (net, mask) in &compiled.v6 {
-        kernel.v6.insert(net.addr().octets(), net.prefix_len(), *mask).unwrap();
-    }
+    let compile_time = started.elapsed();
+    let mut kernel = KernelTables::open();
+    let before = KernelTables::memory();
+    let installed = kernel.install(&compiled);
     eprintln!(
-        "compiled {} intervals into {} + {} entries and loaded them in {:?}",
+        "embedded DB-IP, three classes: compiled {} intervals in {compile_time:?} into {} IPv4 + {} IPv6 networks, written in {:?}; kernel memory {} KiB",
         compiled.intervals,
-        compiled.v4.len(),
-        compiled.v6.len(),
-        started.elapsed()
+        installed.v4_entries,
+        installed.v6_entries,
+        installed.took,
+        (KernelTables::memory() - before) / 1024
     );
     for (i, a) in spread(100_000, 11).enumerate() {
         let ip = match i % 3 {
             0 | 1 => IpAddr::V4(Ipv4Addr::from(a as u32)),
             _ => IpAddr::V6(Ipv6Addr::from(a)),
         };
-        let as_kernel = crate::enrich::embedded_ipv4(ip.to_canonical());
-        assert_eq!(kernel.lookup(as_kernel).unwrap(), Some(mask_of(&mut enricher, &policy, ip)), "{ip}");
+        assert_eq!(kernel.lookup(ip), Some(mask_of(&mut enricher, &policy, ip)), "{ip}");
     }
 }
