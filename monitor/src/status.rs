@@ -58,7 +58,14 @@ pub struct KernelSide {
 pub struct VerdictTablesStatus {
     pub ipv4_networks: u64,
     pub ipv6_networks: u64,
+    /// Compiling the policy (judging every interval of every source), and writing the tables
+    /// into the kernel.
     pub compile_seconds: f64,
+    #[serde(default)]
+    pub write_seconds: f64,
+    /// Kernel memory the tables take (as the kernel accounts it).
+    #[serde(default)]
+    pub kernel_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -64,9 +64,8 @@ enum Task {
         /// Fewer and shorter rounds (under three minutes once built)
         #[arg(long)]
         quick: bool,
-        /// Only these steps (cost, throughput, connections, flow-rate, active-flows, api-load,
-        /// lookups);
-        /// BENCHMARKS.md is written only by a run of every step
+        /// Only these steps (cost, throughput, connections, enforce, flow-rate, active-flows,
+        /// api-load, store, lookups); BENCHMARKS.md is written only by a run of every step
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -54,6 +54,7 @@ impl Enforcer {
         let started = Instant::now();
         let compiled =
             pipeline.compile_policy().map_err(anyhow::Error::msg).context("compiling the policy")?;
+        let compile_seconds = started.elapsed().as_secs_f64();
         let installed = probe
             .verdicts
             .install(
@@ -62,7 +63,6 @@ impl Enforcer {
                 self.mask(),
             )
             .context("writing the kernel's verdict tables")?;
-        let seconds = started.elapsed().as_secs_f64();
         info!(
             ipv4 = installed.v4_entries,
             ipv6 = installed.v6_entries,
@@ -73,7 +73,9 @@ impl Enforcer {
         Ok(Some(VerdictTablesStatus {
             ipv4_networks: installed.v4_entries as u64,
             ipv6_networks: installed.v6_entries as u64,
-            compile_seconds: seconds,
+            compile_seconds,
+            write_seconds: installed.took.as_secs_f64(),
+            kernel_bytes: crate::probe::VerdictTables::kernel_memory(),
         }))
     }
 

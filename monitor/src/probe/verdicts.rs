@@ -106,6 +106,19 @@ impl VerdictTables {
         }
     }
 
+    /// Kernel memory of the verdict tables (both pairs), as the kernel accounts it to their maps
+    /// (`memlock` in /proc/self/fdinfo; the agent holds no other LPM trie).
+    pub fn kernel_memory() -> u64 {
+        let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|info| info.lines().any(|l| l == "map_type:\t11"))
+            .filter_map(|info| {
+                info.lines().find_map(|l| l.strip_prefix("memlock:\t")?.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// The classes that enforce, as the kernel has them.
     pub fn enforcing(&self) -> u64 {
         self.policy.get(&policy_slot::ENFORCING, 0).unwrap_or(0)

@@ -22,6 +22,8 @@
 //!
 //!   em-traffic tcp-accept LISTEN_ADDR                 accept forever; read each to EOF, close
 //!   em-traffic tcp-rate   ADDR SECONDS                short connections back to back; counts them
+//!   em-traffic tcp-connect-time ADDR COUNT            COUNT connects one after the other: the
+//!                                                 median and p99 time of connect() in µs
 //!   em-traffic udp-flows  ADDR SOCKETS PORTS RATE [HOLD]
 //!                         one datagram per (socket, port): new flows at RATE/s; then keeps the
 //!                         sockets open HOLD seconds (their flows stay active), reporting first
@@ -69,6 +71,7 @@ fn main() {
         Some("udp-try") => udp_try(addr),
         Some("tcp-accept") => tcp_accept(addr),
         Some("tcp-rate") => tcp_rate(addr, num(2, 1)),
+        Some("tcp-connect-time") => tcp_connect_time(addr, num(2, 1000)),
         Some("udp-flows") => udp_flows(addr, num(2, 1), num(3, 1), num(4, 1000), num(5, 0)),
         Some("udp-send") => {
             let ports = args.iter().position(|a| a == "--ports").map_or(1, |i| num(i + 1, 1));
@@ -201,6 +204,20 @@ fn udp_try(addr: SocketAddr) {
     let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
     let s = UdpSocket::bind(bind).expect("bind");
     tried(s.send_to(&[b'u'; 64], addr).map(drop));
+}
+
+/// Times COUNT connect() calls (each connection closed before the next).
+fn tcp_connect_time(addr: SocketAddr, count: usize) {
+    let mut us: Vec<f64> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = std::time::Instant::now();
+        let s = TcpStream::connect(addr).expect("connect");
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(s);
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    report(&[("connects", count.into()), ("p50_us", at(0.5).into()), ("p99_us", at(0.99).into())]);
 }
 
 /// Waits until the peer has acknowledged everything written (the send queue is empty).

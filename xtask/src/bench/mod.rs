@@ -4,6 +4,7 @@
 
 mod api_load;
 mod datapath;
+mod enforce;
 mod lookups;
 mod report;
 mod world;
@@ -84,8 +85,17 @@ pub const STORE_BENCH: [&str; 7] =
     ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "store"];
 
 /// The steps, by the names `--only` takes.
-pub const STEPS: [&str; 8] =
-    ["cost", "throughput", "connections", "flow-rate", "active-flows", "api-load", "store", "lookups"];
+pub const STEPS: [&str; 9] = [
+    "cost",
+    "throughput",
+    "connections",
+    "enforce",
+    "flow-rate",
+    "active-flows",
+    "api-load",
+    "store",
+    "lookups",
+];
 
 pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()> {
     for o in only {
@@ -125,6 +135,11 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
     }
     if wanted("connections") {
         step("connection rate: baseline, egress-monitor", || b.connection_rate())?;
+    }
+    if wanted("enforce") {
+        step("enforcement: verdict tables, connect() time, an enforcing class's connection rate", || {
+            b.enforcement()
+        })?;
     }
     if wanted("flow-rate") {
         step("agent under load: new flows per second without loss", || b.new_flow_rate())?;

@@ -78,6 +78,13 @@ how idle the other CPU is: a running agent then made the *baseline* look slower)
 connection are on this host, so the monitor sees two flows, two sockets and their events per \
 connection. Rounds alternate with and without the monitor; the percentage is the median of each round's \
 ratio.\n\
+- **Enforcement**: the agent with the bench class in `mode = \"enforce\"` and two more classes (three in \
+the tables) on the DB-IP database: `compile_seconds` (judging every interval of every source and merging \
+them into networks), `write_seconds` (writing both families' tables into the kernel) and `kernel_bytes` (the tables' `memlock` in the agent's `/proc/self/fdinfo`) from its status. \
+`em-traffic tcp-connect-time` times 10,000 `connect()` calls of the classified process (each connection \
+closed before the next; pinned to CPU 0 with the accepting server) with no agent, an observing agent and an \
+enforcing one. The enforcing class's short-connection rate is measured like the connection rate above, \
+against no agent.\n\
 - **New flows without loss**: `em-traffic udp-flows` opens 200 sockets and sends one datagram per \
 (socket, port), paced at each rate; a fresh agent must report every flow in its store and no ring-buffer drop.\n\
 - **Active flows**: UDP flows held by the agent (idle timeout 300 s) at 10k and then 100k; CPU is user+system \

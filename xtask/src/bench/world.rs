@@ -181,6 +181,18 @@ impl Agent {
         country_db: &Path,
         agent: &[(&str, &str)],
     ) -> anyhow::Result<Agent> {
+        Self::start_with_classes(world, agent_bin, country_db, agent, "")
+    }
+
+    /// As [`Agent::start`], with `classes` (TOML) appended to the bench class's table: more
+    /// settings of it (`mode = "enforce"`), then more classes.
+    pub fn start_with_classes(
+        world: &World,
+        agent_bin: &Path,
+        country_db: &Path,
+        agent: &[(&str, &str)],
+        classes: &str,
+    ) -> anyhow::Result<Agent> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display();
         let state_dir = format!("\"{d}/state\"");
@@ -215,7 +227,7 @@ country_db = "{db}"
 name = "bench-data"
 cgroups = ["{rel}/client"]
 approved = ["US"]
-"#,
+{classes}"#,
             db = country_db.display(),
             rel = world.rel,
         );

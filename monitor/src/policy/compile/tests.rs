@@ -128,7 +128,9 @@ struct KernelTables {
 
 impl KernelTables {
     fn open() -> KernelTables {
-        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/em-unit-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/em-unit-{}-{n}", std::process::id()));
         let probe = crate::probe::Probe::open(&crate::probe::ProbeOptions {
             max_flows: 1024,
             ring_buffer_size: 1 << 16,
@@ -154,22 +156,6 @@ impl KernelTables {
     fn lookup(&self, ip: IpAddr) -> Option<u64> {
         let as_kernel = crate::enrich::embedded_ipv4(ip.to_canonical());
         self.probe.as_ref().unwrap().verdicts.lookup(as_kernel).unwrap()
-    }
-
-    /// Kernel memory of this process's LPM tries (the verdict tables), from /proc/self/fdinfo.
-    fn memory() -> u64 {
-        let mut total = 0;
-        for e in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
-            let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
-            if info.lines().any(|l| l == "map_type:\t11") {
-                total += info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("memlock:\t"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        total
     }
 }
 
@@ -221,7 +207,7 @@ fn the_kernel_tables_of_the_embedded_database_answer_as_the_agent_does() {
     let compiled = compile(&mut enricher, &policy).unwrap();
     let compile_time = started.elapsed();
     let mut kernel = KernelTables::open();
-    let before = KernelTables::memory();
+    let before = crate::probe::VerdictTables::kernel_memory();
     let installed = kernel.install(&compiled);
     eprintln!(
         "embedded DB-IP, three classes: compiled {} intervals in {compile_time:?} into {} IPv4 + {} IPv6 networks, written in {:?}; kernel memory {} KiB",
@@ -229,7 +215,7 @@ fn the_kernel_tables_of_the_embedded_database_answer_as_the_agent_does() {
         installed.v4_entries,
         installed.v6_entries,
         installed.took,
-        (KernelTables::memory() - before) / 1024
+        (crate::probe::VerdictTables::kernel_memory() - before) / 1024
     );
     for (i, a) in spread(100_000, 11).enumerate() {
         let ip = match i % 3 {
