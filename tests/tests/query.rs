@@ -574,7 +574,7 @@ fn query_commands_share_one_output_contract() {
     assert_eq!(
         lines.next(),
         Some(
-            "address,country,subdivision,asn,as_org,cloud_provider,cloud_region,site,internal,class,verdict,reason"
+            "address,country,subdivision,asn,as_org,cloud_provider,cloud_region,site,internal,class,verdict,kernel,reason"
         )
     );
     let mine = format!(",{},", w.class);

@@ -303,9 +303,11 @@ fn flows_answer(
     live: bool,
     rows: &str,
 ) -> Response {
+    // Milliseconds: single flows are chosen by their times to the millisecond.
+    let ms = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let head = FlowsAnswer::<()> {
-        since: rfc3339(q.since),
-        until: rfc3339(q.until),
+        since: ms(q.since),
+        until: ms(q.until),
         counted_from: rfc3339(q.counted_from(bucket)),
         group_by: q.group_by.iter().map(|g| g.name().to_owned()).collect(),
         as_of: as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

@@ -139,8 +139,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Flow questions ask for a read of the kernel first (their answers include active flows'
     // running totals); one read serves the questions of a sweep interval.
-    let (live, read_requests) = LiveTotals::new(store_counters.clone());
-    let mut reads = ReadQueue::new(read_requests, config.agent.sweep_interval.0);
+    let (live, read_requests) = LiveTotals::new(store_counters.clone(), config.agent.sweep_interval.0);
+    let mut reads = ReadQueue::new(read_requests, config.agent.sweep_interval.0 / 2);
     let state = ApiState {
         live: Some(live),
         store: store.reader.clone(),
@@ -195,6 +195,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     info!(classes = config.classes.len(), host = %host, "agent running; stop with SIGINT or SIGTERM");
 
     let mut classes_to_write = None;
+    // A question waits for live totals: the next sweep reports every changed flow.
+    let mut read_due = false;
     let mut last_kernel = probe::KernelStats::default();
     let result: anyhow::Result<()> = async {
         loop {
@@ -228,7 +230,12 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                         }
                     }
                     let started = Instant::now();
+                    let read_at = chrono::Utc::now();
                     pipeline.sweep(&mut probe.flows, &mut out);
+                    if read_due {
+                        // Questions wait for live totals: every flow that changed, reported now.
+                        pipeline.report_changed(&mut out);
+                    }
                     let stale = pipeline.take_stale();
                     if let Err(e) = probe.reported.remove(&stale) {
                         warn!(error = %e, "removing stale entries of the kernel's record of reported flows failed");
@@ -237,6 +244,9 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     // Records first: a failing counter read must not cost them, and the status
                     // below then counts what the sinks and the store were just handed.
                     deliver(&mut pipeline, &sinks, &mut out).await;
+                    if std::mem::take(&mut read_due) {
+                        reads.made(read_at, store_counters.queued.load(std::sync::atomic::Ordering::Acquire));
+                    }
                     if let Err(e) = probe.heartbeat() {
                         pipeline.kernel_read_failed();
                         warn!(error = %format!("{e:#}"), "writing the heartbeat failed; retrying at the next sweep");
@@ -264,14 +274,9 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     metrics.observe(&s);
                 }
                 due = reads.next() => {
-                    if due {
-                        let at = chrono::Utc::now();
-                        let (batch, malformed) = events.drain();
-                        pipeline.on_events(batch, malformed, &mut out);
-                        pipeline.report_all(&mut probe.flows, &mut out);
-                        deliver(&mut pipeline, &sinks, &mut out).await;
-                        reads.made(at, store_counters.queued.load(std::sync::atomic::Ordering::Acquire));
-                    }
+                    // Served by the next sweep, which reads the kernel map anyway: a read of
+                    // its own would double the sweeps' cost under a steady flow of questions.
+                    read_due |= due;
                 }
                 _ = reload.tick() => {
                     // A replaced database or range file: the kernel's verdicts follow.

@@ -93,6 +93,15 @@ pub(super) fn validate<'a>(
                     ),
                 ));
             }
+            if let Some((j, root)) = class.cgroups.iter().enumerate().find(|(_, c)| c.get_ref().0 == "/") {
+                return Err((
+                    root.span(),
+                    format!("classes[{i}].cgroups[{j}]"),
+                    format!(
+                        "class {name:?} enforces and selects the cgroup v2 root \"/\": enforcement never attaches there (it carries the host's own connections); select the workload's own cgroups"
+                    ),
+                ));
+            }
             if i >= ENFORCING_CLASSES {
                 return Err((
                     class.mode.span(),

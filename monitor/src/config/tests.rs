@@ -408,6 +408,9 @@ fn a_class_selected_by_uid_alone_cannot_enforce() {
     let e = err("[[classes]]\nname = \"a\"\nuids = [1000]\nmode = \"enforce\"\n");
     assert_eq!((e.line, e.key.as_str()), (4, "classes[0].mode"), "{e}");
     assert!(e.message.contains("selected by uid alone and cannot enforce"), "{e}");
+    let e = err("[[classes]]\nname = \"a\"\ncgroups = [\"/a\", \"/\"]\nmode = \"enforce\"\n");
+    assert_eq!((e.line, e.key.as_str()), (3, "classes[0].cgroups[1]"), "{e}");
+    assert!(e.message.contains("never attaches there"), "{e}");
     let e = err("[[classes]]\nname = \"a\"\ncgroups = [\"/a\"]\nmode = \"block\"\n");
     assert_eq!(e.key, "classes[0].mode", "{e}");
     let ok = Config::parse(

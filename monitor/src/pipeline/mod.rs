@@ -239,9 +239,16 @@ impl Pipeline {
         }
     }
 
+    /// After a sweep: reports every flow whose counts changed since its last report, whatever
+    /// the flush interval (a question wants live totals).
+    pub fn report_changed(&mut self, out: &mut Vec<Output>) {
+        self.table.flush_all(Instant::now(), &mut self.updates);
+        self.emit(out);
+    }
+
     /// Reads the kernel flow map and reports every flow whose counts changed since its last
-    /// report, whatever the flush interval: for a question that wants live totals, and at
-    /// shutdown, so that nothing counted is left unsaid.
+    /// report, whatever the flush interval: at shutdown, so that nothing counted is left
+    /// unsaid.
     pub fn report_all(&mut self, map: &mut dyn KernelFlows, out: &mut Vec<Output>) {
         let now = Instant::now();
         self.swept(map, now);

@@ -45,6 +45,8 @@ pub struct StoreCounters {
     /// then is in the store (see [`StoreCounters::wait_settled`]).
     pub queued: AtomicU64,
     pub settled: AtomicU64,
+    /// Callers of [`StoreCounters::wait_settled`] waiting now: the writer does not linger.
+    pub waiting: AtomicU64,
     /// The latest failure to open or write the store (cleared by the next good write).
     pub last_error: std::sync::Mutex<Option<String>>,
 }
@@ -57,12 +59,24 @@ impl StoreCounters {
     /// Waits until every record queued before `queued` was read is settled, at most `wait`.
     /// False when the writer did not get there in time.
     pub async fn wait_settled(&self, queued: u64, wait: Duration) -> bool {
+        if self.settled.load(Ordering::Acquire) >= queued {
+            return true;
+        }
+        // Counted while waiting, also when the caller gives up (the future is dropped).
+        struct Waiting<'a>(&'a AtomicU64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
         let deadline = tokio::time::Instant::now() + wait;
         while self.settled.load(Ordering::Acquire) < queued {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         true
     }

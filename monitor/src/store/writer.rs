@@ -111,7 +111,13 @@ impl Writer {
                     batch.push(first);
                     let deadline = Instant::now() + LINGER;
                     while batch.len() < BATCH {
-                        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        // Someone waits for what is queued (a question wanting live totals):
+                        // write what is there now rather than linger for more.
+                        let linger = match self.counters.waiting.load(Ordering::Acquire) {
+                            0 => deadline.saturating_duration_since(Instant::now()),
+                            _ => Duration::ZERO,
+                        };
+                        match rx.recv_timeout(linger) {
                             Ok(o) => batch.push(o),
                             Err(_) => break,
                         }
