@@ -26,7 +26,9 @@ use crate::config::{Config, ConfigError, ConfigSource};
     long_about = "egress-monitor counts every outbound flow in the kernel (eBPF on the cgroup v2 hierarchy), \
 tags it with the data class of the workload that sent it, attributes it to its process, places its \
 destination on the map (country, autonomous system, cloud region, company site), and raises an alert \
-when a class's data leaves its approved regions.\n\nLogging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change its level.",
+when a class's data leaves its approved regions. For a class in mode = \"enforce\", the kernel refuses \
+it instead: connect() and sendto() fail with EPERM, and incoming connections from unapproved places are \
+dropped.\n\nLogging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change its level.",
     after_help = "Run `egress-monitor <COMMAND> --help` for the options of each command."
 )]
 pub struct Cli {
@@ -43,7 +45,7 @@ enum Command {
     /// Remove the kernel programs and maps the agent leaves pinned (agent.pin_dir); stop the
     /// agent first
     #[command(
-        long_about = "Remove the kernel programs and maps the agent leaves pinned under agent.pin_dir (default /sys/fs/bpf/egress-monitor). The programs keep counting when the agent stops, so that the next agent reports what happened meanwhile; detach ends that, and discards the counts no agent has reported. Refuses while an agent runs with the same state directory: stop it first."
+        long_about = "Remove the kernel programs and maps the agent leaves pinned under agent.pin_dir (default /sys/fs/bpf/egress-monitor). The programs keep counting (and enforcing classes keep being refused) when the agent stops, so that the next agent reports what happened meanwhile; detach ends that, enforcement included, and discards the counts no agent has reported. Refuses while an agent runs with the same state directory: stop it first."
     )]
     Detach(ConfigArg),
     /// Where is an address, and may each class send there? (no daemon needed)
@@ -105,8 +107,8 @@ struct LookupArgs {
     addresses: Vec<IpAddr>,
     #[command(flatten)]
     config: ConfigArg,
-    /// Output format: tables, one JSON object per address (destination fields and each class's
-    /// verdict), or CSV (one row per address and class)
+    /// Output format: tables, one JSON object per address (destination fields, and each class's
+    /// verdict and what the kernel does: block or allow), or CSV (one row per address and class)
     #[arg(short, long, value_enum, default_value = "table")]
     output: output::Format,
     /// The same as -o json
