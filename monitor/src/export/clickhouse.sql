@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS egress.alerts
     host String,
     class String,
     severity String,
+    action String,
     reason String,
     direction String,
     protocol String,

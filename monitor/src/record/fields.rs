@@ -149,7 +149,7 @@ pub static ALERT: &[Field<Alert>] = &[
     A::new("host", Text, |a| text(&*a.host)).stored("host"),
     A::new("class", Text, |a| text(&*a.class)).stored("class").syslog("class"),
     A::new("severity", Text, |a| text(a.severity.name())).stored("severity").syslog("severity"),
-    A::new("action", Text, |a| text(a.action.name())).stored("action").syslog("action").not_exported(),
+    A::new("action", Text, |a| text(a.action.name())).stored("action").syslog("action"),
     A::new("reason", Text, |a| text(&a.reason)).stored("reason"),
     A::new("direction", Text, |a| text(a.direction.name())).stored("direction").syslog("direction"),
     A::new("protocol", Text, |a| text(a.protocol.name())).stored("protocol").syslog("protocol"),
