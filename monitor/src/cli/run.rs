@@ -281,7 +281,9 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                 _ = reload.tick() => {
                     // A replaced database or range file: the kernel's verdicts follow.
                     if pipeline.enricher.reload_replaced() {
-                        match enforcer.install(&mut probe, &mut pipeline) {
+                        // Seconds with a large database: off the runtime's async workers, so
+                        // the API goes on answering (this loop's sweeps wait; the kernel counts).
+                        match tokio::task::block_in_place(|| enforcer.install(&mut probe, &mut pipeline)) {
                             Ok(tables) => status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables,
                             Err(e) => warn!(error = %format!("{e:#}"), "compiling the reloaded places into the kernel's verdict tables failed; the previous tables stay in force"),
                         }
