@@ -68,6 +68,7 @@ impl Enforcer {
             ipv6 = installed.v6_entries,
             took = ?started.elapsed(),
             written_in = ?installed.took,
+            pair = if installed.pair == 1 { "A" } else { "B" },
             "residency policy compiled into the kernel's verdict tables"
         );
         Ok(Some(VerdictTablesStatus {

@@ -143,27 +143,7 @@ impl Bench<'_> {
             "server",
             &["tcp-accept", &format!("{B_ADDR}:7000")],
         )?;
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for round in 0..self.plan.rounds {
-            for k in 0..2 {
-                let m = (round + k) % 2;
-                let agent = if m == 1 { Some(self.agent(&[])?) } else { None };
-                let r = self.world.traffic_on(
-                    Some(0),
-                    &self.world.a,
-                    "client",
-                    &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
-                )?;
-                let rate = r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0);
-                samples[m].push(rate);
-                if let Some(a) = agent {
-                    a.stop();
-                }
-            }
-        }
-        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(m, b)| m / b).collect();
-        let ratio = median(&mut per_round);
-        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
+        let ShortConnections { samples, ratio, median: med } = self.short_connections(|b| b.agent(&[]))?;
         self.results.insert(
             "connection_rate".into(),
             json!({"per_second": {"baseline": samples[0], "egress_monitor": samples[1]}, "median": {"baseline": med[0], "egress_monitor": med[1]}}),
@@ -177,4 +157,42 @@ impl Bench<'_> {
         );
         Ok(())
     }
+
+    /// Short connections per second of the classified client against the accepting server
+    /// (already running on CPU 0 at B_ADDR:7000), rounds alternating no agent and the agent
+    /// `start` gives: the samples of each, the median of each round's ratio, and the medians.
+    pub(super) fn short_connections(
+        &self,
+        start: impl Fn(&Self) -> anyhow::Result<Agent>,
+    ) -> anyhow::Result<ShortConnections> {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
+        for round in 0..self.plan.rounds {
+            for k in 0..2 {
+                let m = (round + k) % 2;
+                let agent = if m == 1 { Some(start(self)?) } else { None };
+                let r = self.world.traffic_on(
+                    Some(0),
+                    &self.world.a,
+                    "client",
+                    &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
+                )?;
+                samples[m]
+                    .push(r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0));
+                if let Some(a) = agent {
+                    a.stop();
+                }
+            }
+        }
+        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(m, b)| m / b).collect();
+        let ratio = median(&mut per_round);
+        let med = samples.clone().iter_mut().map(|s| median(s)).collect();
+        Ok(ShortConnections { samples, ratio, median: med })
+    }
+}
+
+/// What [`Bench::short_connections`] measured: [baseline, with agent] each.
+pub(super) struct ShortConnections {
+    pub samples: Vec<Vec<f64>>,
+    pub ratio: f64,
+    pub median: Vec<f64>,
 }

@@ -104,27 +104,8 @@ impl Bench<'_> {
         );
 
         // Short connections of an enforcing class against the same connections with no agent.
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for round in 0..self.plan.rounds {
-            for k in 0..2 {
-                let m = (round + k) % 2;
-                let agent = if m == 1 { Some(self.enforcing_agent()?) } else { None };
-                let r = self.world.traffic_on(
-                    Some(0),
-                    &self.world.a,
-                    "client",
-                    &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
-                )?;
-                samples[m]
-                    .push(r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0));
-                if let Some(a) = agent {
-                    a.stop();
-                }
-            }
-        }
-        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(e, b)| e / b).collect();
-        let ratio = median(&mut per_round);
-        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
+        let datapath::ShortConnections { samples, ratio, median: med } =
+            self.short_connections(|b| b.enforcing_agent())?;
         self.results.insert(
             "enforcing_connection_rate".into(),
             json!({"per_second": {"baseline": samples[0], "enforcing": samples[1]}}),
