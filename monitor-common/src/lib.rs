@@ -130,7 +130,8 @@ pub struct SockInfo {
 
 /// Ring-buffer records. Every record starts with a `u32` kind.
 pub const EVENT_NEW_FLOW: u32 = 1;
-/// A process connected a socket, or sent its first datagram with sendto.
+/// A process connected a socket, or sent its first datagram with sendto (sent by program sets
+/// of earlier versions only; the process now travels in the socket storage).
 pub const EVENT_CONNECT: u32 = 2;
 /// A socket was released (closed by its last owner).
 pub const EVENT_SOCK_CLOSED: u32 = 3;

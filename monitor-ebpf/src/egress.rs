@@ -1,5 +1,6 @@
 //! cgroup_skb egress: every packet a socket sends is counted against its flow, tagged with the
-//! socket's data class. The hot path is one socket-storage lookup and one flow-map update.
+//! socket's data class. The hot path is one socket-storage lookup and one flow-map update; a
+//! new flow also costs one verdict lookup, and an event only when it breaks the policy.
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, bpf_sock},
@@ -12,14 +13,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use monitor_common::{
-    DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4, FAMILY_V6, FlowKey,
+    CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4, FAMILY_V6, FlowKey,
     FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS, SockInfo, stat,
 };
 
 use crate::{
     atomic::add,
     maps::{FLOWS, active, count, overflow, send_event},
-    sock,
+    sock, verdict,
 };
 
 pub const IPPROTO_TCP: u8 = 6;
@@ -125,7 +126,13 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
         }
         return;
     }
-    send_event(NewFlowEvent { kind: EVENT_NEW_FLOW, _pad: 0, key: *key, value });
+    // Only a flow that breaks its class's policy is announced at once: its alert cannot wait.
+    // The agent's sweep finds every other flow within a sweep interval. Where the tables cannot
+    // say (none in force yet, a class past the 64th), every classified flow is announced.
+    if owner.class_id != CLASS_NONE && verdict::table_approves(owner.class_id, key.family, &key.daddr) != Some(true)
+    {
+        send_event(NewFlowEvent { kind: EVENT_NEW_FLOW, _pad: 0, key: *key, value });
+    }
 }
 
 /// The socket that sent a packet, as far as every packet needs it: its class (computed once

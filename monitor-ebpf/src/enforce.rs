@@ -13,25 +13,18 @@ use aya_ebpf::{
         bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock_addr},
-    maps::lpm_trie::Key,
     programs::{SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
     BlockEvent, CLASS_NONE, EVENT_BLOCKED, FAMILY_V4, FAMILY_V6, FlowKey, MAX_CGROUP_DEPTH, ProcessInfo,
-    SOCK_HAS_PROCESS, blocked, policy_slot,
+    SOCK_HAS_PROCESS, blocked,
 };
 
 use crate::{
     egress::{self, IPPROTO_TCP, IPPROTO_UDP, TCP_FLAG_ACK, TCP_FLAG_SYN},
-    maps::{
-        CGROUP_CLASSES, POLICY, VERDICTS_V4_A, VERDICTS_V4_B, VERDICTS_V6_A, VERDICTS_V6_B, active,
-        send_event,
-    },
-    sock,
+    maps::{CGROUP_CLASSES, active, send_event},
+    sock, verdict,
 };
-
-/// Classes the verdict tables speak for (bits of their values).
-const TABLE_CLASSES: u32 = 64;
 
 #[cgroup_sock_addr(connect4)]
 pub fn enforce_connect4(ctx: SockAddrContext) -> i32 {
@@ -61,49 +54,10 @@ pub fn enforce_ingress(ctx: SkBuffContext) -> i32 {
 }
 
 /// Whether class `class_id` may exchange data with `addr`: true unless the class enforces and
-/// the table in force does not approve the address.
+/// the tables in force do not approve the address.
 #[inline(always)]
 fn approved(class_id: u32, family: u8, addr: &[u8; 16]) -> bool {
-    if class_id == CLASS_NONE || class_id > TABLE_CLASSES {
-        return true;
-    }
-    let bit = 1u64 << (class_id - 1);
-    if POLICY.get(policy_slot::ENFORCING).is_none_or(|m| *m & bit == 0) {
-        return true;
-    }
-    let active = POLICY.get(policy_slot::ACTIVE).copied().unwrap_or(0);
-    let mask = match as_v4(family, addr) {
-        Some(v4) => {
-            let key = Key::new(32, v4);
-            match active {
-                1 => VERDICTS_V4_A.get(&key),
-                2 => VERDICTS_V4_B.get(&key),
-                _ => return true,
-            }
-        }
-        None => {
-            let key = Key::new(128, *addr);
-            match active {
-                1 => VERDICTS_V6_A.get(&key),
-                2 => VERDICTS_V6_B.get(&key),
-                _ => return true,
-            }
-        }
-    };
-    // The tables cover every address; no entry means no table.
-    mask.is_none_or(|m| *m & bit != 0)
-}
-
-/// The IPv4 address an address stands for: itself, or the one in an IPv4-mapped
-/// (::ffff:0:0/96) or NAT64 (64:ff9b::/96) IPv6 address.
-#[inline(always)]
-fn as_v4(family: u8, a: &[u8; 16]) -> Option<[u8; 4]> {
-    if family == FAMILY_V4 {
-        return Some([a[0], a[1], a[2], a[3]]);
-    }
-    let mapped = a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff;
-    let nat64 = a[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
-    if mapped || nat64 { Some([a[12], a[13], a[14], a[15]]) } else { None }
+    !verdict::enforcing(class_id) || verdict::table_approves(class_id, family, addr).unwrap_or(true)
 }
 
 /// The class of the calling task's cgroup: its deepest configured ancestor (enforcing classes

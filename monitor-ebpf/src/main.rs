@@ -14,6 +14,7 @@ mod enforce;
 mod lifecycle;
 mod maps;
 mod sock;
+mod verdict;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -36,8 +36,27 @@ pub fn class_id(index: usize) -> u32 {
     index as u32 + 1
 }
 
+/// The configured cgroup paths and their classes: a cgroup path's class by the kernel's rule.
+#[derive(Debug, Clone, Default)]
+pub struct ClassPaths(Vec<(String, u32)>);
+
+impl ClassPaths {
+    /// Class of a cgroup path by its deepest configured ancestor (or itself), the rule the
+    /// kernel applies. Used to correct flows the kernel saw before a cgroup was known to it.
+    pub fn class_of(&self, path: &str) -> Option<u32> {
+        self.0
+            .iter()
+            .filter(|(p, _)| {
+                path == p || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            })
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, class)| *class)
+    }
+}
+
 pub struct ClassSelectors {
     root: PathBuf,
+    paths: ClassPaths,
     /// (path relative to the root, class id, class name)
     cgroups: Vec<(String, u32, String)>,
     uids: HashMap<u32, u32>,
@@ -64,6 +83,7 @@ impl ClassSelectors {
         }
         Self {
             root: root.to_owned(),
+            paths: ClassPaths(cgroups.iter().map(|(p, c, _)| (p.clone(), *c)).collect()),
             cgroups,
             uids,
             resolved: HashMap::new(),
@@ -73,16 +93,9 @@ impl ClassSelectors {
         }
     }
 
-    /// Class of a cgroup path by its deepest configured ancestor (or itself), the rule the
-    /// kernel applies. Used to correct flows the kernel saw before a cgroup was known to it.
-    pub fn class_of_path(&self, path: &str) -> Option<u32> {
-        self.cgroups
-            .iter()
-            .filter(|(p, _, _)| {
-                path == p || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
-            })
-            .max_by_key(|(p, _, _)| p.len())
-            .map(|(_, class, _)| *class)
+    /// The configured cgroup paths and their classes.
+    pub fn paths(&self) -> &ClassPaths {
+        &self.paths
     }
 
     pub fn uids(&self) -> &HashMap<u32, u32> {

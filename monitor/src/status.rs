@@ -122,10 +122,12 @@ pub struct ProgramStatus {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventCounts {
+    /// New flows the kernel announced at once: those their class's policy does not approve
+    /// (every classified flow while no verdict table is in force).
     pub new_flow: u64,
-    pub connect: u64,
     pub close: u64,
-    /// Flows first found by a sweep rather than their event.
+    /// Flows first found by a sweep: every flow the policy approves or that has no class, and
+    /// any whose event was lost or late.
     pub found_by_sweep: u64,
 }
 

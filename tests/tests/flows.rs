@@ -356,9 +356,12 @@ fn ring_buffer_losses_are_counted_and_every_flow_is_still_reported() {
     let cg = TestCgroup::new();
     let app = cg.create("app");
     let class = unique("class");
-    // The smallest ring buffer: room for a few dozen events.
-    let agent =
-        Agent::start(&config_with("ring_buffer_size = 4096\n", &[(&class, &[cg.child_rel("app")], &[])]));
+    // The smallest ring buffer: room for a few dozen events. The kernel announces only flows
+    // that break their class's policy: here, every flow (internal places are not allowed).
+    let agent = Agent::start(
+        &(config_with("ring_buffer_size = 4096\n", &[(&class, &[cg.child_rel("app")], &[])])
+            + "internal = \"violation\"\n"),
+    );
     // Stall the agent (as a busy host would) while a burst of new flows arrives.
     // SAFETY: signalling the agent we started.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };

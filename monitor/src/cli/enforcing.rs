@@ -1,7 +1,9 @@
-//! The agent's side of enforcement (part of `run`): compiles the residency policy into the
-//! kernel's verdict tables at start and whenever a database or range file is replaced, and keeps
-//! the enforcement programs attached to exactly the existing cgroups of enforcing classes.
-//! With no enforcing class, nothing is compiled and nothing refuses.
+//! The agent's side of the kernel's verdicts (part of `run`): compiles every class's residency
+//! policy into the kernel's verdict tables at start and whenever a database or range file is
+//! replaced, and keeps the enforcement programs attached to exactly the existing cgroups of
+//! enforcing classes. The tables serve observing classes too: the egress program announces only
+//! the new flows they do not approve. With no class, nothing is compiled; with no enforcing
+//! class, nothing refuses.
 
 use std::time::Instant;
 
@@ -15,6 +17,8 @@ use crate::{
 pub struct Enforcer {
     /// Class ids that enforce.
     classes: Vec<u32>,
+    /// Classes configured (their policies are compiled).
+    configured: usize,
 }
 
 impl Enforcer {
@@ -26,7 +30,7 @@ impl Enforcer {
             .filter(|(_, m)| **m == Mode::Enforce)
             .map(|(i, _)| crate::classes::class_id(i))
             .collect();
-        Enforcer { classes }
+        Enforcer { classes, configured: modes.len() }
     }
 
     pub fn mode(&self, class_id: u32) -> &'static str {
@@ -38,14 +42,14 @@ impl Enforcer {
         self.classes.iter().fold(0, |m, id| m | 1u64 << (id - 1))
     }
 
-    /// Compiles the policy into the verdict tables not in force and puts them in force. Does
-    /// nothing without an enforcing class but clear the kernel's enforcing mask.
+    /// Compiles the policy into the verdict tables not in force and puts them in force, with the
+    /// mask of enforcing classes. Without any class, clears that mask and compiles nothing.
     pub fn install(
         &self,
         probe: &mut Probe,
         pipeline: &mut Pipeline,
     ) -> anyhow::Result<Option<VerdictTablesStatus>> {
-        if self.classes.is_empty() {
+        if self.configured == 0 {
             if probe.verdicts.enforcing() != 0 {
                 probe.verdicts.install(std::iter::empty(), std::iter::empty(), 0)?;
             }

@@ -168,6 +168,8 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     };
     let table = FlowTable::new(config.table_settings());
     let mut pipeline = Pipeline::new(table, records, enricher, policy, config.alert_book(), metrics.clone());
+    // The class maps were written above: flows the kernel counted before then are checked.
+    pipeline.classes_changed(selectors.paths());
     let mut out: Vec<Output> = Vec::new();
     // What the kernel counted while no agent ran: the adopted set's flows are reported at the
     // first sweep (minus what was reported before); replaced sets are drained now.
@@ -214,7 +216,6 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     // a cgroup created while it ran is known before its final record.
                     if let Some(cgroups) = selectors.rescan().cloned() {
                         classes_to_write = Some(cgroups);
-                        pipeline.reclassify(|path| selectors.class_of_path(path));
                         if let Err(e) = enforcer.attach(&mut probe, &selectors) {
                             warn!(error = %format!("{e:#}"), "attaching enforcement to the classes' cgroups failed; retrying when they change");
                         }
@@ -222,7 +223,10 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                     // A failed write of the class maps is retried at every sweep until it works.
                     if let Some(cgroups) = &classes_to_write {
                         match probe.classes.replace(cgroups, selectors.uids()) {
-                            Ok(()) => classes_to_write = None,
+                            Ok(()) => {
+                                classes_to_write = None;
+                                pipeline.classes_changed(selectors.paths());
+                            }
                             Err(e) => {
                                 pipeline.kernel_read_failed();
                                 warn!(error = %format!("{e:#}"), "writing the kernel class maps failed; retrying at the next sweep");

@@ -64,8 +64,8 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         (
             "events",
             format!(
-                "{} new flows, {} connects, {} closes, {} found by sweep",
-                e.new_flow, e.connect, e.close, e.found_by_sweep
+                "{} new flows announced (policy broken), {} found by sweep, {} closes",
+                e.new_flow, e.found_by_sweep, e.close
             ),
         ),
         ("losses", if lost.is_empty() { "none".into() } else { lost.join(", ") }),

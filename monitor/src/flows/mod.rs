@@ -88,10 +88,11 @@ pub struct TableCounters {
     /// Kernel entries that disappeared or restarted without the agent removing them: the LRU
     /// map was full. Packets sent between the last sweep and the eviction are not reported.
     pub flows_evicted: u64,
+    /// New flows the kernel announced (those that break their class's policy).
     pub new_flow_events: u64,
-    pub connect_events: u64,
     pub close_events: u64,
-    /// Flows first found by a sweep rather than by their new-flow event (event lost or late).
+    /// Flows first found by a sweep: the kernel announces only the flows that break their
+    /// class's policy, so this is every other flow, and any whose event was lost or late.
     pub found_by_sweep: u64,
 }
 
@@ -104,7 +105,8 @@ pub struct FlowTable {
     /// Adopted entries whose flow is gone (ended just before the previous agent stopped), for
     /// the caller to remove from the kernel's record.
     stale: Vec<FlowKey>,
-    /// Process per socket cookie from connect events, for flows whose entry lacks it.
+    /// Process per socket cookie, for flows whose entry lacks it: from the start-up scan, and
+    /// from the connect events of a replaced older program set.
     processes: HashMap<u64, ProcessInfo>,
     /// Direction per socket cookie of the sockets open before the agent (see
     /// [`FlowTable::seed`]), for flows whose entry lacks it.
@@ -161,10 +163,7 @@ impl FlowTable {
                 self.counters.new_flow_events += 1;
                 self.observe(&e.key, &e.value, now, out);
             }
-            KernelEvent::Connect(e) => {
-                self.counters.connect_events += 1;
-                self.on_connect(&e);
-            }
+            KernelEvent::Connect(e) => self.on_connect(&e),
             KernelEvent::SockClosed { cookie } => {
                 self.counters.close_events += 1;
                 self.processes.remove(&cookie);
@@ -342,6 +341,14 @@ impl FlowTable {
                 f.class_id = class;
                 f.class_pinned = true;
             }
+        }
+    }
+
+    /// The class of one flow, corrected as [`FlowTable::reclassify`] does, in an update
+    /// already made with it.
+    pub fn pin_class(&mut self, key: &FlowKey, class: u32) {
+        if let Some(f) = self.flows.get_mut(key) {
+            (f.class_id, f.emitted_class, f.class_pinned) = (class, class, true);
         }
     }
 

@@ -46,6 +46,10 @@ pub struct Pipeline {
     pub carried_flows: u64,
     /// Attempts the kernel refused, by class id.
     blocks: std::collections::HashMap<u32, u64>,
+    /// The configured cgroup paths, and when the kernel's class maps last changed
+    /// (CLOCK_MONOTONIC ns; see [`Pipeline::classes_changed`]).
+    class_paths: crate::classes::ClassPaths,
+    classes_changed_ns: u64,
 }
 
 impl Pipeline {
@@ -73,6 +77,8 @@ impl Pipeline {
             kernel_base: KernelStats::default(),
             carried_flows: 0,
             blocks: Default::default(),
+            class_paths: Default::default(),
+            classes_changed_ns: 0,
         }
     }
 
@@ -167,11 +173,30 @@ impl Pipeline {
         &self.blocks
     }
 
-    /// Corrects the class of known flows after the class maps changed; `class_of_path` maps a
-    /// cgroup path to its configured class.
-    pub fn reclassify(&mut self, class_of_path: impl Fn(&str) -> Option<u32>) {
-        let records = &mut self.records;
-        self.table.reclassify(|id| records.cgroup_path(id).and_then(|p| class_of_path(&p)));
+    /// The kernel's class maps were just written: corrects the class of known flows, and from
+    /// now on of flows first found that sent nothing since (see [`Pipeline::correct_classes`]).
+    /// A socket is classified again on its next packet, but a flow that sends nothing more
+    /// keeps the class it had before its cgroup was known.
+    pub fn classes_changed(&mut self, paths: &crate::classes::ClassPaths) {
+        self.class_paths = paths.clone();
+        self.classes_changed_ns = monotonic_ns();
+        let (records, paths) = (&mut self.records, &self.class_paths);
+        self.table.reclassify(|id| records.cgroup_path(id).and_then(|p| paths.class_of(&p)));
+    }
+
+    /// Flows found by a sweep whose last packet came before the class maps last changed carry
+    /// the class the kernel gave them then: corrected as [`Pipeline::classes_changed`] does.
+    fn correct_classes(&mut self) {
+        let changed = self.classes_changed_ns;
+        let (records, paths) = (&mut self.records, &self.class_paths);
+        for u in self.updates.iter_mut().filter(|u| u.flow.last_seen_ns < changed) {
+            if let Some(class) = records.cgroup_path(u.key.cgroup_id).and_then(|p| paths.class_of(&p))
+                && class != u.flow.class_id
+            {
+                u.flow.class_id = class;
+                self.table.pin_class(&u.key, class);
+            }
+        }
     }
 
     /// Reads the whole kernel flow map: new, changed and ended flows are reported, and alerts
@@ -189,7 +214,10 @@ impl Pipeline {
     /// One sweep of the table, its failure counted.
     fn swept(&mut self, map: &mut dyn KernelFlows, now: Instant) {
         match self.table.sweep(map, now, monotonic_ns(), &mut self.updates) {
-            Ok(()) => self.failing_sweeps = 0,
+            Ok(()) => {
+                self.failing_sweeps = 0;
+                self.correct_classes();
+            }
             Err(e) => {
                 self.kernel_read_errors += 1;
                 self.failing_sweeps += 1;
@@ -322,7 +350,6 @@ impl Pipeline {
             .collect();
         s.events = status::EventCounts {
             new_flow: c.new_flow_events,
-            connect: c.connect_events,
             close: c.close_events,
             found_by_sweep: c.found_by_sweep,
         };
@@ -353,7 +380,6 @@ impl Pipeline {
         let c = self.table.counters;
         tracing::info!(
             new_flow_events = c.new_flow_events,
-            connect_events = c.connect_events,
             close_events = c.close_events,
             found_by_sweep = c.found_by_sweep,
             flows_evicted = c.flows_evicted,

@@ -10,6 +10,9 @@ use tokio::io::unix::AsyncFd;
 #[derive(Debug, Clone, Copy)]
 pub enum KernelEvent {
     NewFlow(NewFlowEvent),
+    /// A socket's process, sent at connect by program sets older than this agent (today's
+    /// programs keep it in the socket's storage, which every flow copies): an upgrade still
+    /// drains them from the set it replaces.
     Connect(SockEvent),
     SockClosed {
         cookie: u64,
