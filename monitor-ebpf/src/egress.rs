@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use monitor_common::{
-    CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4, FAMILY_V6, FlowKey,
-    FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS, SockInfo, stat,
+    CLASS_NONE, DIRECTION_INBOUND, DIRECTION_OUTBOUND, DIRECTION_UNKNOWN, EVENT_NEW_FLOW, FAMILY_V4,
+    FAMILY_V6, FlowKey, FlowValue, NewFlowEvent, ProcessInfo, SOCK_HAS_FLOW, SOCK_LISTENER, SOCK_MANY_FLOWS,
+    SockInfo, stat,
 };
 
 use crate::{
@@ -129,7 +130,8 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
     // Only a flow that breaks its class's policy is announced at once: its alert cannot wait.
     // The agent's sweep finds every other flow within a sweep interval. Where the tables cannot
     // say (none in force yet, a class past the 64th), every classified flow is announced.
-    if owner.class_id != CLASS_NONE && verdict::table_approves(owner.class_id, key.family, &key.daddr) != Some(true)
+    if owner.class_id != CLASS_NONE
+        && verdict::table_approves(owner.class_id, key.family, &key.daddr) != Some(true)
     {
         send_event(NewFlowEvent { kind: EVENT_NEW_FLOW, _pad: 0, key: *key, value });
     }

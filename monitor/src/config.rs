@@ -16,6 +16,7 @@ mod build;
 mod classes;
 mod files;
 mod query;
+mod reload;
 mod sinks;
 mod values;
 
@@ -59,6 +60,9 @@ pub struct Config {
     pub sink_entries: Vec<SinkEntry>,
     #[serde(skip)]
     pub sinks: Vec<SinkConfig>,
+    /// The text it was parsed from, to tell what a reload changes.
+    #[serde(skip)]
+    text: String,
 }
 
 /// Where destinations are placed on the map.
@@ -275,6 +279,7 @@ impl Config {
             .collect::<Result<_, _>>()?;
         config.validate_sinks().map_err(|(span, key, message)| at(Some(span), key, message))?;
         config.origin = origin;
+        config.text = text.to_owned();
         Ok(config)
     }
 

@@ -109,6 +109,30 @@ impl Agent {
         }
     }
 
+    /// Edits the configuration file and sends the agent SIGHUP; returns the log line that
+    /// answers it (the reload done, or why not).
+    pub fn reload(&mut self, edit: impl FnOnce(String) -> String) -> String {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(config)).expect("write config");
+        let answers = |stderr: &str| stderr.lines().filter(|l| l.contains("SIGHUP:")).count();
+        let before = answers(&self.shared.0.lock().unwrap().stderr);
+        // SAFETY: signalling the agent we started.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (lock, cond) = &*self.shared;
+        let mut g = lock.lock().unwrap();
+        while answers(&g.stderr) == before {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the agent did not answer SIGHUP within {START_TIMEOUT:?}:\n{}",
+                g.stderr
+            );
+            g = cond.wait_timeout(g, left.min(Duration::from_millis(200))).unwrap().0;
+        }
+        g.stderr.lines().filter(|l| l.contains("SIGHUP:")).nth(before).unwrap().to_owned()
+    }
+
     /// Waits for the first record that satisfies `pred`; panics with `what` and the agent's
     /// log after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {

@@ -175,3 +175,58 @@ fn enforcement_follows_the_database_outlives_the_agent_and_detach_removes_it() {
     let r = attempt(&w, "app", "tcp-try", &cn);
     assert_eq!(r["ok"], true, "after detach: {r}");
 }
+
+#[test]
+fn a_reload_changes_the_policy_in_the_kernel_and_refuses_what_needs_a_restart() {
+    let w = World::new();
+    let mut agent = Agent::start(&w.config("mode = \"enforce\"\n"));
+    let _server = w.serve("0.0.0.0:443", 10);
+    let cn = format!("{CN_V4}:443");
+    assert!(refused(&attempt(&w, "app", "tcp-try", &cn)));
+
+    // A change the reload cannot apply is refused as a whole, naming the key: the policy
+    // change in the same file is not applied either.
+    let line = agent.reload(|c| {
+        c.replace("approved = [\"US\", ", "approved = [\"US\", \"CN\", ")
+            .replace("host = \"h1\"", "host = \"h2\"")
+    });
+    assert!(
+        line.contains("not reloaded") && line.contains("agent") && line.contains("need a restart"),
+        "{line}"
+    );
+    assert!(refused(&attempt(&w, "app", "tcp-try", &cn)), "nothing applied");
+    // A file that does not load is refused with its file, line and key.
+    let line = agent.reload(|c| {
+        c.replace("host = \"h2\"", "host = \"h1\"").replace("mode = \"enforce\"", "mode = \"block\"")
+    });
+    assert!(
+        line.contains("not reloaded") && line.contains("egress-monitor.toml") && line.contains("mode"),
+        "{line}"
+    );
+    assert!(refused(&attempt(&w, "app", "tcp-try", &cn)), "nothing applied");
+
+    // The class now approves CN: the kernel lets it through, and flows there are no violation.
+    let line = agent.reload(|c| c.replace("mode = \"block\"", "mode = \"enforce\""));
+    assert!(line.contains("reloaded"), "{line}");
+    let r = attempt(&w, "app", "tcp-try", &cn);
+    assert_eq!(r["ok"], true, "CN approved now: {r}");
+    let flow = agent.wait_for("the approved flow to CN", WAIT, |v| {
+        v["type"] == "flow" && v["destination"]["ip"] == CN_V4 && v["process"]["pid"] == r["pid"]
+    });
+    assert_eq!(flow["verdict"], "allowed", "{flow}");
+
+    // Back to observe: CN unapproved again, but nothing refuses; the flow is a violation.
+    let line = agent.reload(|c| c.replace("\"CN\", ", "").replace("mode = \"enforce\"\n", ""));
+    assert!(line.contains("reloaded"), "{line}");
+    let r = attempt(&w, "app", "tcp-try", &cn);
+    assert_eq!(r["ok"], true, "observing only: {r}");
+    let flow = agent.wait_for("the violation to CN", WAIT, |v| {
+        v["type"] == "flow" && v["destination"]["ip"] == CN_V4 && v["process"]["pid"] == r["pid"]
+    });
+    assert_eq!(flow["verdict"], "violation", "{flow}");
+    // Enforcement is detached from the class's cgroup (status follows at the next sweep).
+    integration_tests::eventually("enforcement detached", WAIT, || {
+        let status: Value = serde_json::from_str(&agent.cli(&["status", "-o", "json"])).unwrap();
+        (status["kernel"]["enforcing_cgroups"].as_array().map(Vec::len) == Some(0)).then_some(())
+    });
+}

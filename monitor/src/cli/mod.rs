@@ -38,7 +38,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the kernel programs and report flows until SIGINT or SIGTERM (needs root)
+    /// Load the kernel programs and report flows until SIGINT or SIGTERM; SIGHUP reloads the
+    /// classes' policies (needs root)
     Run(ConfigArg),
     /// Validate a configuration file; exits 1 and names the line, key and value on error
     CheckConfig(ConfigArg),

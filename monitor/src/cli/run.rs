@@ -49,7 +49,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .block_on(agent(config))
 }
 
-async fn agent(config: Config) -> anyhow::Result<()> {
+async fn agent(mut config: Config) -> anyhow::Result<()> {
     // Everything the agent creates (state directory, store, outbox) is private to it; the API
     // socket's mode is set explicitly.
     // SAFETY: umask has no preconditions.
@@ -81,6 +81,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     // Register signals before attaching: a signal during attach still detaches cleanly.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
 
     // Nothing counted before this agent started is reported twice: the adopted set's record of
     // what was reported is read before its programs could be told to count again.
@@ -183,7 +184,7 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     }
     status.lock().unwrap_or_else(|e| e.into_inner()).kernel.carried_flows = pipeline.carried_flows;
     // Enforcement: the verdict tables first, then the programs that read them.
-    let enforcer = Enforcer::new(&config.class_modes());
+    let mut enforcer = Enforcer::new(&config.class_modes());
     let tables = enforcer.install(&mut probe, &mut pipeline)?;
     enforcer.attach(&mut probe, &selectors)?;
     status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables;
@@ -194,7 +195,11 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     let mut reload = interval(config.geoip.reload_interval.0);
     reload.set_missed_tick_behavior(MissedTickBehavior::Delay);
     reload.tick().await; // the first tick is immediate; the files were just loaded
-    info!(classes = config.classes.len(), host = %host, "agent running; stop with SIGINT or SIGTERM");
+    info!(
+        classes = config.classes.len(),
+        host = %host,
+        "agent running; stop with SIGINT or SIGTERM, reload the classes' policies with SIGHUP"
+    );
 
     let mut classes_to_write = None;
     // A question waits for live totals: the next sweep reports every changed flow.
@@ -293,6 +298,17 @@ async fn agent(config: Config) -> anyhow::Result<()> {
                         }
                     }
                 }
+                _ = sighup.recv() => {
+                    // Seconds with a large database: off the async workers, as at a reload.
+                    match tokio::task::block_in_place(|| reload_policies(&config, &mut probe, &mut pipeline, &selectors)) {
+                        Ok((new, new_enforcer, tables)) => {
+                            (config, enforcer) = (new, new_enforcer);
+                            status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables;
+                            info!(file = %config.origin, "SIGHUP: the classes' policies were reloaded, into the kernel's verdict tables too");
+                        }
+                        Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; the running one stays in force"),
+                    }
+                }
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break }
             }
@@ -325,6 +341,32 @@ async fn agent(config: Config) -> anyhow::Result<()> {
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
+}
+
+/// A configuration reload (SIGHUP): the classes' policies of the file as it is now, judged by the
+/// agent and compiled into the kernel's verdict tables, all or nothing: a file that does not load,
+/// changes more than the policies, or cannot be compiled leaves everything as it was.
+fn reload_policies(
+    config: &Config,
+    probe: &mut Probe,
+    pipeline: &mut Pipeline,
+    selectors: &ClassSelectors,
+) -> anyhow::Result<(Config, Enforcer, Option<status::VerdictTablesStatus>)> {
+    let new = config.reload().map_err(anyhow::Error::msg)?;
+    let enforcer = Enforcer::new(&new.class_modes());
+    let old = pipeline.replace_policy(new.policy());
+    let tables = match enforcer.install(probe, pipeline) {
+        Ok(tables) => tables,
+        Err(e) => {
+            pipeline.replace_policy(old);
+            return Err(e);
+        }
+    };
+    // A class that starts or stops enforcing: its cgroups follow (retried when cgroups change).
+    if let Err(e) = enforcer.attach(probe, selectors) {
+        warn!(error = %format!("{e:#}"), "attaching enforcement after the reload failed; retrying when the cgroups change");
+    }
+    Ok((new, enforcer, tables))
 }
 
 /// Sockets opened before the programs were attached: the hooks that record a socket's process

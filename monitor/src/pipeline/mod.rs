@@ -88,6 +88,12 @@ impl Pipeline {
         self.table.adopt(reported);
     }
 
+    /// Puts a new policy in force (a configuration reload) and returns the one it replaces.
+    /// Flows are judged by it from their next update on.
+    pub fn replace_policy(&mut self, policy: Policy) -> Policy {
+        std::mem::replace(&mut self.policy, policy)
+    }
+
     /// The residency policy compiled for the kernel's verdict tables, from the places in
     /// force now.
     pub fn compile_policy(&mut self) -> Result<crate::policy::compile::Compiled, String> {
