@@ -143,7 +143,8 @@ impl Bench<'_> {
             "server",
             &["tcp-accept", &format!("{B_ADDR}:7000")],
         )?;
-        let ShortConnections { samples, ratio, median: med } = self.short_connections(|b| b.agent(&[]))?;
+        let ShortConnections { samples, ratio, median: med } =
+            self.short_connections(|_| Ok(None), |b| b.agent(&[]))?;
         self.results.insert(
             "connection_rate".into(),
             json!({"per_second": {"baseline": samples[0], "egress_monitor": samples[1]}, "median": {"baseline": med[0], "egress_monitor": med[1]}}),
@@ -159,17 +160,19 @@ impl Bench<'_> {
     }
 
     /// Short connections per second of the classified client against the accepting server
-    /// (already running on CPU 0 at B_ADDR:7000), rounds alternating no agent and the agent
-    /// `start` gives: the samples of each, the median of each round's ratio, and the medians.
+    /// (already running on CPU 0 at B_ADDR:7000), rounds alternating the baseline (no agent, or
+    /// the one `baseline` gives) and the agent `start` gives: the samples of each, the median
+    /// of each round's ratio, and the medians.
     pub(super) fn short_connections(
         &self,
+        baseline: impl Fn(&Self) -> anyhow::Result<Option<Agent>>,
         start: impl Fn(&Self) -> anyhow::Result<Agent>,
     ) -> anyhow::Result<ShortConnections> {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
         for round in 0..self.plan.rounds {
             for k in 0..2 {
                 let m = (round + k) % 2;
-                let agent = if m == 1 { Some(start(self)?) } else { None };
+                let agent = if m == 1 { Some(start(self)?) } else { baseline(self)? };
                 let r = self.world.traffic_on(
                     Some(0),
                     &self.world.a,

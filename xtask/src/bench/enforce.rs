@@ -1,6 +1,7 @@
 //! Enforcement benchmarks: the verdict tables of the embedded DB-IP database with three classes
 //! (compile time, networks, kernel memory), the time connect() takes for an enforcing class,
-//! and an enforcing class's short-connection rate against its baseline.
+//! and an enforcing class's short-connection rate against the same class observing (what
+//! enforcement adds) and against no agent.
 
 #[allow(unused_imports)]
 use super::*;
@@ -24,6 +25,12 @@ internal = "violation"
 impl Bench<'_> {
     fn enforcing_agent(&self) -> anyhow::Result<Agent> {
         Agent::start_with_classes(self.world, &self.agent_bin, &self.country_db, &[], CLASSES)
+    }
+
+    /// The same agent with the bench class observing.
+    fn observing_agent(&self) -> anyhow::Result<Agent> {
+        let classes = CLASSES.replace("mode = \"enforce\"", "mode = \"observe\"");
+        Agent::start_with_classes(self.world, &self.agent_bin, &self.country_db, &[], &classes)
     }
 
     /// connect() times (p50, p99 in µs) of `count` connects from the classified cgroup.
@@ -103,18 +110,32 @@ impl Bench<'_> {
             None,
         );
 
-        // Short connections of an enforcing class against the same connections with no agent.
-        let datapath::ShortConnections { samples, ratio, median: med } =
-            self.short_connections(|b| b.enforcing_agent())?;
+        // Short connections of an enforcing class: against the same class observing (what
+        // enforcement adds), then against no agent (what the whole monitor costs; the
+        // connection-rate row above measures that for an observing class).
+        let observing = self.short_connections(|b| b.observing_agent().map(Some), |b| b.enforcing_agent())?;
+        let none = self.short_connections(|_| Ok(None), |b| b.enforcing_agent())?;
         self.results.insert(
             "enforcing_connection_rate".into(),
-            json!({"per_second": {"baseline": samples[0], "enforcing": samples[1]}}),
+            json!({"per_second": {"observing": observing.samples[0], "enforcing": observing.samples[1],
+                                  "no_agent": none.samples[0], "enforcing_vs_no_agent": none.samples[1]}}),
         );
         self.row(
-            "short TCP connections/s of an enforcing class",
-            format!("{:.0}/s ({:.1}% of {:.0}/s)", med[1], ratio * 100.0, med[0]),
+            "short TCP connections/s of an enforcing class, against the class observing",
+            format!(
+                "{:.0}/s ({:.1}% of {:.0}/s)",
+                observing.median[1],
+                observing.ratio * 100.0,
+                observing.median[0]
+            ),
             ">= 97% of baseline",
-            Some(ratio >= 0.97),
+            Some(observing.ratio >= 0.97),
+        );
+        self.row(
+            "  against no agent",
+            format!("{:.0}/s ({:.1}% of {:.0}/s)", none.median[1], none.ratio * 100.0, none.median[0]),
+            "",
+            None,
         );
         Ok(())
     }

@@ -83,8 +83,10 @@ the tables) on the DB-IP database: `compile_seconds` (judging every interval of 
 them into networks), `write_seconds` (writing both families' tables into the kernel) and `kernel_bytes` (the tables' `memlock` in the agent's `/proc/self/fdinfo`) from its status. \
 `em-traffic tcp-connect-time` times 10,000 `connect()` calls of the classified process (each connection \
 closed before the next; pinned to CPU 0 with the accepting server) with no agent, an observing agent and an \
-enforcing one. The enforcing class's short-connection rate is measured like the connection rate above, \
-against no agent.\n\
+enforcing one. The enforcing class's short-connection rate is measured like the connection rate above, in \
+rounds alternating the same agent with the class observing and enforcing (the baseline of the target: what \
+enforcement adds), and in rounds against no agent (what the whole monitor then costs, which the \
+connection-rate row measures for an observing class).\n\
 - **New flows without loss**: `em-traffic udp-flows` opens 200 sockets and sends one datagram per \
 (socket, port), paced at each rate; a fresh agent must report every flow in its store and no ring-buffer drop.\n\
 - **Active flows**: UDP flows held by the agent (idle timeout 300 s) at 10k and then 100k; CPU is user+system \
