@@ -1,6 +1,6 @@
 //! cgroup_skb egress: every packet a socket sends is counted against its flow, tagged with the
 //! socket's data class. The hot path is one socket-storage lookup and one flow-map update; a
-//! new flow also costs one verdict lookup, and an event only when it breaks the policy.
+//! new classified flow also costs one verdict lookup, and an event unless the tables approve it.
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, bpf_sock},
@@ -127,9 +127,9 @@ fn new_flow(skb: *mut __sk_buff, key: &FlowKey, owner: &Owner, packets: u64, len
         }
         return;
     }
-    // Only a flow that breaks its class's policy is announced at once: its alert cannot wait.
-    // The agent's sweep finds every other flow within a sweep interval. Where the tables cannot
-    // say (none in force yet, a class past the 64th), every classified flow is announced.
+    // A classified flow is announced at once (its alert cannot wait) unless the verdict tables
+    // approve it; they are in force only while a class enforces. The agent's sweep finds every
+    // other flow within a sweep interval.
     if owner.class_id != CLASS_NONE
         && verdict::table_approves(owner.class_id, key.family, &key.daddr) != Some(true)
     {

@@ -1,7 +1,8 @@
 //! The residency policy as the kernel holds it: the verdict tables the agent compiles (per
 //! network, the classes that may exchange data there) and the one lookup that answers, for a
-//! class and an address, "approved or not". Enforcement refuses on it; the egress program uses
-//! it to announce only the new flows that break the policy (the sweep finds the others).
+//! class and an address, "approved or not". Enforcement refuses on it; the egress program skips
+//! announcing the new flows it approves (the sweep finds them). Tables are in force only while a
+//! class enforces.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use monitor_common::{CLASS_NONE, FAMILY_V4, policy_slot};

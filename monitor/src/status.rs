@@ -122,12 +122,12 @@ pub struct ProgramStatus {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventCounts {
-    /// New flows the kernel announced at once: those their class's policy does not approve
-    /// (every classified flow while no verdict table is in force).
+    /// New flows the kernel announced at once: every classified flow, except those the verdict
+    /// tables approve while a class enforces.
     pub new_flow: u64,
     pub close: u64,
-    /// Flows first found by a sweep: every flow the policy approves or that has no class, and
-    /// any whose event was lost or late.
+    /// Flows first found by a sweep: every unclassified flow, those the verdict tables approve,
+    /// and any whose event was lost or late.
     pub found_by_sweep: u64,
 }
 

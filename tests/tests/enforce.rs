@@ -125,6 +125,10 @@ fn an_enforcing_class_cannot_send_to_unapproved_places() {
     let status: Value = serde_json::from_str(&agent.cli(&["status", "-o", "json"])).unwrap();
     let class = status["classes"].as_array().unwrap().iter().find(|c| c["name"] == w.class.as_str()).unwrap();
     assert_eq!(class["mode"], "enforce", "{class}");
+    // With tables in force, the kernel announces only classified flows they do not approve:
+    // the observing class's connection to CN. The enforcing class's approved flows (US, the
+    // site, the US viewer) and the unclassified one were found by sweeps.
+    assert_eq!(status["events"]["new_flow"], 1, "{}", status["events"]);
     assert!(u64_of(&class["blocked"]) >= 6, "five refused sends and the viewer's SYNs: {class}");
     let metrics = integration_tests::api::Api::unix(&agent.dir().join("api.sock")).get("/metrics").text;
     assert!(metrics.contains(&format!("egress_monitor_blocked_total{{class=\"{}\"}}", w.class)), "{metrics}");

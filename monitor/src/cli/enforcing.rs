@@ -1,9 +1,10 @@
-//! The agent's side of the kernel's verdicts (part of `run`): compiles every class's residency
-//! policy into the kernel's verdict tables at start and whenever a database or range file is
-//! replaced, and keeps the enforcement programs attached to exactly the existing cgroups of
-//! enforcing classes. The tables serve observing classes too: the egress program announces only
-//! the new flows they do not approve. With no class, nothing is compiled; with no enforcing
-//! class, nothing refuses.
+//! The agent's side of the kernel's verdicts (part of `run`): when a class enforces, compiles
+//! every class's residency policy into the kernel's verdict tables at start, whenever a database
+//! or range file is replaced and at a reload, and keeps the enforcement programs attached to
+//! exactly the existing cgroups of enforcing classes. While tables are in force, the egress
+//! program announces only the new flows they do not approve (observing classes' too). With no
+//! enforcing class, nothing is compiled (seconds and tens of MiB of kernel memory with a large
+//! database) and nothing refuses: every classified new flow is announced.
 
 use std::time::Instant;
 
@@ -17,8 +18,6 @@ use crate::{
 pub struct Enforcer {
     /// Class ids that enforce.
     classes: Vec<u32>,
-    /// Classes configured (their policies are compiled).
-    configured: usize,
 }
 
 impl Enforcer {
@@ -30,7 +29,7 @@ impl Enforcer {
             .filter(|(_, m)| **m == Mode::Enforce)
             .map(|(i, _)| crate::classes::class_id(i))
             .collect();
-        Enforcer { classes, configured: modes.len() }
+        Enforcer { classes }
     }
 
     pub fn mode(&self, class_id: u32) -> &'static str {
@@ -43,14 +42,18 @@ impl Enforcer {
     }
 
     /// Compiles the policy into the verdict tables not in force and puts them in force, with the
-    /// mask of enforcing classes. Without any class, clears that mask and compiles nothing.
+    /// mask of enforcing classes. Without an enforcing class, puts empty tables in force (the
+    /// kernel then judges nothing) and compiles nothing.
     pub fn install(
         &self,
         probe: &mut Probe,
         pipeline: &mut Pipeline,
     ) -> anyhow::Result<Option<VerdictTablesStatus>> {
-        if self.configured == 0 {
-            if probe.verdicts.enforcing() != 0 {
+        if self.classes.is_empty() {
+            // Tables a previous policy left in force (they cover every address) would still
+            // decide which new flows the egress program announces: empty ones replace them.
+            let left = probe.verdicts.lookup(std::net::Ipv4Addr::UNSPECIFIED.into())?.is_some();
+            if probe.verdicts.enforcing() != 0 || left {
                 probe.verdicts.install(std::iter::empty(), std::iter::empty(), 0)?;
             }
             return Ok(None);
@@ -67,6 +70,11 @@ impl Enforcer {
                 self.mask(),
             )
             .context("writing the kernel's verdict tables")?;
+        drop(compiled);
+        // The compile's working memory (every interval of every source) goes back to the
+        // system, not only to the allocator: the agent's RSS stays what it needs.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         info!(
             ipv4 = installed.v4_entries,
             ipv6 = installed.v6_entries,

@@ -64,7 +64,7 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         (
             "events",
             format!(
-                "{} new flows announced (policy broken), {} found by sweep, {} closes",
+                "{} new flows announced, {} found by sweep, {} closes",
                 e.new_flow, e.found_by_sweep, e.close
             ),
         ),

@@ -88,11 +88,11 @@ pub struct TableCounters {
     /// Kernel entries that disappeared or restarted without the agent removing them: the LRU
     /// map was full. Packets sent between the last sweep and the eviction are not reported.
     pub flows_evicted: u64,
-    /// New flows the kernel announced (those that break their class's policy).
+    /// New flows the kernel announced (classified ones the verdict tables do not approve).
     pub new_flow_events: u64,
     pub close_events: u64,
-    /// Flows first found by a sweep: the kernel announces only the flows that break their
-    /// class's policy, so this is every other flow, and any whose event was lost or late.
+    /// Flows first found by a sweep: those the kernel does not announce (unclassified, or
+    /// approved by the verdict tables), and any whose event was lost or late.
     pub found_by_sweep: u64,
 }
 
