@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("iperf3", "benchmarks measure TCP throughput with it"),
     ("tcpdump", "benchmarks compare the monitor with a packet capture"),
+    ("pmacct", "benchmarks compare the monitor with pmacctd, flow accounting from a packet capture"),
     ("xz-utils", "benchmarks give the agent the country database as a file"),
 ];
 

@@ -27,6 +27,10 @@
 //!   em-traffic udp-flows  ADDR SOCKETS PORTS RATE [HOLD]
 //!                         one datagram per (socket, port): new flows at RATE/s; then keeps the
 //!                         sockets open HOLD seconds (their flows stay active), reporting first
+//!   em-traffic udp-sink   LISTEN_ADDR PORTS           binds PORTS consecutive UDP ports, never reads
+//!   em-traffic udp-rate   ADDR SECONDS DESTINATIONS [--connect]
+//!                         64-byte datagrams back to back for SECONDS from one socket: connected
+//!                         to ADDR, or unconnected to DESTINATIONS consecutive ports in turn
 
 use std::{
     io::{Read, Write},
@@ -71,6 +75,8 @@ fn main() {
         Some("udp-try") => udp_try(addr),
         Some("tcp-accept") => tcp_accept(addr),
         Some("tcp-rate") => tcp_rate(addr, num(2, 1)),
+        Some("udp-sink") => udp_sink(addr, num(2, 1)),
+        Some("udp-rate") => udp_rate(addr, num(2, 1), num(3, 1), flag("--connect")),
         Some("tcp-connect-time") => tcp_connect_time(addr, num(2, 1000)),
         Some("udp-flows") => udp_flows(addr, num(2, 1), num(3, 1), num(4, 1000), num(5, 0)),
         Some("udp-send") => {
@@ -319,6 +325,63 @@ fn tcp_rate(addr: SocketAddr, seconds: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     report(&[("event", "done".into()), ("connections", n.into()), ("seconds", secs.into())]);
+}
+
+/// Binds PORTS consecutive ports from ADDR and never reads: datagrams to them are taken (and
+/// dropped once the buffers are full) without an ICMP error back.
+fn udp_sink(addr: SocketAddr, ports: usize) {
+    let socks: Vec<UdpSocket> = (0..ports)
+        .map(|p| {
+            let mut at = addr;
+            at.set_port(addr.port() + p as u16);
+            UdpSocket::bind(at).expect("bind")
+        })
+        .collect();
+    report(&[("event", "ready".into())]);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        let _ = &socks;
+    }
+}
+
+/// Sends 64-byte datagrams back to back for SECONDS from one socket, connected to ADDR or to
+/// DESTINATIONS consecutive ports in turn; reports how many per second.
+fn udp_rate(addr: SocketAddr, seconds: usize, destinations: usize, connect: bool) {
+    let bind: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let s = UdpSocket::bind(bind).expect("bind");
+    let to: Vec<SocketAddr> = (0..destinations.max(1))
+        .map(|p| {
+            let mut to = addr;
+            to.set_port(addr.port() + p as u16);
+            to
+        })
+        .collect();
+    if connect {
+        s.connect(addr).expect("connect");
+    }
+    let payload = [b'r'; 64];
+    let start = std::time::Instant::now();
+    let until = start + std::time::Duration::from_secs(seconds as u64);
+    let (mut n, mut failed): (u64, u64) = (0, 0);
+    while std::time::Instant::now() < until {
+        // The clock is read once per 64 datagrams.
+        for _ in 0..64 {
+            let sent =
+                if connect { s.send(&payload) } else { s.send_to(&payload, to[n as usize % to.len()]) };
+            match sent {
+                Ok(_) => n += 1,
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    report(&[
+        ("event", "done".into()),
+        ("datagrams", n.into()),
+        ("failed", failed.into()),
+        ("seconds", secs.into()),
+    ]);
 }
 
 /// Sends one 16-byte datagram from each of SOCKETS sockets to each of PORTS consecutive ports,

@@ -1,5 +1,5 @@
 //! Datapath benchmarks: TCP throughput side by side with tcpdump (and the accuracy of the
-//! reported bytes), and the short-connection rate.
+//! reported bytes), the short-connection rate, and small UDP datagrams.
 
 #[allow(unused_imports)]
 use super::*;
@@ -9,73 +9,20 @@ impl Bench<'_> {
         let _server =
             self.world.spawn(&self.world.b, "server", "iperf3", &["-s"], Stdio::null(), Stdio::null())?;
         std::thread::sleep(Duration::from_millis(500));
-        let modes = ["baseline", "egress-monitor", "tcpdump"];
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 3];
         let mut accuracy = None;
-        for round in 0..self.plan.rounds {
-            for k in 0..3 {
-                let m = (round + k) % 3; // alternate the order between rounds
-                let (agent, tcpdump) = match modes[m] {
-                    "egress-monitor" => (Some(self.agent(&[])?), None),
-                    "tcpdump" => {
-                        let p = self.world.spawn(
-                            &self.world.a,
-                            "server",
-                            "tcpdump",
-                            &["-i", "veth0", "-n", "-s", "0", "-w", "/dev/null"],
-                            Stdio::null(),
-                            Stdio::null(),
-                        )?;
-                        std::thread::sleep(Duration::from_millis(1000));
-                        (None, Some(p))
-                    }
-                    _ => (None, None),
-                };
-                let result = self.iperf(self.plan.seconds)?;
-                let bps = result["end"]["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .context("iperf3 bits_per_second")?;
-                samples[m].push(bps);
-                if let Some(agent) = agent {
-                    if round == self.plan.rounds - 1 {
-                        accuracy = Some(self.accuracy(&agent, &result)?);
-                    }
-                    agent.stop();
-                }
-                if let Some(mut p) = tcpdump {
-                    p.stop();
-                }
+        let c = self.side_by_side(&mut |b, running| {
+            let result = b.iperf(b.plan.seconds)?;
+            let bps = result["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3 bits_per_second")?;
+            if let Some(agent) = running.agent() {
+                accuracy = Some(b.accuracy(agent, &result)?);
             }
-        }
-        // Ratios are taken within each round (its three runs are minutes apart at most), then
-        // the median over rounds: slow drifts of a shared machine cancel out.
-        let paired = |m: usize| -> f64 {
-            let mut r: Vec<f64> = samples[m].iter().zip(&samples[0]).map(|(x, b)| x / b).collect();
-            median(&mut r)
-        };
-        let (ratio, tcpdump_ratio) = (paired(1), paired(2));
-        let med: Vec<f64> = samples.clone().iter_mut().map(|s| median(s)).collect();
-        let (lost, lost_tcpdump) = ((1.0 - ratio).max(0.0), (1.0 - tcpdump_ratio).max(0.0));
-        self.results.insert(
-            "throughput".into(),
-            json!({"rounds": self.plan.rounds, "seconds": self.plan.seconds, "bits_per_second": {
-                "baseline": samples[0], "egress_monitor": samples[1], "tcpdump": samples[2]},
-                "median": {"baseline": med[0], "egress_monitor": med[1], "tcpdump": med[2]}}),
-        );
-        let gbps = |b: f64| format!("{:.2} Gbit/s", b / 1e9);
-        self.row("TCP throughput, baseline (median)", gbps(med[0]), "", None);
-        self.row(
-            "TCP throughput with egress-monitor",
-            format!("{} ({:.1}%)", gbps(med[1]), ratio * 100.0),
-            ">= 97% of baseline",
-            Some(ratio >= 0.97),
-        );
-        self.row(
-            "TCP throughput with tcpdump -w /dev/null",
-            format!("{} ({:.1}%)", gbps(med[2]), tcpdump_ratio * 100.0),
-            "",
-            None,
-        );
+            Ok(bps)
+        })?;
+        self.results.insert("throughput".into(), Self::side_by_side_json(&c));
+        self.side_by_side_rows("TCP throughput (median)", |b| format!("{:.2} Gbit/s", b / 1e9), &c, 0.99);
+        let (lost, lost_tcpdump) = ((1.0 - c.ratio[1]).max(0.0), (1.0 - c.ratio[2]).max(0.0));
         let times = if lost > 0.0 { lost_tcpdump / lost } else { f64::INFINITY };
         self.row(
             "throughput lost: tcpdump / egress-monitor",
@@ -91,8 +38,8 @@ impl Bench<'_> {
             self.row(
                 "reported bytes vs what iperf3 sent (+ headers)",
                 format!("{agent_bytes} vs {expected} ({:.3}%)", err * 100.0),
-                "within 0.5%",
-                Some(err <= 0.005),
+                "within 0.1%",
+                Some(err <= 0.001),
             );
             self.results.insert(
                 "accuracy".into(),
@@ -143,59 +90,66 @@ impl Bench<'_> {
             "server",
             &["tcp-accept", &format!("{B_ADDR}:7000")],
         )?;
-        let ShortConnections { samples, ratio, median: med } =
-            self.short_connections(|_| Ok(None), |b| b.agent(&[]))?;
-        self.results.insert(
-            "connection_rate".into(),
-            json!({"per_second": {"baseline": samples[0], "egress_monitor": samples[1]}, "median": {"baseline": med[0], "egress_monitor": med[1]}}),
-        );
-        self.row("short TCP connections per second, baseline", format!("{:.0}/s", med[0]), "", None);
-        self.row(
-            "  with egress-monitor",
-            format!("{:.0}/s ({:.1}%)", med[1], ratio * 100.0),
-            ">= 95% of baseline",
-            Some(ratio >= 0.95),
-        );
+        let c = self.side_by_side(&mut |b, _| b.tcp_rate())?;
+        self.results.insert("connection_rate".into(), Self::side_by_side_json(&c));
+        self.side_by_side_rows("short TCP connections per second", |r| format!("{r:.0}/s"), &c, 0.97);
         Ok(())
     }
 
     /// Short connections per second of the classified client against the accepting server
-    /// (already running on CPU 0 at B_ADDR:7000), rounds alternating the baseline (no agent, or
-    /// the one `baseline` gives) and the agent `start` gives: the samples of each, the median
-    /// of each round's ratio, and the medians.
+    /// (already running on CPU 0 at B_ADDR:7000), for one round's seconds.
+    fn tcp_rate(&self) -> anyhow::Result<f64> {
+        let r = self.world.traffic_on(
+            Some(0),
+            &self.world.a,
+            "client",
+            &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
+        )?;
+        Ok(r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0))
+    }
+
+    /// Short connections per second (see [`Bench::tcp_rate`]) with the agent `start` gives,
+    /// in rounds alternating with the baseline (no agent, or the one `baseline` gives).
     pub(super) fn short_connections(
         &self,
         baseline: impl Fn(&Self) -> anyhow::Result<Option<Agent>>,
         start: impl Fn(&Self) -> anyhow::Result<Agent>,
-    ) -> anyhow::Result<ShortConnections> {
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 2];
-        for round in 0..self.plan.rounds {
-            for k in 0..2 {
-                let m = (round + k) % 2;
-                let agent = if m == 1 { Some(start(self)?) } else { baseline(self)? };
-                let r = self.world.traffic_on(
-                    Some(0),
-                    &self.world.a,
-                    "client",
-                    &["tcp-rate", &format!("{B_ADDR}:7000"), &self.plan.seconds.to_string()],
-                )?;
-                samples[m]
-                    .push(r["connections"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0));
-                if let Some(a) = agent {
-                    a.stop();
-                }
-            }
-        }
-        let mut per_round: Vec<f64> = samples[1].iter().zip(&samples[0]).map(|(m, b)| m / b).collect();
-        let ratio = median(&mut per_round);
-        let med = samples.clone().iter_mut().map(|s| median(s)).collect();
-        Ok(ShortConnections { samples, ratio, median: med })
+    ) -> anyhow::Result<Compared> {
+        let baseline = |b: &Self| Ok(baseline(b)?.map_or(Running::Nothing, Running::Agent));
+        let start = |b: &Self| Ok(Running::Agent(start(b)?));
+        self.alternating(&[&baseline, &start], &mut |b, _| b.tcp_rate())
     }
-}
 
-/// What [`Bench::short_connections`] measured: [baseline, with agent] each.
-pub(super) struct ShortConnections {
-    pub samples: Vec<Vec<f64>>,
-    pub ratio: f64,
-    pub median: Vec<f64>,
+    /// 64-byte UDP datagrams per second from one socket of the classified client: connected,
+    /// and unconnected to 1,000 destinations in turn (ports of a sink that never reads, so no
+    /// ICMP error comes back), with and without the agent.
+    pub(super) fn small_datagrams(&mut self) -> anyhow::Result<()> {
+        const DESTINATIONS: usize = 1000;
+        let _sink = self.world.traffic_server_on(
+            Some(0),
+            &self.world.b,
+            "server",
+            &["udp-sink", &format!("{B_ADDR}:9000"), &DESTINATIONS.to_string()],
+        )?;
+        let mut results = serde_json::Map::new();
+        for (name, key, destinations, connect) in [
+            ("64-byte UDP datagrams/s, one connected socket", "connected", 1, true),
+            ("64-byte UDP datagrams/s, one socket to 1,000 destinations", "unconnected", DESTINATIONS, false),
+        ] {
+            let (seconds, destinations) = (self.plan.seconds.to_string(), destinations.to_string());
+            let to = format!("{B_ADDR}:9000");
+            let mut args = vec!["udp-rate", &to, &seconds, &destinations];
+            if connect {
+                args.push("--connect");
+            }
+            let c = self.side_by_side(&mut |b, _| {
+                let r = b.world.traffic_on(Some(0), &b.world.a, "client", &args)?;
+                Ok(r["datagrams"].as_f64().unwrap_or(0.0) / r["seconds"].as_f64().unwrap_or(1.0))
+            })?;
+            results.insert(key.into(), Self::side_by_side_json(&c));
+            self.side_by_side_rows(name, |r| format!("{r:.0}/s"), &c, 0.95);
+        }
+        self.results.insert("small_datagrams".into(), Value::Object(results));
+        Ok(())
+    }
 }

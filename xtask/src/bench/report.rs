@@ -61,23 +61,34 @@ pub(super) fn markdown(
         s += &format!("| {} | {} | {} | {met} |\n", r.name.trim_start(), r.value, r.target);
     }
     s += "\n## How each is measured\n\n\
-- **Cost per packet**: `kernel.bpf_stats_enabled=1` during an iperf3 run and a burst of short connections \
-(restored afterwards); `run_time_ns / run_cnt` per program from `bpftool prog show`. One run of the egress \
-program is one skb: a GSO skb carries several segments. The kernel's own accounting is included: on the \
-VM these numbers come from, a cgroup_skb program that returns at once measured about 50 ns per run this way \
-(a development experiment, not a row of this table), and each helper call or atomic add about 10 to 20 ns.\n\
+- **Cost per packet**: `kernel.bpf_stats_enabled=1` during an iperf3 run, a run of 64-byte datagrams from \
+a connected UDP socket (`em-traffic udp-rate --connect`) and a burst of short connections (restored \
+afterwards); `run_time_ns / run_cnt` per program from `bpftool prog show`, per phase. One run of the egress \
+program is one skb: a GSO skb carries several segments. The kernel's own accounting is in every number, so \
+the egress rows subtract the floor: an empty cgroup_skb egress program (`r0 = 1; exit`, loaded by the bench \
+with the bpf() system call) attached to the bench's cgroup during the same runs, measured the same way.\n\
+- **Side by side**: throughput, connection rate and small datagrams are each measured with nothing beside \
+the workload, with egress-monitor, with `tcpdump -i veth0 -w /dev/null`, and with pmacct's `pmacctd -i veth0 \
+-P print -r 60 -c src_host,dst_host,src_port,dst_port,proto` (flow accounting from a packet capture, printed \
+once a minute to /dev/null), both tools capturing the client's veth in namespace a (Debian packages). Rounds \
+run every mode once, in an order rotating between rounds; a percentage is the median over rounds of each \
+round's ratio to its own no-monitor run (runs of one mode spread by several percent on this shared machine; \
+pairing within a round cancels its slow drifts). \"its process\" is the CPU time (user + system) of the \
+tool's process during the run over the run's wall time: what egress-monitor's kernel programs cost lands \
+in the workload's own rate instead (and tcpdump's and pmacctd's capture path in the kernel likewise). Only \
+egress-monitor attributes a flow to its process, short-lived ones included (its hooks run in the process at \
+connect, sendto and listen); tcpdump and pmacctd see packets and 5-tuples, not processes.\n\
 - **Throughput**: iperf3 (Debian) from namespace a (the client in a classified cgroup) to b over the veth, \
-client on CPU 0 and server on CPU 1 (`-A 0,1`), several rounds alternating the order of no monitor, \
-egress-monitor, and tcpdump capturing the veth to /dev/null. Rates are the receiver's; the percentages are \
-the median over rounds of each round's ratio to its own baseline run (runs of one mode spread by several \
-percent on this shared machine; pairing within a round cancels its slow drifts).\n\
+client on CPU 0 and server on CPU 1 (`-A 0,1`). Rates are the receiver's.\n\
 - **Connection rate**: `em-traffic tcp-rate`: connect, send 16 bytes, half-close, read to EOF, close, back \
 to back, against `em-traffic tcp-accept`; both pinned to CPU 0, so every cost lands on the same CPU as the \
 work it slows (unpinned, each connection is a chain of cross-CPU wakeups whose latency on a VM depends on \
 how idle the other CPU is: a running agent then made the *baseline* look slower). Both ends of each \
-connection are on this host, so the monitor sees two flows, two sockets and their events per \
-connection. Rounds alternate with and without the monitor; the percentage is the median of each round's \
-ratio.\n\
+connection are on this host, so the monitor sees two flows and two sockets per connection.\n\
+- **Small datagrams**: `em-traffic udp-rate` sends 64-byte payloads back to back from one UDP socket of the \
+classified client, for the round's seconds: connected to one port, then unconnected to 1,000 ports in turn \
+(1,000 flows), to `em-traffic udp-sink` in namespace b, which binds the ports and never reads (no ICMP \
+error comes back). Both on CPU 0.\n\
 - **Enforcement**: the agent with the bench class in `mode = \"enforce\"` and two more classes (three in \
 the tables) on the DB-IP database: `compile_seconds` (judging every interval of every source and merging \
 them into networks), `write_seconds` (writing both families' tables into the kernel) and `kernel_bytes` (the tables' `memlock` in the agent's `/proc/self/fdinfo`) from its status. \

@@ -247,8 +247,10 @@ approved = ["US"]
             .timeout(Duration::from_secs(30))
             .build()?;
         let agent = Agent { proc: Proc { child }, dir, client, bin: agent_bin.to_owned(), config };
+        // Running: its API answers and it has put its verdict tables in force (measurements
+        // start from the agent's steady state, not its start-up).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while agent.get("/v1/status").is_err() {
+        while agent.get("/v1/status").is_err() || !agent.log().contains("agent running") {
             if Instant::now() > deadline {
                 bail!("the agent did not start: {}", agent.log());
             }
