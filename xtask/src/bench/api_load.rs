@@ -18,7 +18,7 @@ const QUERIES: [&str; 4] = ["country", "class", "process", "destination"];
 
 impl Bench<'_> {
     pub(super) fn api_load(&mut self) -> anyhow::Result<()> {
-        let (rows, seconds) = if self.plan.quick { (100_000u64, 10u64) } else { (1_000_000, 60) };
+        let (rows, seconds) = if self.plan.quick { (100_000u64, 5u64) } else { (1_000_000, 60) };
         // Each flow is one datagram: a short idle timeout ends it and frees its slot in the
         // kernel's flow table, which would otherwise fill long before a million flows.
         let agent = self.agent(&[("idle_timeout", "\"5s\"")])?;

@@ -89,7 +89,7 @@ impl<'b> Bench<'b> {
         let capture = |program: &str, args: &[&str]| -> anyhow::Result<Running> {
             let p = self.world.spawn(&self.world.a, "server", program, args, Stdio::null(), Stdio::null())?;
             // Both open the capture before they see a packet.
-            std::thread::sleep(Duration::from_millis(1000));
+            std::thread::sleep(Duration::from_millis(500));
             Ok(Running::Proc(p))
         };
         match tool {
