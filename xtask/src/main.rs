@@ -61,11 +61,13 @@ enum Task {
     /// Set up, build (release), and measure what the monitor costs; writes BENCHMARKS.md and
     /// target/bench/results.json (needs root)
     Bench {
-        /// Fewer and shorter rounds (under three minutes once built)
+        /// Fewer and shorter rounds (about three minutes once built); the table goes to
+        /// target/bench/BENCHMARKS.quick.md, not BENCHMARKS.md
         #[arg(long)]
         quick: bool,
-        /// Only these steps (cost, throughput, connections, enforce, flow-rate, active-flows,
-        /// api-load, store, lookups); BENCHMARKS.md is written only by a run of every step
+        /// Only these steps (cost, throughput, connections, datagrams, enforce, flow-rate,
+        /// active-flows, api-load, store, lookups); BENCHMARKS.md is written only by a full run
+        /// of every step
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

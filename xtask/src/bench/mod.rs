@@ -176,10 +176,13 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
         serde_json::to_string_pretty(&Value::Object(b.results.clone()))?,
     )?;
     if only.is_empty() {
-        std::fs::write(root.join("BENCHMARKS.md"), markdown(&b.rows, &b.results, quick, elapsed))?;
+        // The committed BENCHMARKS.md is a full run's; a quick one goes beside results.json.
+        let md = if quick { out_dir.join("BENCHMARKS.quick.md") } else { root.join("BENCHMARKS.md") };
+        std::fs::write(&md, markdown(&b.rows, &b.results, quick, elapsed))?;
         eprintln!(
-            "xtask: bench: done in {} s; wrote BENCHMARKS.md and target/bench/results.json",
-            elapsed.as_secs()
+            "xtask: bench: done in {} s; wrote {} and target/bench/results.json",
+            elapsed.as_secs(),
+            md.display()
         );
     } else {
         eprintln!(
@@ -390,9 +393,11 @@ impl Bench<'_> {
             // The agent's CPU from the first datagram until every flow is in its store.
             let cpu =
                 (usage(agent.pid())?.cpu_seconds - before.cpu_seconds) / started.elapsed().as_secs_f64();
+            // Every loss the agent counted (a flow missing from the store should be one of them).
+            let losses = agent.get("/v1/status")?["losses"].clone();
             agent.stop();
             let ok = drops == 0 && seen == sent;
-            tried.push(json!({"target_rate": rate, "achieved_rate": achieved, "flows_sent": sent, "flows_reported": seen, "ringbuf_drops": drops, "agent_cpu": cpu, "ok": ok}));
+            tried.push(json!({"target_rate": rate, "achieved_rate": achieved, "flows_sent": sent, "flows_reported": seen, "ringbuf_drops": drops, "agent_cpu": cpu, "losses": losses, "ok": ok}));
             if ok {
                 best = Some(best.map_or(achieved, |b: f64| b.max(achieved)));
             }

@@ -147,7 +147,10 @@ about 20%, some 18 µs per connection, of which the programs' own bpf_stats acco
 (connect4 about 1.5 µs, the egress program about 0.65 µs on each of some nine packets, release about 0.3 µs \
 twice). The rest is the kernel's cost of running cgroup programs and of creating and freeing socket \
 storage; the same socket-storage counting would remove the flow-map insert of each new TCP flow.\n\
-- **New flows per second**: the agent drains the ring buffer every 20 ms and is woken when it is an \
-eighth full; at the highest rates the ring (1 MiB, about 7,000 events) overflows. Every flow is still \
-found by the sweep and stored (the drop is counted, not lost); a larger `ring_buffer_size` or fewer \
-announced flows (tables in force) raise the rate.\n";
+- **New flows per second**: from 40,000/s the ring buffer (1 MiB, about 7,000 events; drained every \
+20 ms, and at once when an eighth full) overflows: those flows are found by the next sweep instead, and \
+the drops are counted. At 100,000/s the agent uses a whole CPU and its store's writer cannot keep up: \
+flow records it cannot take are dropped and counted (`store_dropped` in status and in results.json), so \
+flows are missing from the store, counted rather than silent. Announcing fewer flows (tables in force) \
+and the socket-storage counting above would cut the agent's work per flow; the writer is the limit \
+after that.\n";
