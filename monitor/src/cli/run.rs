@@ -202,6 +202,9 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     );
 
     let mut classes_to_write = None;
+    // Enforcement to attach to the classes' cgroups as they are now (retried at every sweep
+    // until it works), and the attempts that failed in a row.
+    let (mut attach_due, mut attach_failures) = (false, 0u64);
     // A question waits for live totals: the next sweep reports every changed flow.
     let mut read_due = false;
     let mut last_kernel = probe::KernelStats::default();
@@ -221,9 +224,10 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     // a cgroup created while it ran is known before its final record.
                     if let Some(cgroups) = selectors.rescan().cloned() {
                         classes_to_write = Some(cgroups);
-                        if let Err(e) = enforcer.attach(&mut probe, &selectors) {
-                            warn!(error = %format!("{e:#}"), "attaching enforcement to the classes' cgroups failed; retrying when they change");
-                        }
+                        attach_due = true;
+                    }
+                    if attach_due {
+                        attach_due = !attach_enforcement(&enforcer, &mut probe, &selectors, &mut attach_failures);
                     }
                     // A failed write of the class maps is retried at every sweep until it works.
                     if let Some(cgroups) = &classes_to_write {
@@ -300,11 +304,13 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                 }
                 _ = sighup.recv() => {
                     // Seconds with a large database: off the async workers, as at a reload.
-                    match tokio::task::block_in_place(|| reload_policies(&config, &mut probe, &mut pipeline, &selectors)) {
+                    match tokio::task::block_in_place(|| reload_policies(&config, &mut probe, &mut pipeline)) {
                         Ok((new, new_enforcer, tables)) => {
                             (config, enforcer) = (new, new_enforcer);
                             status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables;
-                            info!(file = %config.origin, "SIGHUP: the classes' policies were reloaded, into the kernel's verdict tables too");
+                            // A class that starts or stops enforcing: its cgroups follow.
+                            attach_due = !attach_enforcement(&enforcer, &mut probe, &selectors, &mut attach_failures);
+                            info!(file = %config.origin, attach_pending = attach_due, "SIGHUP: the classes' policies were reloaded, into the kernel's verdict tables too");
                         }
                         Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; the running one stays in force"),
                     }
@@ -350,7 +356,6 @@ fn reload_policies(
     config: &Config,
     probe: &mut Probe,
     pipeline: &mut Pipeline,
-    selectors: &ClassSelectors,
 ) -> anyhow::Result<(Config, Enforcer, Option<status::VerdictTablesStatus>)> {
     let new = config.reload().map_err(anyhow::Error::msg)?;
     let enforcer = Enforcer::new(&new.class_modes());
@@ -362,11 +367,30 @@ fn reload_policies(
             return Err(e);
         }
     };
-    // A class that starts or stops enforcing: its cgroups follow (retried when cgroups change).
-    if let Err(e) = enforcer.attach(probe, selectors) {
-        warn!(error = %format!("{e:#}"), "attaching enforcement after the reload failed; retrying when the cgroups change");
-    }
     Ok((new, enforcer, tables))
+}
+
+/// Attaches enforcement to exactly the existing cgroups of enforcing classes; false when that
+/// failed (the caller retries at the next sweep; logged the first time and every 60th).
+fn attach_enforcement(
+    enforcer: &Enforcer,
+    probe: &mut Probe,
+    selectors: &ClassSelectors,
+    failures: &mut u64,
+) -> bool {
+    match enforcer.attach(probe, selectors) {
+        Ok(()) => {
+            *failures = 0;
+            true
+        }
+        Err(e) => {
+            if (*failures).is_multiple_of(60) {
+                warn!(error = %format!("{e:#}"), failures = *failures + 1, "attaching enforcement to the classes' cgroups failed; retrying at every sweep");
+            }
+            *failures += 1;
+            false
+        }
+    }
 }
 
 /// Sockets opened before the programs were attached: the hooks that record a socket's process

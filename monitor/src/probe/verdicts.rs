@@ -59,7 +59,8 @@ impl VerdictTables {
         enforcing: u64,
     ) -> anyhow::Result<Installed> {
         let started = Instant::now();
-        let pair = if self.in_force() == 1 { 2 } else { 1 };
+        let previous = self.in_force();
+        let pair = if previous == 1 { 2 } else { 1 };
         let i = (pair - 1) as usize;
         let (v4_entries, v6_entries) = (v4.len(), v6.len());
         clear(&mut self.v4[i]).context("clearing the IPv4 verdict table not in force")?;
@@ -76,14 +77,20 @@ impl VerdictTables {
         }
         // Tables first: a class that starts enforcing is judged by the new ones.
         self.policy.set(policy_slot::ACTIVE, pair, 0).context("putting the new verdict tables in force")?;
-        self.policy.set(policy_slot::ENFORCING, enforcing, 0).context("writing the enforcing classes")?;
+        if let Err(e) = self.policy.set(policy_slot::ENFORCING, enforcing, 0) {
+            // All or nothing: the previous pair is still whole; put it back in force.
+            let _ = self.policy.set(policy_slot::ACTIVE, previous, 0);
+            return Err(e).context("writing the enforcing classes (the previous tables stay in force)");
+        }
         // The pair no longer in force holds the old policy: free its memory, once every program
         // run that read the old ACTIVE just before the switch is over (runs take microseconds;
-        // one that found an emptying table would let its call through).
+        // one that found an emptying table would let its call through). The new policy is in
+        // force whatever happens here: a failure only leaves memory in use until the next install.
         std::thread::sleep(Duration::from_millis(20));
         let old = 1 - i;
-        clear(&mut self.v4[old]).context("clearing the IPv4 verdict table no longer in force")?;
-        clear(&mut self.v6[old]).context("clearing the IPv6 verdict table no longer in force")?;
+        if let Err(e) = clear(&mut self.v4[old]).and_then(|()| clear(&mut self.v6[old])) {
+            tracing::warn!(error = %format!("{e:#}"), "clearing the verdict tables no longer in force failed; they are cleared at the next install");
+        }
         Ok(Installed { v4_entries, v6_entries, pair, took: started.elapsed() })
     }
 

@@ -1,7 +1,7 @@
 //! What runs beside the workload when the bench compares costs: nothing, egress-monitor, or
 //! what an admin would install from Debian instead (tcpdump writing to /dev/null; pmacct's
 //! `pmacctd`, flow accounting from a packet capture). Each is started before a run and stopped
-//! after it; the CPU its process used during the run is measured too (the agent's own process;
+//! after it; the CPU its processes used during the run is measured too (the agent's own process;
 //! what its kernel programs cost shows in the workload's rate instead).
 
 #[allow(unused_imports)]
@@ -70,6 +70,25 @@ impl Running {
     }
 }
 
+/// CPU seconds (user + system) of a process and its descendants (pmacctd runs each plugin in a
+/// process of its own).
+fn tree_cpu(pid: u32) -> f64 {
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|s| {
+                let fields: Vec<String> =
+                    s.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect();
+                fields.get(1)?.parse::<u32>().ok()
+            }) == Some(pid)
+        })
+        .collect();
+    usage(pid).map_or(0.0, |u| u.cpu_seconds) + children.into_iter().map(tree_cpu).sum::<f64>()
+}
+
 /// What [`Bench::alternating`] measured, per mode (in the order given; the first is the
 /// baseline): the samples, the median of each round's ratio to the baseline, the median
 /// sample, and the median share of one CPU the mode's process used.
@@ -127,12 +146,12 @@ impl<'b> Bench<'b> {
             for k in 0..n {
                 let m = (round + k) % n;
                 let running = modes[m](self)?;
-                let before = running.pid().map(usage).transpose()?;
+                let before = running.pid().map(tree_cpu);
                 let started = Instant::now();
                 samples[m].push(measure(self, &running)?);
                 let wall = started.elapsed().as_secs_f64();
                 if let (Some(pid), Some(before)) = (running.pid(), before) {
-                    cpu[m].push((usage(pid)?.cpu_seconds - before.cpu_seconds) / wall);
+                    cpu[m].push((tree_cpu(pid) - before) / wall);
                 }
                 running.stop();
             }
@@ -158,13 +177,13 @@ impl<'b> Bench<'b> {
     }
 
     /// The rows of a side-by-side comparison: the baseline, then each tool's rate against it
-    /// (egress-monitor's with `target`) and the CPU its process used.
+    /// (egress-monitor's with `target`) and the CPU its processes used.
     pub fn side_by_side_rows(&mut self, what: &str, unit: impl Fn(f64) -> String, c: &Compared, target: f64) {
         self.row(&format!("{what}, no monitor"), unit(c.median[0]), "", None);
         for (i, tool) in Tool::ALL.iter().enumerate().skip(1) {
             let monitor = *tool == Tool::Monitor;
             self.row(
-                &format!("  with {} (its process: {:.0}% of a CPU)", tool.name(), c.cpu[i] * 100.0),
+                &format!("  with {} (its processes: {:.0}% of a CPU)", tool.name(), c.cpu[i] * 100.0),
                 format!("{} ({:.1}%)", unit(c.median[i]), c.ratio[i] * 100.0),
                 if monitor { format!(">= {:.0}% of baseline", target * 100.0) } else { String::new() }
                     .as_str(),

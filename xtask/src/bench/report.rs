@@ -74,8 +74,8 @@ the workload, with egress-monitor, with `tcpdump -i veth0 -w /dev/null`, and wit
 once a minute to /dev/null), both tools capturing the client's veth in namespace a (Debian packages). Rounds \
 run every mode once, in an order rotating between rounds; a percentage is the median over rounds of each \
 round's ratio to its own no-monitor run (runs of one mode spread by several percent on this shared machine; \
-pairing within a round cancels its slow drifts). \"its process\" is the CPU time (user + system) of the \
-tool's process during the run over the run's wall time: what egress-monitor's kernel programs cost lands \
+pairing within a round cancels its slow drifts). \"its processes\" is the CPU time (user + system) of the \
+tool's process and its children (pmacctd runs each plugin in a process of its own) during the run over the run's wall time: what egress-monitor's kernel programs cost lands \
 in the workload's own rate instead (and tcpdump's and pmacctd's capture path in the kernel likewise). Only \
 egress-monitor attributes a flow to its process, short-lived ones included (its hooks run in the process at \
 connect, sendto and listen); tcpdump and pmacctd see packets and 5-tuples, not processes.\n\
