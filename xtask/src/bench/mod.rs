@@ -187,7 +187,7 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
         );
     } else {
         eprintln!(
-            "xtask: bench: done in {} s; wrote target/bench/results.json (only a run of every step writes BENCHMARKS.md)",
+            "xtask: bench: done in {} s; wrote target/bench/results.json (BENCHMARKS.md is written by a full run of every step)",
             elapsed.as_secs()
         );
     }
