@@ -51,12 +51,13 @@ struct Owner {
 #[inline(always)]
 fn count_packet(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
-    let mut key = FlowKey::ZERO;
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key: &mut FlowKey = zeroed(&mut slot);
     // Headers straight from the packet's linear data; through the load helper only when they
     // are not all there.
-    let parsed = match parse_direct(skb, &mut key) {
+    let parsed = match parse_direct(skb, key) {
         Some(p) => p,
-        None => parse(ctx, &mut key),
+        None => parse(ctx, key),
     };
     let Some(headers) = parsed else {
         count(stat::UNPARSED_PACKETS);
@@ -68,7 +69,7 @@ fn count_packet(ctx: &SkBuffContext) {
         // SAFETY: storage returned by the kernel, valid while the program runs.
         let info = unsafe { &mut *sender.info };
         if info.flags & SOCK_HAS_FLOW == 0 {
-            info.flow = key;
+            info.flow = *key;
             info.flags |= SOCK_HAS_FLOW;
         }
     }
@@ -77,7 +78,7 @@ fn count_packet(ctx: &SkBuffContext) {
     let packets = if segs > 1 { segs } else { 1 };
     let len = wire_bytes(&headers, len, segs);
 
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+    if let Some(v) = FLOWS.get_ptr_mut(&*key) {
         // SAFETY: v points at a live map value; counters use atomic adds.
         unsafe {
             add(&raw mut (*v).packets, packets);
@@ -89,7 +90,7 @@ fn count_packet(ctx: &SkBuffContext) {
         }
         return;
     }
-    new_flow(skb, &key, &owner(&sender, &key, headers.tcp_flags), packets, len);
+    new_flow(skb, &*key, &owner(&sender, &*key, headers.tcp_flags), packets, len);
 }
 
 #[inline(never)]
@@ -229,6 +230,23 @@ fn owner(s: &Sender, key: &FlowKey, tcp_flags: u8) -> Owner {
     owner
 }
 
+/// Zeroes `slot` in place, padding included (a hash key is compared bytewise), with one 8-byte
+/// store per word. A zeroed value built any other way (`FlowKey::ZERO`, returning it by value)
+/// becomes a call to a byte-at-a-time memset, since the linker expands no memset inline: 48
+/// rounds of a loop, about 60 ns on every packet.
+#[inline(always)]
+pub fn zeroed<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let words = slot.as_mut_ptr().cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        // SAFETY: within the slot, 8-aligned; volatile so LLVM keeps the stores and does not
+        // recognise a memset.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte written above; callers use types for which all-zero is valid.
+    unsafe { slot.assume_init_mut() }
+}
+
 /// What the flow key does not hold but counting needs.
 pub struct Headers {
     /// TCP flags (0 for other protocols).
@@ -237,6 +255,22 @@ pub struct Headers {
     l4: usize,
     /// Length of the transport header (TCP data offset; 8 for UDP; 0 when unknown).
     l4_len: usize,
+}
+
+/// 16 bytes from a packet as four 4-byte loads (the linker would make a plain 16-byte copy a
+/// call to a byte-at-a-time memmove).
+///
+/// # Safety
+/// `p..p + 16` must be within the packet, checked against its end.
+#[inline(always)]
+unsafe fn read16(p: *const u8) -> [u8; 16] {
+    let mut out = [0u32; 4];
+    for (i, w) in out.iter_mut().enumerate() {
+        // SAFETY: within the checked range (the caller's contract).
+        *w = unsafe { core::ptr::read_unaligned(p.add(i * 4).cast::<u32>()) };
+    }
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; the words hold the bytes in order.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(out) }
 }
 
 /// Reads the headers by direct packet access. `None` when the linear data is too short to
@@ -272,8 +306,8 @@ pub fn parse_direct(skb: *mut __sk_buff, key: &mut FlowKey) -> Option<Option<Hea
                 }
                 key.family = FAMILY_V6;
                 key.proto = *data.add(6);
-                key.saddr = core::ptr::read_unaligned(data.add(8).cast());
-                key.daddr = core::ptr::read_unaligned(data.add(24).cast());
+                key.saddr = read16(data.add(8));
+                key.daddr = read16(data.add(24));
                 let mut off = 40usize;
                 // Extension headers (hop-by-hop, routing, fragment, destination options), walked
                 // to the transport header; a few at most, as the verifier wants loops bounded.

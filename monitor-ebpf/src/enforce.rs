@@ -116,10 +116,11 @@ fn judge_call(ctx: &SockAddrContext, family: u8, hook: u8) -> i32 {
 #[inline(always)]
 fn judge_packet(ctx: &SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
-    let mut key = FlowKey::ZERO;
-    let parsed = match egress::parse_direct(skb, &mut key) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key: &mut FlowKey = egress::zeroed(&mut slot);
+    let parsed = match egress::parse_direct(skb, key) {
         Some(p) => p,
-        None => egress::parse(ctx, &mut key),
+        None => egress::parse(ctx, key),
     };
     let Some(headers) = parsed else { return 1 };
     let opening = match key.proto {
