@@ -179,7 +179,8 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
     if only.is_empty() {
         // The committed BENCHMARKS.md is a full run's; a quick one goes beside results.json.
         let md = if quick { out_dir.join("BENCHMARKS.quick.md") } else { root.join("BENCHMARKS.md") };
-        std::fs::write(&md, markdown(&b.rows, &b.results, quick, elapsed))?;
+        let previous = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+        std::fs::write(&md, markdown(&b.rows, &b.results, quick, elapsed, &previous))?;
         eprintln!(
             "xtask: bench: done in {} s; wrote {} and target/bench/results.json",
             elapsed.as_secs(),

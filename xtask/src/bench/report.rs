@@ -25,14 +25,18 @@ pub(super) fn machine() -> Value {
         "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
         "iperf3": run("iperf3", &["--version"]).unwrap_or_default().lines().next().unwrap_or("").to_owned(),
         "date": run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_default().trim(),
+        "commit": run("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default().trim(),
     })
 }
 
+/// BENCHMARKS.md. `previous`: the BENCHMARKS.md of the previous full run, whose results are shown
+/// beside this run's (a target counts as met when both runs met it).
 pub(super) fn markdown(
     rows: &[Row],
     results: &serde_json::Map<String, Value>,
     quick: bool,
     elapsed: Duration,
+    previous: &str,
 ) -> String {
     let m = &results["machine"];
     let mut s = String::from("# Benchmarks\n\n");
@@ -41,8 +45,9 @@ pub(super) fn markdown(
           namespaces joined by a veth pair that the benchmark creates and deletes. A missed target is \
           reported here, not hidden; it does not fail the build. Raw numbers: `target/bench/results.json`.\n\n";
     s += &format!(
-        "Run: {} ({}, {} s). Machine: {} cores ({}), {} GiB, kernel {}, {}.\n\n",
+        "Run: {} at commit {} ({}, {} s). Machine: {} cores ({}), {} GiB, kernel {}, {}.\n\n",
         m["date"].as_str().unwrap_or(""),
+        m["commit"].as_str().unwrap_or("?"),
         if quick { "`--quick`" } else { "full" },
         elapsed.as_secs(),
         m["cores"],
@@ -51,14 +56,20 @@ pub(super) fn markdown(
         m["kernel"].as_str().unwrap_or(""),
         m["iperf3"].as_str().unwrap_or(""),
     );
-    s += "| measurement | result | target | met |\n|---|---|---|---|\n";
+    let (before, before_run) = previous_rows(previous);
+    s += &format!(
+        "The last column is the previous full run's ({before_run}): its result, and whether it met the target.\n\n"
+    );
+    s += "| measurement | result | target | met | previous run |\n|---|---|---|---|---|\n";
     for r in rows {
         let met = match r.met {
             Some(true) => "yes",
             Some(false) => "**no**",
             None => "",
         };
-        s += &format!("| {} | {} | {} | {met} |\n", r.name.trim_start(), r.value, r.target);
+        let name = r.name.trim_start();
+        let was = before.get(name).map(String::as_str).unwrap_or("");
+        s += &format!("| {name} | {} | {} | {met} | {was} |\n", r.value, r.target);
     }
     s += TRIED;
     s += "\n## How each is measured\n\n\
@@ -131,6 +142,28 @@ segments it sent again (iperf3's `retransmits`, one MSS each).\n";
 
 /// What was tried against the targets still missed, and what each attempt did: kept true to the
 /// code by whoever changes either.
+/// The rows of a previous BENCHMARKS.md: measurement -> "result (met)", and its run line.
+fn previous_rows(md: &str) -> (std::collections::HashMap<String, String>, String) {
+    let run = md
+        .lines()
+        .find_map(|l| l.strip_prefix("Run: "))
+        .and_then(|l| l.split(". Machine").next())
+        .unwrap_or("none recorded")
+        .to_owned();
+    let mut rows = std::collections::HashMap::new();
+    for line in md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| measurement")) {
+        let cells: Vec<&str> =
+            line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+        if cells.len() < 4 {
+            continue;
+        }
+        let shown =
+            if cells[3].is_empty() { cells[1].to_owned() } else { format!("{} ({})", cells[1], cells[3]) };
+        rows.insert(cells[0].to_owned(), shown);
+    }
+    (rows, run)
+}
+
 const TRIED: &str = "\n## Missed targets: what was tried\n\n\
 - **Egress program cost and throughput**: per packet the program reads the headers, looks up the \
 socket's storage, and updates the flow map (one hash lookup on the 48-byte flow key, two atomic adds, a \
