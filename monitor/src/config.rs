@@ -146,6 +146,17 @@ pub struct AgentConfig {
     /// Directory on bpffs where the kernel programs and maps stay pinned between agents
     /// (bpffs is mounted at /sys/fs/bpf when nothing is).
     pub pin_dir: PathBuf,
+    /// How the agent's own log lines are written on stderr (`--log-format` wins).
+    pub log_format: LogFormat,
+}
+
+/// The agent's log lines: readable text, or one JSON object per line for log pipelines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for AgentConfig {
@@ -161,6 +172,7 @@ impl Default for AgentConfig {
             ring_buffer_size: RingBufferSize(1 << 20),
             state_dir: PathBuf::from("/var/lib/egress-monitor"),
             pin_dir: PathBuf::from("/sys/fs/bpf/egress-monitor"),
+            log_format: LogFormat::Text,
         }
     }
 }

@@ -11,7 +11,6 @@ fn main() -> ExitCode {
         return if monitor::probe::btf::print_task_offsets() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     let args = cli::Cli::parse();
-    cli::init_logging();
     match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {

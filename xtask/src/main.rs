@@ -3,6 +3,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -43,6 +44,9 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Set up, build (release), and write the Debian package to target/debian/
+    /// (egress-monitor_<version>_amd64.deb)
+    Package,
     /// Set up, build, and run every unit and integration test (needs root)
     Test {
         /// Only run tests whose name contains this
@@ -96,6 +100,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run()?;
             build(release)?;
             run_agent(&config, release)
+        }
+        Task::Package => {
+            setup::run()?;
+            build(true)?;
+            package::build(&root).map(drop)
         }
         Task::Test { filter } => {
             setup::run()?;
@@ -187,8 +196,11 @@ fn run_agent(config: &Path, release: bool) -> anyhow::Result<()> {
 
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
     require_root("the integration tests")?;
-    // The integration tests start the real agent binary and the traffic helper: build them first.
+    // The integration tests start the real agent binary and the traffic helper: build them first,
+    // and the Debian package that the packaging tests install.
     build(false)?;
+    build(true)?;
+    package::build(&workspace_root())?;
     let mut unit = cargo();
     unit.args(["test", "--package", "monitor-common", "--package", "monitor", "--package", "xtask"]);
     if let Some(f) = filter {

@@ -28,6 +28,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "benchmarks compare the monitor with a packet capture"),
     ("pmacct", "benchmarks compare the monitor with pmacctd, flow accounting from a packet capture"),
     ("xz-utils", "benchmarks give the agent the country database as a file"),
+    ("binutils", "the Debian package's libc6 dependency is read from the binary with objdump"),
+    ("systemd", "tests check the service unit with systemd-analyze (verify, security)"),
+    ("man-db", "tests render the manual pages with man -l"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -12,7 +12,11 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::{
-    classes::ClassSelectors, config::Mode, pipeline::Pipeline, probe::Probe, status::VerdictTablesStatus,
+    classes::ClassSelectors,
+    config::{Config, Mode},
+    pipeline::Pipeline,
+    probe::Probe,
+    status::VerdictTablesStatus,
 };
 
 pub struct Enforcer {
@@ -105,5 +109,49 @@ impl Enforcer {
             warn!(cgroup_id = id, "enforcement detached: no enforcing class selects this cgroup (any more)");
         }
         Ok(())
+    }
+}
+
+/// A configuration reload (SIGHUP): the classes' policies of the file as it is now, judged by the
+/// agent and compiled into the kernel's verdict tables, all or nothing: a file that does not load,
+/// changes more than the policies, or cannot be compiled leaves everything as it was.
+pub fn reload_policies(
+    config: &Config,
+    probe: &mut Probe,
+    pipeline: &mut Pipeline,
+) -> anyhow::Result<(Config, Enforcer, Option<VerdictTablesStatus>)> {
+    let new = config.reload().map_err(anyhow::Error::msg)?;
+    let enforcer = Enforcer::new(&new.class_modes());
+    let old = pipeline.replace_policy(new.policy());
+    let tables = match enforcer.install(probe, pipeline) {
+        Ok(tables) => tables,
+        Err(e) => {
+            pipeline.replace_policy(old);
+            return Err(e);
+        }
+    };
+    Ok((new, enforcer, tables))
+}
+
+/// Attaches enforcement to exactly the existing cgroups of enforcing classes; false when that
+/// failed (the caller retries at the next sweep; logged the first time and every 60th).
+pub fn attach_enforcement(
+    enforcer: &Enforcer,
+    probe: &mut Probe,
+    selectors: &ClassSelectors,
+    failures: &mut u64,
+) -> bool {
+    match enforcer.attach(probe, selectors) {
+        Ok(()) => {
+            *failures = 0;
+            true
+        }
+        Err(e) => {
+            if (*failures).is_multiple_of(60) {
+                warn!(error = %format!("{e:#}"), failures = *failures + 1, "attaching enforcement to the classes' cgroups failed; retrying at every sweep");
+            }
+            *failures += 1;
+            false
+        }
     }
 }

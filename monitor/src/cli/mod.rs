@@ -5,18 +5,21 @@ mod check_config;
 mod detach;
 mod enforcing;
 mod flows;
+mod generate;
+mod logging;
 mod lookup;
 mod output;
 mod prepare;
 mod run;
 mod status;
+mod systemd;
 mod top;
 
-use std::{io::IsTerminal, net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, ConfigSource};
+use crate::config::{Config, ConfigError, ConfigSource, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -34,12 +37,20 @@ dropped.\n\nLogging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: text (under systemd, without timestamps and with the journal's
+    /// priorities) or json (one object per line) [default: agent.log_format of the
+    /// configuration, else text]
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Load the kernel programs and report flows until SIGINT or SIGTERM; SIGHUP reloads the
     /// classes' policies (needs root)
+    #[command(
+        long_about = "Load the kernel programs (or adopt the ones a previous agent left pinned), attach them to the cgroup v2 root, and report flows to the sinks until SIGINT or SIGTERM. The programs stay attached and counting after the agent exits, so that the next agent reports what happened meanwhile; `egress-monitor detach` removes them. Needs root (or the capabilities the README lists).\n\nSIGHUP re-reads the configuration file. The classes' approved, unknown, internal, severity and mode are applied at once (into the kernel's verdict tables too); a change to anything else is refused with the keys named (restart for those), and a file with an error is refused with the message check-config prints. Either way the running configuration stays in force.\n\nUnder systemd (Type=notify) the agent sends READY=1 once its programs are attached and the pinned maps adopted, RELOADING=1 and READY=1 around a reload, feeds the watchdog at every sweep, and logs each line with the journal's priority and without a timestamp.\n\nFiles: /etc/egress-monitor/egress-monitor.toml (the configuration), /var/lib/egress-monitor (agent.state_dir: the store and the alert outbox), /run/egress-monitor/api.sock (api.socket, mode 0660), /sys/fs/bpf/egress-monitor (agent.pin_dir: the pinned programs and maps)."
+    )]
     Run(ConfigArg),
     /// Validate a configuration file; exits 1 and names the line, key and value on error
     CheckConfig(ConfigArg),
@@ -92,6 +103,20 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
+    #[command(
+        after_help = "Example:\n  egress-monitor completions bash > /etc/bash_completion.d/egress-monitor"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (egress-monitor.8 and one per command) into a directory
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -134,22 +159,26 @@ impl ConfigArg {
     }
 }
 
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
+    if !matches!(cli.command, Command::Run(_)) {
+        logging::init(log_format.unwrap_or_default());
+    }
     match cli.command {
         Command::Run(arg) => {
+            // The configuration may set the log format: read first (an error goes to stderr
+            // as it is).
             let config = arg.load()?;
+            logging::init(log_format.unwrap_or(config.agent.log_format));
             run::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            generate::completions(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            generate::manpages(&dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(arg) => Ok(check_config::check(&arg)),

@@ -23,8 +23,9 @@ use crate::{
     cgroup::{self, CgroupNames},
     classes::{ClassDescription, ClassSelectors},
     cli::{
-        enforcing::Enforcer,
+        enforcing::{Enforcer, attach_enforcement, reload_policies},
         prepare::{Places, Prepared, prepare},
+        systemd::ServiceManager,
     },
     config::Config,
     export::clickhouse,
@@ -54,6 +55,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     // socket's mode is set explicitly.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o077) };
+    let manager = ServiceManager::new();
     let root = match &config.agent.cgroup_root {
         Some(p) => p.clone(),
         None => cgroup::detect_root()?,
@@ -200,6 +202,12 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
         host = %host,
         "agent running; stop with SIGINT or SIGTERM, reload the classes' policies with SIGHUP"
     );
+    if let Some(period) = manager.watchdog()
+        && config.agent.sweep_interval.0 * 2 > period
+    {
+        warn!(watchdog = ?period, sweep_interval = ?config.agent.sweep_interval.0, "the service manager's watchdog is fed at every sweep: agent.sweep_interval should be under half of WatchdogSec");
+    }
+    manager.ready(&format!("counting; {} classes", config.classes.len()));
 
     let mut classes_to_write = None;
     // Enforcement to attach to the classes' cgroups as they are now (retried at every sweep
@@ -245,6 +253,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     let started = Instant::now();
                     let read_at = chrono::Utc::now();
                     pipeline.sweep(&mut probe.flows, &mut out);
+                    manager.alive();
                     if read_due {
                         // Questions wait for live totals: every flow that changed, reported now.
                         pipeline.report_changed(&mut out);
@@ -303,6 +312,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     }
                 }
                 _ = sighup.recv() => {
+                    manager.reloading();
                     // Seconds with a large database: off the async workers, as at a reload.
                     match tokio::task::block_in_place(|| reload_policies(&config, &mut probe, &mut pipeline)) {
                         Ok((new, new_enforcer, tables)) => {
@@ -314,9 +324,10 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                         }
                         Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; the running one stays in force"),
                     }
+                    manager.reloaded(&format!("counting; {} classes", config.classes.len()));
                 }
-                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
-                _ = sigint.recv() => { info!("SIGINT: stopping"); break }
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); manager.stopping(); break }
+                _ = sigint.recv() => { info!("SIGINT: stopping"); manager.stopping(); break }
             }
             deliver(&mut pipeline, &sinks, &mut out).await;
         }
@@ -347,50 +358,6 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
-}
-
-/// A configuration reload (SIGHUP): the classes' policies of the file as it is now, judged by the
-/// agent and compiled into the kernel's verdict tables, all or nothing: a file that does not load,
-/// changes more than the policies, or cannot be compiled leaves everything as it was.
-fn reload_policies(
-    config: &Config,
-    probe: &mut Probe,
-    pipeline: &mut Pipeline,
-) -> anyhow::Result<(Config, Enforcer, Option<status::VerdictTablesStatus>)> {
-    let new = config.reload().map_err(anyhow::Error::msg)?;
-    let enforcer = Enforcer::new(&new.class_modes());
-    let old = pipeline.replace_policy(new.policy());
-    let tables = match enforcer.install(probe, pipeline) {
-        Ok(tables) => tables,
-        Err(e) => {
-            pipeline.replace_policy(old);
-            return Err(e);
-        }
-    };
-    Ok((new, enforcer, tables))
-}
-
-/// Attaches enforcement to exactly the existing cgroups of enforcing classes; false when that
-/// failed (the caller retries at the next sweep; logged the first time and every 60th).
-fn attach_enforcement(
-    enforcer: &Enforcer,
-    probe: &mut Probe,
-    selectors: &ClassSelectors,
-    failures: &mut u64,
-) -> bool {
-    match enforcer.attach(probe, selectors) {
-        Ok(()) => {
-            *failures = 0;
-            true
-        }
-        Err(e) => {
-            if (*failures).is_multiple_of(60) {
-                warn!(error = %format!("{e:#}"), failures = *failures + 1, "attaching enforcement to the classes' cgroups failed; retrying at every sweep");
-            }
-            *failures += 1;
-            false
-        }
-    }
 }
 
 /// Sockets opened before the programs were attached: the hooks that record a socket's process
