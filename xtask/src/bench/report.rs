@@ -58,8 +58,9 @@ pub(super) fn markdown(
     );
     let (before, before_run) = previous_rows(previous);
     s += &format!(
-        "The last column is the previous full run's ({before_run}): its result, and whether it met the target.\n\n"
+        "The last column is the previous full run, {before_run}: its result, and whether it met the target.\n\n"
     );
+    let mut seen = std::collections::HashMap::new();
     s += "| measurement | result | target | met | previous run |\n|---|---|---|---|---|\n";
     for r in rows {
         let met = match r.met {
@@ -68,7 +69,7 @@ pub(super) fn markdown(
             None => "",
         };
         let name = r.name.trim_start();
-        let was = before.get(name).map(String::as_str).unwrap_or("");
+        let was = before.get(&row_key(name, &mut seen)).map(String::as_str).unwrap_or("");
         s += &format!("| {name} | {} | {} | {met} | {was} |\n", r.value, r.target);
     }
     s += TRIED;
@@ -142,8 +143,8 @@ segments it sent again (iperf3's `retransmits`, one MSS each).\n";
 
 /// What was tried against the targets still missed, and what each attempt did: kept true to the
 /// code by whoever changes either.
-/// The rows of a previous BENCHMARKS.md: measurement -> "result (met)", and its run line.
-fn previous_rows(md: &str) -> (std::collections::HashMap<String, String>, String) {
+/// The rows of a previous BENCHMARKS.md, by [`row_key`]: "result (met)"; and its run line.
+fn previous_rows(md: &str) -> (std::collections::HashMap<(String, usize), String>, String) {
     let run = md
         .lines()
         .find_map(|l| l.strip_prefix("Run: "))
@@ -151,17 +152,25 @@ fn previous_rows(md: &str) -> (std::collections::HashMap<String, String>, String
         .unwrap_or("none recorded")
         .to_owned();
     let mut rows = std::collections::HashMap::new();
+    let mut seen = std::collections::HashMap::new();
     for line in md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| measurement")) {
-        let cells: Vec<&str> =
-            line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+        let cells: Vec<&str> = line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
         if cells.len() < 4 {
             continue;
         }
-        let shown =
-            if cells[3].is_empty() { cells[1].to_owned() } else { format!("{} ({})", cells[1], cells[3]) };
-        rows.insert(cells[0].to_owned(), shown);
+        let shown = if cells[3].is_empty() { cells[1].to_owned() } else { format!("{} ({})", cells[1], cells[3]) };
+        rows.insert(row_key(cells[0], &mut seen), shown);
     }
     (rows, run)
+}
+
+/// A row's measurement without what varies between runs (the parenthesised CPU share), and
+/// which occurrence of that name it is: "with egress-monitor" is a row of several sections.
+fn row_key(name: &str, seen: &mut std::collections::HashMap<String, usize>) -> (String, usize) {
+    let base = name.split(" (").next().unwrap_or(name).trim().to_owned();
+    let n = seen.entry(base.clone()).or_insert(0);
+    *n += 1;
+    (base, *n)
 }
 
 const TRIED: &str = "\n## Missed targets: what was tried\n\n\
