@@ -62,6 +62,11 @@ impl Traffic {
         self.stdin.take();
     }
 
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -137,7 +137,7 @@ fn readiness_comes_after_attach_then_the_watchdog_reloads_and_the_stop_are_told(
     // The watchdog is fed at every sweep (1 s).
     service.until("WATCHDOG=1", Duration::from_secs(5));
 
-    // A reload is announced, and its end too (here refused: the file changes a selector).
+    // A reload is announced, and its end too (here applied: the class selects another uid).
     let text = std::fs::read_to_string(&service.config).unwrap();
     std::fs::write(&service.config, text.replace("uids = [4242]", "uids = [4243]")).unwrap();
     service.signal(libc::SIGHUP);
@@ -153,7 +153,7 @@ fn readiness_comes_after_attach_then_the_watchdog_reloads_and_the_stop_are_told(
     // Under the journal: each line starts with its priority and has no timestamp of its own.
     let log = service.log();
     assert!(log.lines().any(|l| l.starts_with("<6>agent running")), "{log}");
-    assert!(log.lines().any(|l| l.starts_with("<4>SIGHUP: the configuration was not reloaded")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<6>SIGHUP: the configuration was reloaded")), "{log}");
     for line in log.lines().filter(|l| !l.is_empty()) {
         assert!(
             line.starts_with('<') && line.as_bytes().get(2) == Some(&b'>'),

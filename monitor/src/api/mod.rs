@@ -48,8 +48,9 @@ pub struct ApiState {
     pub started: Instant,
     /// The state directory, whose outbox holds the alerts sinks gave up on.
     pub state_dir: PathBuf,
-    /// The configured classes: a `class` filter naming another one is refused.
-    pub classes: Arc<Vec<String>>,
+    /// The configured classes: a `class` filter naming another one is refused. A reload may
+    /// add classes.
+    pub classes: Arc<std::sync::RwLock<Vec<String>>>,
     /// Store queries running at once. Queries wait for a permit rather than take every core:
     /// the store's writer (the evidence) must keep up while people query.
     pub queries: Arc<tokio::sync::Semaphore>,
@@ -258,7 +259,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 async fn flows(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = params(raw);
-    if let Err(e) = check_classes(&params, &s.classes) {
+    if let Err(e) = check_classes(&params, &s.classes.read().unwrap_or_else(|e| e.into_inner())) {
         return bad_request(e);
     }
     let q = match FlowQuery::parse(&params, chrono::Utc::now()) {
@@ -324,7 +325,7 @@ fn flows_answer(
 
 async fn alerts(State(s): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
     let params = params(raw);
-    if let Err(e) = check_classes(&params, &s.classes) {
+    if let Err(e) = check_classes(&params, &s.classes.read().unwrap_or_else(|e| e.into_inner())) {
         return bad_request(e);
     }
     let q = match AlertQuery::parse(&params, chrono::Utc::now()) {

@@ -12,11 +12,7 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::{
-    classes::ClassSelectors,
-    config::{Config, Mode},
-    pipeline::Pipeline,
-    probe::Probe,
-    status::VerdictTablesStatus,
+    classes::ClassSelectors, config::Mode, pipeline::Pipeline, probe::Probe, status::VerdictTablesStatus,
 };
 
 pub struct Enforcer {
@@ -110,27 +106,6 @@ impl Enforcer {
         }
         Ok(())
     }
-}
-
-/// A configuration reload (SIGHUP): the classes' policies of the file as it is now, judged by the
-/// agent and compiled into the kernel's verdict tables, all or nothing: a file that does not load,
-/// changes more than the policies, or cannot be compiled leaves everything as it was.
-pub fn reload_policies(
-    config: &Config,
-    probe: &mut Probe,
-    pipeline: &mut Pipeline,
-) -> anyhow::Result<(Config, Enforcer, Option<VerdictTablesStatus>)> {
-    let new = config.reload().map_err(anyhow::Error::msg)?;
-    let enforcer = Enforcer::new(&new.class_modes());
-    let old = pipeline.replace_policy(new.policy());
-    let tables = match enforcer.install(probe, pipeline) {
-        Ok(tables) => tables,
-        Err(e) => {
-            pipeline.replace_policy(old);
-            return Err(e);
-        }
-    };
-    Ok((new, enforcer, tables))
 }
 
 /// Attaches enforcement to exactly the existing cgroups of enforcing classes; false when that

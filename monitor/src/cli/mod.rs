@@ -10,6 +10,7 @@ mod logging;
 mod lookup;
 mod output;
 mod prepare;
+mod reload;
 mod run;
 mod status;
 mod systemd;
@@ -47,9 +48,9 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the kernel programs and report flows until SIGINT or SIGTERM; SIGHUP reloads the
-    /// classes' policies (needs root)
+    /// configuration (needs root)
     #[command(
-        long_about = "Load the kernel programs (or adopt the ones a previous agent left pinned), attach them to the cgroup v2 root, and report flows to the sinks until SIGINT or SIGTERM. The programs stay attached and counting after the agent exits, so that the next agent reports what happened meanwhile; `egress-monitor detach` removes them. Needs root (or the capabilities the README lists).\n\nSIGHUP re-reads the configuration file. The classes' approved, unknown, internal, severity and mode are applied at once (into the kernel's verdict tables too); a change to anything else is refused with the keys named (restart for those), and a file with an error is refused with the message check-config prints. Either way the running configuration stays in force.\n\nUnder systemd (Type=notify) the agent sends READY=1 once its programs are attached and the pinned maps adopted, RELOADING=1 and READY=1 around a reload, feeds the watchdog at every sweep, and logs each line with the journal's priority and without a timestamp.\n\nFiles: /etc/egress-monitor/egress-monitor.toml (the configuration), /var/lib/egress-monitor (agent.state_dir: the store and the alert outbox), /run/egress-monitor/api.sock (api.socket, mode 0660), /sys/fs/bpf/egress-monitor (agent.pin_dir: the pinned programs and maps)."
+        long_about = "Load the kernel programs (or adopt the ones a previous agent left pinned), attach them to the cgroup v2 root, and report flows to the sinks until SIGINT or SIGTERM. The programs stay attached and counting after the agent exits, so that the next agent reports what happened meanwhile; `egress-monitor detach` removes them. Needs root (or the capabilities the README lists).\n\nSIGHUP re-reads the configuration file and applies its classes (selectors and policies; new classes after the existing ones), sites, [geoip] sources and sinks, all together, while the kernel goes on counting. A file with an error is refused with the message check-config prints; a change to [agent], [alerts], [store], [api] or [export], or classes removed, renamed or reordered, are refused with the keys named (restart for those). A refused file changes nothing.\n\nUnder systemd (Type=notify) the agent sends READY=1 once its programs are attached and the pinned maps adopted, RELOADING=1 and READY=1 around a reload, feeds the watchdog at every sweep, and logs each line with the journal's priority and without a timestamp.\n\nFiles: /etc/egress-monitor/egress-monitor.toml (the configuration), /var/lib/egress-monitor (agent.state_dir: the store and the alert outbox), /run/egress-monitor/api.sock (api.socket, mode 0660), /sys/fs/bpf/egress-monitor (agent.pin_dir: the pinned programs and maps)."
     )]
     Run(ConfigArg),
     /// Validate a configuration file; exits 1 and names the line, key and value on error

@@ -23,8 +23,9 @@ use crate::{
     cgroup::{self, CgroupNames},
     classes::{ClassDescription, ClassSelectors},
     cli::{
-        enforcing::{Enforcer, attach_enforcement, reload_policies},
+        enforcing::{Enforcer, attach_enforcement},
         prepare::{Places, Prepared, prepare},
+        reload::{Reloaded, reload},
         systemd::ServiceManager,
     },
     config::Config,
@@ -110,7 +111,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
         Some(Box::new(probe.reported_handle()?)),
     );
     let store_counters = store.counters.clone();
-    let sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
+    let mut sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
     let host: Arc<str> = host_name(&config).into();
     let started = Instant::now();
     let status = Arc::new(Mutex::new(Status {
@@ -144,6 +145,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     // running totals); one read serves the questions of a sweep interval.
     let (live, read_requests) = LiveTotals::new(store_counters.clone(), config.agent.sweep_interval.0);
     let mut reads = ReadQueue::new(read_requests, config.agent.sweep_interval.0 / 2);
+    let api_classes = Arc::new(std::sync::RwLock::new(config.class_names()));
     let state = ApiState {
         live: Some(live),
         store: store.reader.clone(),
@@ -151,7 +153,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         started,
         state_dir: config.agent.state_dir.clone(),
-        classes: Arc::new(config.class_names()),
+        classes: api_classes.clone(),
         queries: Arc::new(tokio::sync::Semaphore::new(api::query_permits())),
         flow_answers: Arc::default(),
     };
@@ -194,13 +196,11 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sweep = interval(config.agent.sweep_interval.0);
     sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut reload = interval(config.geoip.reload_interval.0);
-    reload.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    reload.tick().await; // the first tick is immediate; the files were just loaded
+    let mut files_check = files_timer(&config).await;
     info!(
         classes = config.classes.len(),
         host = %host,
-        "agent running; stop with SIGINT or SIGTERM, reload the classes' policies with SIGHUP"
+        "agent running; stop with SIGINT or SIGTERM, reload the configuration with SIGHUP"
     );
     if let Some(period) = manager.watchdog()
         && config.agent.sweep_interval.0 * 2 > period
@@ -300,7 +300,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     // its own would double the sweeps' cost under a steady flow of questions.
                     read_due |= due;
                 }
-                _ = reload.tick() => {
+                _ = files_check.tick() => {
                     // A replaced database or range file: the kernel's verdicts follow.
                     if pipeline.enricher.reload_replaced() {
                         // Seconds with a large database: off the runtime's async workers, so
@@ -314,13 +314,33 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                 _ = sighup.recv() => {
                     manager.reloading();
                     // Seconds with a large database: off the async workers, as at a reload.
-                    match tokio::task::block_in_place(|| reload_policies(&config, &mut probe, &mut pipeline)) {
-                        Ok((new, new_enforcer, tables)) => {
-                            (config, enforcer) = (new, new_enforcer);
+                    match tokio::task::block_in_place(|| reload(&config, &root, &mut probe, &mut pipeline)) {
+                        Ok(Reloaded { config: new, enforcer: new_enforcer, tables, selectors: new_selectors, sinks: new_sinks }) => {
                             status.lock().unwrap_or_else(|e| e.into_inner()).kernel.verdict_tables = tables;
+                            enforcer = new_enforcer;
+                            // The new classes into the kernel's class maps now (sockets are
+                            // classified again at their next packet); retried at every sweep
+                            // when the write fails, as after a rescan.
+                            selectors = new_selectors;
+                            let cgroups = selectors.rescan().cloned().unwrap_or_default();
+                            match probe.classes.replace(&cgroups, selectors.uids()) {
+                                Ok(()) => pipeline.classes_changed(selectors.paths()),
+                                Err(e) => {
+                                    warn!(error = %format!("{e:#}"), "writing the kernel class maps failed; retrying at the next sweep");
+                                    classes_to_write = Some(cgroups);
+                                }
+                            }
+                            *api_classes.write().unwrap_or_else(|e| e.into_inner()) = new.class_names();
+                            // Records until now go to the sinks that took them so far.
+                            deliver(&mut pipeline, &sinks, &mut out).await;
+                            sinks.reopen(&new.outbox_options(), new_sinks).await.context("starting the reloaded sinks")?;
+                            if new.geoip.reload_interval.0 != config.geoip.reload_interval.0 {
+                                files_check = files_timer(&new).await;
+                            }
+                            config = new;
                             // A class that starts or stops enforcing: its cgroups follow.
                             attach_due = !attach_enforcement(&enforcer, &mut probe, &selectors, &mut attach_failures);
-                            info!(file = %config.origin, attach_pending = attach_due, "SIGHUP: the classes' policies were reloaded, into the kernel's verdict tables too");
+                            info!(file = %config.origin, classes = config.classes.len(), attach_pending = attach_due, "SIGHUP: the configuration was reloaded: classes, sites, geolocation sources and sinks");
                         }
                         Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: the configuration was not reloaded; the running one stays in force"),
                     }
@@ -418,6 +438,15 @@ fn class_status(selectors: &ClassSelectors, pipeline: &Pipeline, enforcer: &Enfo
             last_hour: Default::default(),
         })
         .collect()
+}
+
+/// How often the databases and range files are checked for a replaced version
+/// (`geoip.reload_interval`); the first tick is now's, taken (the files were just opened).
+async fn files_timer(config: &Config) -> tokio::time::Interval {
+    let mut t = interval(config.geoip.reload_interval.0);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t.tick().await;
+    t
 }
 
 fn host_name(config: &Config) -> String {

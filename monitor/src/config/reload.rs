@@ -1,18 +1,20 @@
-//! A configuration reload (SIGHUP): what may change while the agent runs. Each class's policy
-//! (`approved`, `unknown`, `internal`, `severity`, `mode`) is applied at once: judged anew, and
-//! compiled into the kernel's verdict tables. Anything else (selectors, sources, sites, sinks,
-//! the store, the API) needs a restart: a reload that changes it is refused as a whole, so a
-//! running agent never works on half of a new file.
+//! A configuration reload (SIGHUP): what may change while the agent runs. The classes (their
+//! selectors and policies; new classes after the existing ones), the sites, the geolocation
+//! sources and the sinks are applied; anything else (`[agent]`, `[alerts]`, `[store]`, `[api]`,
+//! `[export]`) needs a restart, and a reload that changes it is refused as a whole, so a running
+//! agent never works on half of a new file.
 
 use super::{Config, ConfigError, Origin};
 
-/// The keys of a `[[classes]]` table a reload applies.
-pub const RELOADABLE_CLASS_KEYS: [&str; 5] = ["approved", "unknown", "internal", "severity", "mode"];
+/// The top-level keys a reload applies.
+pub const RELOADABLE: [&str; 4] = ["classes", "sites", "geoip", "sinks"];
 
 impl Config {
     /// Reads the configuration again from where this one came from. Refused, with the reason,
-    /// when the file does not load (the error names file, line, key and value) or when it
-    /// changes more than the classes' policies (the message names the keys).
+    /// when the file does not load (the error names file, line, key and value, as
+    /// `check-config` prints it), when it changes what needs a restart (the message names the
+    /// keys), or when it removes, renames or reorders classes (a class keeps its id, which the
+    /// kernel and the flows it counts carry, for as long as the agent runs).
     pub fn reload(&self) -> Result<Config, String> {
         let new = match &self.origin {
             Origin::File(path) => Config::from_file(path).map_err(|e: ConfigError| e.to_string())?,
@@ -20,69 +22,54 @@ impl Config {
                 return Err("the agent runs on the embedded defaults: there is no file to reload".into());
             }
         };
-        let changed = changed_outside_policies(&self.text, &new.text);
+        let changed = changed_outside_reloadable(&self.text, &new.text);
         if !changed.is_empty() {
             return Err(format!(
-                "{}: changes to {} need a restart (a reload applies only the classes' {}); nothing was applied",
+                "{}: changes to {} need a restart (a reload applies {}); nothing was applied",
                 self.origin,
                 changed.join(", "),
-                RELOADABLE_CLASS_KEYS.join(", ")
+                RELOADABLE.map(|k| format!("[{k}]")).join(", ")
+            ));
+        }
+        let (old, now) = (self.class_names(), new.class_names());
+        if !now.starts_with(&old) {
+            return Err(format!(
+                "{}: the classes were {old:?} and would be {now:?}: while the agent runs, classes may \
+                 be added after the existing ones, not removed, renamed or reordered (each keeps its \
+                 id); that needs a restart; nothing was applied",
+                self.origin
             ));
         }
         Ok(new)
     }
 }
 
-/// The top-level keys (or `classes[i].key`) whose values differ between two configuration
-/// texts, the reloadable class keys aside. Both texts parsed before.
-fn changed_outside_policies(old: &str, new: &str) -> Vec<String> {
-    let (Ok(mut old), Ok(mut new)) = (old.parse::<toml::Table>(), new.parse::<toml::Table>()) else {
+/// The top-level keys whose values differ between two configuration texts, the reloadable ones
+/// aside. Both texts parsed before.
+fn changed_outside_reloadable(old: &str, new: &str) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (old.parse::<toml::Table>(), new.parse::<toml::Table>()) else {
         return vec!["the whole file".into()];
     };
-    let mut changed = Vec::new();
-    let (old_classes, new_classes) = (take_classes(&mut old), take_classes(&mut new));
-    if old_classes.len() != new_classes.len() {
-        changed.push("the number of [[classes]]".to_owned());
-    } else {
-        for (i, (o, n)) in old_classes.iter().zip(&new_classes).enumerate() {
-            let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
-            for k in keys {
-                if !RELOADABLE_CLASS_KEYS.contains(&k.as_str()) && o.get(k) != n.get(k) {
-                    changed.push(format!("classes[{i}].{k}"));
-                }
-            }
-        }
-    }
-    let keys: std::collections::BTreeSet<String> = old.keys().chain(new.keys()).cloned().collect();
-    for k in keys {
-        if old.get(&k) != new.get(&k) {
-            changed.push(k);
-        }
-    }
-    changed
-}
-
-fn take_classes(t: &mut toml::Table) -> Vec<toml::Table> {
-    match t.remove("classes") {
-        Some(toml::Value::Array(a)) => a
-            .into_iter()
-            .map(|v| if let toml::Value::Table(t) = v { t } else { toml::Table::new() })
-            .collect(),
-        _ => Vec::new(),
-    }
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !RELOADABLE.contains(&k.as_str()) && old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::changed_outside_policies as changed;
+    use super::changed_outside_reloadable as changed;
 
     const BASE: &str =
         "[agent]\nhost = \"h\"\n[[classes]]\nname = \"a\"\ncgroups = [\"/a\"]\napproved = [\"US\"]\n";
 
     #[test]
-    fn class_policies_may_change() {
-        let new =
-            BASE.replace("[\"US\"]", "[\"US\", \"CA\"]") + "mode = \"enforce\"\ninternal = \"violation\"\n";
+    fn classes_sites_sources_and_sinks_may_change() {
+        let new = BASE.replace("[\"US\"]", "[\"US\", \"CA\"]").replace("\"/a\"", "\"/b\"")
+            + "mode = \"enforce\"\n[[classes]]\nname = \"b\"\nuids = [1]\n\
+               [[sites]]\nname = \"s\"\ncountry = \"US\"\ncidrs = []\n\
+               [geoip]\nreload_interval = \"5s\"\n[[sinks]]\ntype = \"stdout\"\n";
         assert_eq!(changed(BASE, &new), Vec::<String>::new());
         // Comments and layout are not changes.
         assert_eq!(changed(BASE, &format!("# note\n{BASE}\n")), Vec::<String>::new());
@@ -90,13 +77,11 @@ mod tests {
 
     #[test]
     fn anything_else_is_named() {
-        assert_eq!(changed(BASE, &BASE.replace("\"/a\"", "\"/b\"")), ["classes[0].cgroups"]);
         assert_eq!(changed(BASE, &BASE.replace("\"h\"", "\"g\"")), ["agent"]);
-        let more = format!("{BASE}[[classes]]\nname = \"b\"\nuids = [1]\n");
-        assert_eq!(changed(BASE, &more), ["the number of [[classes]]"]);
+        assert_eq!(changed(BASE, &format!("{BASE}[store]\nretention = \"7d\"\n")), ["store"]);
         assert_eq!(
-            changed(BASE, &format!("{BASE}[[sites]]\nname = \"s\"\ncountry = \"US\"\ncidrs = []\n")),
-            ["sites"]
+            changed(BASE, &format!("{BASE}[alerts]\ncooldown = \"1m\"\n[api]\nsocket = \"/x\"\n")),
+            ["alerts", "api"]
         );
     }
 }

@@ -94,6 +94,13 @@ impl Pipeline {
         std::mem::replace(&mut self.policy, policy)
     }
 
+    /// A reload added classes (`names`: every class's, in class-id order; the existing ones
+    /// keep their ids): records and metrics name the new ones from now on.
+    pub fn set_class_names(&mut self, names: Vec<Arc<str>>) {
+        self.labels = metric_labels(&names);
+        self.records.classes = names;
+    }
+
     /// The residency policy compiled for the kernel's verdict tables, from the places in
     /// force now.
     pub fn compile_policy(&mut self) -> Result<crate::policy::compile::Compiled, String> {

@@ -8,6 +8,7 @@
 
 mod delivery;
 mod outbox;
+mod reopen;
 mod stdout;
 pub mod syslog;
 mod syslog_address;

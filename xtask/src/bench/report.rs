@@ -154,11 +154,13 @@ fn previous_rows(md: &str) -> (std::collections::HashMap<(String, usize), String
     let mut rows = std::collections::HashMap::new();
     let mut seen = std::collections::HashMap::new();
     for line in md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| measurement")) {
-        let cells: Vec<&str> = line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+        let cells: Vec<&str> =
+            line.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
         if cells.len() < 4 {
             continue;
         }
-        let shown = if cells[3].is_empty() { cells[1].to_owned() } else { format!("{} ({})", cells[1], cells[3]) };
+        let shown =
+            if cells[3].is_empty() { cells[1].to_owned() } else { format!("{} ({})", cells[1], cells[3]) };
         rows.insert(row_key(cells[0], &mut seen), shown);
     }
     (rows, run)
