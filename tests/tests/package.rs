@@ -179,9 +179,12 @@ fn run_installed_agent() -> Vec<u32> {
     let log = tempfile::NamedTempFile::new().unwrap();
     // With only the unit's capabilities (and no new privileges), as systemd would start it.
     let caps: Vec<String> = unit_capabilities().iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    // And in the group the unit runs it in (Group=egress-monitor): the API socket's group.
+    let gid = group_id();
     let mut child = Command::new("setpriv")
         .arg(format!("--bounding-set=-all,{}", caps.join(",")))
-        .args(["--inh-caps=-all", "--no-new-privs", BIN, "run", "--config", CONFFILE])
+        .args(["--inh-caps=-all", "--no-new-privs", &format!("--regid={gid}"), "--clear-groups"])
+        .args([BIN, "run", "--config", CONFFILE])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log.reopen().unwrap())
@@ -196,6 +199,20 @@ fn run_installed_agent() -> Vec<u32> {
         assert!(Instant::now() < deadline, "the installed agent did not start:\n{}", read());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A member of the group who is not root (nobody, here) may use the API socket.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let socket = std::fs::metadata("/run/egress-monitor/api.sock").unwrap();
+    assert_eq!((socket.gid(), socket.permissions().mode() & 0o777), (gid, 0o660), "the API socket");
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", BIN, "status", "-o", "json"])
+        .args(["--config", CONFFILE])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success() && String::from_utf8_lossy(&status.stdout).contains("\"programs\""),
+        "status as nobody in group egress-monitor: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -215,6 +232,12 @@ fn unit_capabilities() -> Vec<String> {
     let line =
         unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("CapabilityBoundingSet=");
     line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_owned()).collect()
+}
+
+/// The gid of the group the package creates.
+fn group_id() -> u32 {
+    let line = ok("getent", &["group", "egress-monitor"]);
+    line.split(':').nth(2).and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("getent group: {line}"))
 }
 
 fn has_program_set() -> bool {
