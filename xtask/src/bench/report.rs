@@ -198,9 +198,9 @@ socket-local storage in every network namespace at each sweep and each live ques
 release flushing its counts into the flow map (verified to work on this kernel; bpf iterators are not \
 available here). Not done yet. A flush into the flow map on a timer was rejected: live answers must be \
 exact.\n  - \
-Throughput with the memset fix: 99.2% in one full run, 97.1% in the next (96.5% before it); the \
-no-monitor baseline itself moved between 14.8 and 18.4 Gbit/s from run to run on this shared machine, so \
-the target is not met reliably.\n\
+Throughput with the memset fix: 99.2% in one full run, 97.1% and 96.8% in the next two (96.5% before \
+it); the no-monitor baseline itself moved between 14.8 and 21.0 Gbit/s from run to run on this shared \
+machine, so the target is not met reliably.\n\
 - **Short connections and small datagrams**: dropping the connect event and the new-flow events of \
 unclassified flows (and of flows the verdict tables approve) made no measurable difference to the \
 connection rate (quick runs before and after: 69.5% to 80%, within the noise). Stopping the agent's \
