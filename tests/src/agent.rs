@@ -175,13 +175,7 @@ impl Agent {
 
     /// Kernel program ids the agent logged as attached.
     pub fn program_ids(&self) -> Vec<u32> {
-        self.stderr()
-            .lines()
-            .filter(|l| l.contains("attached") && l.contains("program="))
-            .filter_map(|l| {
-                l.split_whitespace().find_map(|w| w.strip_prefix("id=")).and_then(|id| id.parse().ok())
-            })
-            .collect()
+        program_ids(&self.stderr())
     }
 
     /// Sends `signal` and waits for the agent to exit.
@@ -206,6 +200,16 @@ impl Agent {
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_with(libc::SIGTERM)
     }
+}
+
+/// Kernel program ids an agent's text log names as attached.
+pub fn program_ids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("attached") && l.contains("program="))
+        .filter_map(|l| {
+            l.split_whitespace().find_map(|w| w.strip_prefix("id=")).and_then(|id| id.parse().ok())
+        })
+        .collect()
 }
 
 /// The configuration with `agent.pin_dir` set, unless it sets one.

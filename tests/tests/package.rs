@@ -217,13 +217,7 @@ fn run_installed_agent() -> Vec<u32> {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "the installed agent exited with {status}:\n{}", read());
-    read()
-        .lines()
-        .filter(|l| l.contains("attached") && l.contains("program="))
-        .filter_map(|l| {
-            l.split_whitespace().find_map(|w| w.strip_prefix("id=")).and_then(|id| id.parse().ok())
-        })
-        .collect()
+    integration_tests::agent::program_ids(&read())
 }
 
 /// `CapabilityBoundingSet=` of the unit, without the `CAP_` prefixes.
