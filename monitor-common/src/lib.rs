@@ -204,6 +204,59 @@ pub struct BlockEvent {
     pub process: ProcessInfo,
 }
 
+/// DNS answers: the most bytes of one answer's DNS payload the kernel copies to the agent (an
+/// EDNS answer over UDP is rarely over 1232 bytes; one cut short is counted as truncated). One
+/// less than a power of two, so that the kernel can bound a length with a mask.
+pub const DNS_CAPTURE_MAX: usize = 2047;
+
+/// The DNS port: packets received from it (UDP or TCP) are answers.
+pub const DNS_PORT: u16 = 53;
+
+/// What precedes the copied payload of one received DNS packet in the `DNS_ANSWERS` ring
+/// buffer (a record is this header, then `captured` bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsHeader {
+    /// `bpf_ktime_get_ns` when the packet reached the socket.
+    pub ktime_ns: u64,
+    /// The receiving socket's cgroup.
+    pub cgroup_id: u64,
+    /// The receiving socket's cookie (with the addresses, the key of a TCP stream).
+    pub cookie: u64,
+    /// The answering server (source) and the receiver (destination), IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u16,
+    /// TCP: the segment's sequence number (host order); 0 for UDP.
+    pub tcp_seq: u32,
+    /// Length of the DNS payload in the packet (UDP payload, TCP segment data).
+    pub payload_len: u32,
+    /// Bytes of it that follow this header (at most `DNS_CAPTURE_MAX`).
+    pub captured: u32,
+    pub _pad2: u32,
+}
+
+/// Per-CPU scratch space where the kernel assembles one DNS record before copying it to the
+/// ring buffer (a record of its exact length, not of the largest).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsCapture {
+    pub header: DnsHeader,
+    pub data: [u8; DNS_CAPTURE_MAX + 1],
+}
+
+/// Indexes of the per-CPU `DNS_STATS` counters.
+pub mod dns_stat {
+    /// Answers lost because the ring buffer was full, and their payload bytes.
+    pub const LOST: u32 = 0;
+    pub const LOST_BYTES: u32 = 1;
+    pub const COUNT: u32 = 4;
+}
+
 /// Slots of each program set's `POLICY` array, written by the agent only.
 pub mod policy_slot {
     /// Which pair of verdict tables is in force: 0 none (nothing is refused), 1 the `_A`
@@ -288,6 +341,8 @@ mod user {
     unsafe impl aya::Pod for Reported {}
     unsafe impl aya::Pod for Overflow {}
     unsafe impl aya::Pod for BlockEvent {}
+    unsafe impl aya::Pod for DnsHeader {}
+    unsafe impl aya::Pod for DnsCapture {}
 }
 
 // Layout guards: both sides compile these, so a field change that shifts bytes fails the build.
@@ -300,3 +355,4 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);
 const _: () = assert!(core::mem::size_of::<Reported>() == 24);
 const _: () = assert!(core::mem::size_of::<Overflow>() == 24);
 const _: () = assert!(core::mem::size_of::<BlockEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<DnsHeader>() == 80);

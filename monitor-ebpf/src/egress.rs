@@ -257,6 +257,20 @@ pub struct Headers {
     l4_len: usize,
 }
 
+impl Headers {
+    /// Offset of the transport header.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        self.l4
+    }
+
+    /// Whether the transport header (and so its ports) was found.
+    #[inline(always)]
+    pub fn has_ports(&self) -> bool {
+        self.l4_len != 0
+    }
+}
+
 /// 16 bytes from a packet as four 4-byte loads (the linker would make a plain 16-byte copy a
 /// call to a byte-at-a-time memmove).
 ///

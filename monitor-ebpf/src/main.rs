@@ -9,6 +9,7 @@
 
 mod atomic;
 mod connect;
+mod dns;
 mod egress;
 mod enforce;
 mod lifecycle;

@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    CONFIG_ACTIVE_EPOCH, CONFIG_SLOTS, FlowKey, FlowValue, MAX_CLASSES, Overflow, Reported, SockInfo,
-    agent_slot, policy_slot, stat,
+    CONFIG_ACTIVE_EPOCH, CONFIG_SLOTS, DnsCapture, FlowKey, FlowValue, MAX_CLASSES, Overflow, Reported,
+    SockInfo, agent_slot, dns_stat, policy_slot, stat,
 };
 
 /// Per-flow counters: one entry per (cgroup, 5-tuple). The agent sweeps it and removes the
@@ -120,6 +120,28 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// New-flow, connect and close events for the agent.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// DNS answers received by any socket (see `dns.rs`), each a `DnsHeader` and its payload.
+/// Apart from the events ring, so that a burst of answers never costs a new-flow event.
+#[map]
+pub static DNS_ANSWERS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Where one answer is assembled before it is copied to `DNS_ANSWERS` at its own length.
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<DnsCapture> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU DNS counters, indexed by `monitor_common::dns_stat`.
+#[map]
+pub static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(dns_stat::COUNT, 0);
+
+/// Adds `n` to a `DNS_STATS` counter.
+#[inline(always)]
+pub fn count_dns(index: u32, n: u64) {
+    if let Some(c) = DNS_STATS.get_ptr_mut(index) {
+        // SAFETY: live per-CPU slot; atomic as in `count`.
+        unsafe { crate::atomic::add(c, n) };
+    }
+}
 
 /// Socket-local storage with `BPF_F_CLONE`, so an accepted socket starts with a copy of its
 /// listener's storage (class, process). aya-ebpf's own `SkStorage` fixes the flags to

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 mod build;
 mod classes;
+mod dns;
 mod files;
 mod query;
 mod reload;
@@ -21,6 +22,7 @@ mod sinks;
 mod values;
 
 pub use classes::{ClassConfig, Mode};
+pub use dns::DnsConfig;
 pub use query::{ApiConfig, ClickHouseConfig, DEFAULT_API_SOCKET, ExportConfig, StoreConfig};
 
 pub use query::WebhookUrl;
@@ -49,6 +51,8 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]

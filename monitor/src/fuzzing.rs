@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use crate::{
     config::{Config, Origin},
     enrich::{GeoDb, RangeFile},
+    names::{self, NameOptions, NameTable},
     probe, store,
     store::query::{AlertQuery, FlowQuery},
 };
@@ -58,6 +59,34 @@ pub fn kernel_event(data: &[u8]) {
     let _ = probe::parse_event(data);
 }
 
+/// A DNS message as a socket received it: parsed alone, then taken in by a name table as a
+/// UDP answer and as a TCP stream cut after its first byte (two segments), as the agent does.
+pub fn dns_answer(data: &[u8]) {
+    let _ = names::answer::parse(data);
+    let mut table = NameTable::new(NameOptions { grace: std::time::Duration::from_secs(60), max_names: 64 });
+    let header = |proto, seq, len: usize| monitor_common::DnsHeader {
+        ktime_ns: 1,
+        cgroup_id: 1,
+        cookie: 1,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 53,
+        dport: 40000,
+        family: monitor_common::FAMILY_V4,
+        proto,
+        _pad: 0,
+        tcp_seq: seq,
+        payload_len: len as u32,
+        captured: len as u32,
+        _pad2: 0,
+    };
+    table.on_packet(&probe::DnsPacket { header: header(17, 0, data.len()), payload: data.to_vec() });
+    let (first, rest) = data.split_at(data.len().min(1));
+    table.on_packet(&probe::DnsPacket { header: header(6, 0, first.len()), payload: first.to_vec() });
+    table.on_packet(&probe::DnsPacket { header: header(6, 1, rest.len()), payload: rest.to_vec() });
+    let _ = table.name_of(1, "192.0.2.1".parse().expect("an address"), 1);
+}
+
 #[cfg(test)]
 mod tests {
     /// Every seed and every input a fuzz run once crashed on (fuzz/regressions/<target>/), through
@@ -66,12 +95,13 @@ mod tests {
     fn seeds_and_regression_inputs_pass_their_entry_points() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         type Entry = fn(&[u8]);
-        let targets: [(&str, Entry); 5] = [
+        let targets: [(&str, Entry); 6] = [
             ("config", super::config),
             ("cloud_ranges", super::cloud_ranges),
             ("mmdb", super::mmdb),
             ("api_query", super::api_query),
             ("kernel_event", super::kernel_event),
+            ("dns_answer", super::dns_answer),
         ];
         let mut replayed = 0;
         for (target, entry) in targets {

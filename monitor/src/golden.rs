@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::{
     record::{
-        Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, Endpoint, FlowRecord,
+        Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, DomainName, Endpoint,
+        FlowRecord,
         FlowState, LossRecord, Output, OverflowCount, Process, Protocol, Severity, Timestamp, VerdictKind,
     },
     sinks::{
@@ -61,11 +62,15 @@ fn flow() -> FlowRecord {
         direction: Direction::Outbound,
         protocol: Protocol(6),
         source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
-        destination: DestinationRecord {
-            ip: "175.16.199.1".parse().unwrap(),
-            port: Some(443),
-            place: Arc::new(place()),
-        },
+        destination: DestinationRecord::new(
+            "175.16.199.1".parse().unwrap(),
+            Some(443),
+            Some(&DomainName {
+                domain: "api.bytegraph-cn.example".into(),
+                cname_chain: Arc::from([Arc::from("edge.bytegraph-cn.example")]),
+            }),
+            Arc::new(place()),
+        ),
         verdict: VerdictKind::Violation,
         process: process(),
         bytes: 5120,
@@ -123,6 +128,8 @@ fn loss() -> LossRecord {
         flow_insert_failed: 1,
         sock_storage_failed: 0,
         unparsed_packets: 2,
+        dns_answers_lost: 0,
+        dns_answers_lost_bytes: 0,
         flows_evicted: 5,
         overflow_packets: 7,
         overflow_bytes: 4200,

@@ -1,6 +1,6 @@
 //! egress-monitor's agent as a library: the binary (`main.rs`) only parses the command line.
-//! One road from packet to alert: probe (kernel) -> flows -> pipeline (enrich -> policy ->
-//! record and alert) -> outputs (sinks, store, export); the api (and the cli through it) reads
+//! One road from packet to alert: probe (kernel) -> flows and names -> pipeline (enrich -> policy
+//! -> record and alert) -> outputs (sinks, store, export); the api (and the cli through it) reads
 //! the store. `record` holds the shapes every layer speaks; `config` alone knows TOML and builds
 //! each part's options. The README's architecture section has the layers (a test checks them).
 
@@ -20,6 +20,7 @@ mod golden;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod names;
 pub mod pipeline;
 pub mod policy;
 pub mod probe;

@@ -138,6 +138,12 @@ impl Metrics {
             ("store_dropped", l.0.store_dropped, l.1.store_dropped),
             ("store_write_errors", l.0.store_write_errors, l.1.store_write_errors),
             ("outbox_dropped", l.0.outbox_dropped, l.1.outbox_dropped),
+            ("dns_answers_lost", l.0.dns_answers_lost, l.1.dns_answers_lost),
+            ("dns_answers_lost_bytes", l.0.dns_answers_lost_bytes, l.1.dns_answers_lost_bytes),
+            ("dns_malformed", now.dns.malformed, last.dns.malformed),
+            ("dns_truncated", now.dns.truncated, last.dns.truncated),
+            ("dns_tcp_dropped", now.dns.tcp_dropped, last.dns.tcp_dropped),
+            ("dns_names_evicted", now.dns.evicted, last.dns.evicted),
         ] {
             // Every kind is shown, at zero too.
             self.losses.get_or_create(&LossKind { kind: kind.into() }).inc_by(new.saturating_sub(old));

@@ -21,6 +21,7 @@ pub struct Status {
     pub losses: Losses,
     pub alerts: AlertCounts,
     pub geolocation: LookupCounts,
+    pub dns: DnsCounts,
     pub sinks: Vec<SinkStatus>,
     pub databases: Databases,
     pub export: Vec<ExportStatus>,
@@ -149,6 +150,33 @@ pub struct Losses {
     pub store_dropped: u64,
     pub store_write_errors: u64,
     pub outbox_dropped: u64,
+    /// DNS answers the kernel could not hand over (its DNS ring buffer was full), and their
+    /// payload bytes: flows to the addresses they gave may lack their name.
+    pub dns_answers_lost: u64,
+    pub dns_answers_lost_bytes: u64,
+}
+
+/// What became of the DNS packets the kernel copied (counted by `names::NameTable`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsCounts {
+    /// Packets from port 53 received by any socket and copied by the kernel.
+    pub packets: u64,
+    /// DNS messages that named at least one address, and the names kept now.
+    pub answers: u64,
+    pub names: u64,
+    /// Well-formed messages naming no address (queries, NXDOMAIN, other record types).
+    pub no_address: u64,
+    /// Messages no parser could read, and their bytes: counted and ignored.
+    pub malformed: u64,
+    pub malformed_bytes: u64,
+    /// UDP answers longer than the kernel copies (2047 bytes), and their bytes: ignored.
+    pub truncated: u64,
+    pub truncated_bytes: u64,
+    /// TCP segments dropped with their stream (a segment missed or copied short), and bytes.
+    pub tcp_dropped: u64,
+    pub tcp_dropped_bytes: u64,
+    /// Names forgotten while still valid to make room (`dns.max_names`).
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -127,6 +127,35 @@ severity = "critical"
         (pid, report["locals"].as_array().unwrap().iter().map(port).collect())
     }
 
+    /// A DNS server (em-traffic's) in the `server` cgroup of host a (`on_b` false: a local stub
+    /// resolver) or host b, answering with `records` (NAME=IP, NAME=NAME, NAME=!malformed)
+    /// and `ttl`.
+    pub fn dns_server(&self, on_b: bool, listen: &str, ttl: u32, records: &[&str]) -> Traffic {
+        let netns = if on_b { &self.topo.b } else { &self.topo.a };
+        let mut args = vec!["dns-serve", listen];
+        let ttl = ttl.to_string();
+        args.push(&ttl);
+        args.extend(records);
+        let mut s = Traffic::start(&Placement { netns, cgroup: &self.cg.dir("server"), uid: None }, &args);
+        s.next_report();
+        s
+    }
+
+    /// Resolves `name` at `server` from cgroup `from` on host a (`options`: --aaaa, --tcp,
+    /// --connect PORT BYTES); returns the addresses of the answer and the local ports of the
+    /// connection that followed.
+    pub fn resolve(&self, from: &str, server: &str, name: &str, options: &[&str]) -> (Vec<String>, Vec<u16>) {
+        let mut args = vec!["resolve", server, name];
+        args.extend(options);
+        let mut c = Traffic::start(&Placement { netns: &self.topo.a, cgroup: &self.cg.dir(from), uid: None }, &args);
+        let resolved = c.next_report();
+        let addresses =
+            resolved["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+        let report = c.finish();
+        let ports = report["locals"].as_array().map_or_else(Vec::new, |l| l.iter().map(port).collect());
+        (addresses, ports)
+    }
+
     /// The final record of a TCP flow of this world.
     pub fn ended(&self, agent: &Agent, sport: u16, dport: u16) -> Value {
         agent.wait_for("for the flow's end", WAIT, ended(&self.cg, "tcp", sport, dport))

@@ -171,7 +171,7 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
 
     // Status and metrics.
     let s = api.ok("/v1/status");
-    assert_eq!(s["programs"].as_array().unwrap().len(), 9);
+    assert_eq!(s["programs"].as_array().unwrap().len(), 10);
     assert_eq!(s["host"], "h1");
     assert!(u64_of(&s["databases"]["store_bytes"]) > 0);
     // With no class enforcing, the kernel announces every classified flow (the five of the
@@ -229,7 +229,7 @@ fn api_answers_every_filter_and_group_by_with_real_traffic() {
     );
     assert_eq!(alerts["alerts"][0]["process"]["tid"], printed[0]["process"]["tid"]);
     let status = cli(&["status"]);
-    assert!(status.contains("programs") && status.contains("9 attached"), "{status}");
+    assert!(status.contains("programs") && status.contains("10 attached"), "{status}");
     let top = cli(&["top", "-n", "1", "--since", "1h", "--group-by", "country", "--cgroup", &app]);
     assert!(top.starts_with("egress-monitor top - ") && top.contains("CN"), "{top}");
 }

@@ -58,7 +58,7 @@ fn programs_stay_pinned_across_stops_and_detach_leaves_nothing() {
     cg.create("app");
     let mut agent = Agent::start(&config(&unique("class"), &cg.child_rel("app"), ""));
     let ids = agent.program_ids();
-    assert_eq!(ids.len(), 9, "programs attached:\n{}", agent.stderr());
+    assert_eq!(ids.len(), 10, "programs attached:\n{}", agent.stderr());
     assert!(agent.stderr().contains("start=\"fresh\""), "{}", agent.stderr());
     // The maps the programs use, to check they are freed too.
     let mut maps: Vec<u64> = Vec::new();
@@ -103,7 +103,7 @@ fn programs_stay_pinned_across_stops_and_detach_leaves_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"), "{out:?}");
     agent.kill();
     let said = agent.detach();
-    assert!(said.contains("removed 1 program set(s): 9 program link(s)"), "{said}");
+    assert!(said.contains("removed 1 program set(s): 10 program link(s)"), "{said}");
     assert!(!agent.pin_dir.exists(), "{} still exists", agent.pin_dir.display());
     let attached = attached_ids(&cg_root);
     for id in &ids {

@@ -42,6 +42,10 @@ pub struct FlowRow {
     pub src_port: Option<u16>,
     pub dst_ip: Option<String>,
     pub dst_port: Option<u16>,
+    /// The name the destination was resolved from, and the CNAME chain to it.
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub cname_chain: Vec<String>,
     pub country: Option<String>,
     pub subdivision: Option<String>,
     pub asn: Option<u32>,
@@ -78,6 +82,8 @@ impl FlowRow {
             "src_port" => s(&self.src_port),
             "dst_ip" => s(&self.dst_ip),
             "dst_port" => s(&self.dst_port),
+            "domain" => s(&self.domain),
+            "cname_chain" => Some(self.cname_chain.join(",")).filter(|c| !c.is_empty()),
             "country" => s(&self.country),
             "subdivision" => s(&self.subdivision),
             "asn" => s(&self.asn),

@@ -27,8 +27,8 @@ pub struct FlowArgs {
     until: Option<String>,
     #[command(flatten)]
     filters: FlowFilters,
-    /// Sum per group: class, country, cloud_region, site, destination, process (comma-separated);
-    /// without it, one row per flow
+    /// Sum per group: class, country, cloud_region, site, destination, process, domain
+    /// (comma-separated); without it, one row per flow
     #[arg(long, value_name = "KEYS")]
     group_by: Option<String>,
     /// Most rows to show (largest first)
@@ -69,6 +69,10 @@ pub struct FlowFilters {
     /// Destination port
     #[arg(long)]
     port: Option<u16>,
+    /// The name a destination was resolved from (DNS); *.example.com: every name below
+    /// example.com (comma-separated)
+    #[arg(long)]
+    domain: Option<String>,
     /// outbound (this host connected or sent first), inbound (a remote peer did), or unknown
     /// (sockets older than the agent)
     #[arg(long)]
@@ -90,6 +94,7 @@ impl FlowFilters {
             ("dst", self.dst.clone()),
             ("port", self.port.map(|v| v.to_string())),
             ("direction", self.direction.clone()),
+            ("domain", self.domain.clone()),
         ];
         all.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
     }
@@ -140,6 +145,7 @@ pub(super) fn print_flows(
             ("PROTO", |r| text(&r.protocol)),
             ("SOURCE", |r| endpoint(r.src_ip.as_deref(), r.src_port)),
             ("DESTINATION", |r| endpoint(r.dst_ip.as_deref(), r.dst_port)),
+            ("DOMAIN", |r| text(&r.domain)),
             ("WHERE", |r| {
                 place(
                     r.site.as_deref(),
@@ -167,6 +173,7 @@ pub(super) fn print_flows(
                 ("PROCESS", (|r: &FlowRow| process(r.comm.as_deref(), r.pid)) as fn(&FlowRow) -> String),
                 ("CGROUP", |r| text(&r.cgroup)),
             ]),
+            GroupKey::Domain => columns.push(("DOMAIN", |r| text(&r.domain))),
         }
     }
     columns.extend([

@@ -32,6 +32,7 @@ use crate::{
     export::clickhouse,
     flows::FlowTable,
     metrics::Metrics,
+    names::NameTable,
     pipeline::{Pipeline, RecordContext},
     probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap, SocketSeed},
     record::KernelMark,
@@ -172,7 +173,8 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
         cgroups: Some(CgroupNames::new(&root)?),
     };
     let table = FlowTable::new(config.table_settings());
-    let mut pipeline = Pipeline::new(table, records, enricher, policy, config.alert_book(), metrics.clone());
+    let names = NameTable::new(config.name_options());
+    let mut pipeline = Pipeline::new(table, records, names, enricher, policy, config.alert_book(), metrics.clone());
     // The class maps were written above: flows the kernel counted before then are checked.
     pipeline.classes_changed(selectors.paths());
     let mut out: Vec<Output> = Vec::new();
@@ -219,14 +221,8 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
-                batch = events.next_batch() => {
-                    let (batch, malformed) = batch?;
-                    pipeline.on_events(batch, malformed, &mut out);
-                }
-                _ = drain.tick() => {
-                    let (batch, malformed) = events.drain();
-                    pipeline.on_events(batch, malformed, &mut out);
-                }
+                batch = events.next_batch() => pipeline.on_kernel(batch?, &mut out),
+                _ = drain.tick() => pipeline.on_kernel(events.drain(), &mut out),
                 _ = sweep.tick() => {
                     // Cgroups first: a flow ends at least one sweep after its socket closed, so
                     // a cgroup created while it ran is known before its final record.
@@ -252,6 +248,9 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     }
                     let started = Instant::now();
                     let read_at = chrono::Utc::now();
+                    // Answers and events first: a flow the sweep finds is named by the answers
+                    // that came before it.
+                    pipeline.on_kernel(events.drain(), &mut out);
                     pipeline.sweep(&mut probe.flows, &mut out);
                     manager.alive();
                     if read_due {
@@ -352,8 +351,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
             deliver(&mut pipeline, &sinks, &mut out).await;
         }
         // Report what was counted up to now, so nothing is left unsaid.
-        let (batch, malformed) = events.drain();
-        pipeline.on_events(batch, malformed, &mut out);
+        pipeline.on_kernel(events.drain(), &mut out);
         pipeline.report_all(&mut probe.flows, &mut out);
         deliver(&mut pipeline, &sinks, &mut out).await;
         pipeline.final_alert_updates(&mut out);

@@ -71,6 +71,13 @@ pub(super) fn status(api: &ApiArgs, format: Format) -> anyhow::Result<ExitCode> 
         ("losses", if lost.is_empty() { "none".into() } else { lost.join(", ") }),
         ("alerts", format!("{} raised, {} open", s.alerts.raised, s.alerts.open)),
         ("lookups", format!("{} ({} from cache)", g.lookups, g.cache_hits)),
+        ("dns", {
+            let d = &s.dns;
+            format!(
+                "{} packets, {} answers, {} names kept; {} malformed, {} truncated, {} tcp dropped, {} evicted",
+                d.packets, d.answers, d.names, d.malformed, d.truncated, d.tcp_dropped, d.evicted
+            )
+        }),
         (
             "store",
             match &s.databases.store_error {

@@ -16,8 +16,9 @@ pub struct TopArgs {
     /// default 1m), from the one holding this time; active flows count up to the moment asked
     #[arg(long, default_value = "5m")]
     since: String,
-    /// What to rank: class, country, cloud_region, site, destination, process (comma-separated)
-    #[arg(long, default_value = "destination")]
+    /// What to rank: class, country, cloud_region, site, destination, process, domain
+    /// (comma-separated); by default each destination with the name it was resolved from
+    #[arg(long, default_value = "destination,domain")]
     group_by: String,
     #[command(flatten)]
     filters: FlowFilters,

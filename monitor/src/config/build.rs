@@ -13,6 +13,7 @@ use crate::{
     enrich::{EnrichOptions, Site, SourceFile},
     export::clickhouse::ClickHouseOptions,
     flows::TableSettings,
+    names::NameOptions,
     policy::{ClassPolicy, Policy},
     probe::ProbeOptions,
     sinks::OutboxOptions,
@@ -88,10 +89,16 @@ impl Config {
         ProbeOptions {
             max_flows: self.agent.max_flows(),
             ring_buffer_size: self.agent.ring_buffer_size.0,
+            dns_ring_buffer_size: self.dns.ring_buffer_size.0,
             kernel_log: false,
             pin_dir: self.agent.pin_dir.clone(),
             cgroup_root: cgroup_root.to_owned(),
         }
+    }
+
+    /// How long names are valid and how many are kept.
+    pub fn name_options(&self) -> NameOptions {
+        NameOptions { grace: self.dns.grace.0, max_names: self.dns.max_names.0 as usize }
     }
 
     pub fn table_settings(&self) -> TableSettings {

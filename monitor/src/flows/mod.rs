@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,6 +15,7 @@ use monitor_common::{
 
 use crate::probe::KernelEvent;
 pub use crate::record::FlowState;
+use crate::record::DomainName;
 
 /// The kernel's flow map, as the table uses it (the probe's map; a fake in tests).
 pub trait KernelFlows {
@@ -43,6 +45,9 @@ pub struct Flow {
     pub cookie: u64,
     pub sock_uid: u32,
     pub process: Option<ProcessInfo>,
+    /// The destination's name, looked up when the flow was first reported (None: not yet;
+    /// Some(None): no answer named it).
+    pub name: Option<Option<Arc<DomainName>>>,
     /// The class was corrected by the agent (see [`FlowTable::reclassify`]); the kernel's
     /// stale value no longer overrides it.
     class_pinned: bool,
@@ -249,6 +254,7 @@ impl FlowTable {
             cookie: v.cookie,
             sock_uid: v.sock_uid,
             process,
+            name: None,
             class_pinned: false,
             entry_id: v.first_seen_ns,
             entry_packets: v.packets,
@@ -346,6 +352,13 @@ impl FlowTable {
 
     /// The class of one flow, corrected as [`FlowTable::reclassify`] does, in an update
     /// already made with it.
+    /// Keeps the name a flow's destination was given when it was first reported.
+    pub fn set_name(&mut self, key: &FlowKey, name: Option<Arc<DomainName>>) {
+        if let Some(f) = self.flows.get_mut(key) {
+            f.name = Some(name);
+        }
+    }
+
     pub fn pin_class(&mut self, key: &FlowKey, class: u32) {
         if let Some(f) = self.flows.get_mut(key) {
             (f.class_id, f.emitted_class, f.class_pinned) = (class, class, true);
@@ -470,26 +483,7 @@ impl KernelFlows for crate::probe::FlowMap {
 
 /// An in-memory stand-in for the kernel map, for tests of the layers that sweep it.
 #[cfg(test)]
-pub mod fake {
-    use std::collections::BTreeMap;
-
-    use monitor_common::{FlowKey, FlowValue};
-
-    use super::KernelFlows;
-
-    #[derive(Default)]
-    pub struct FakeMap(pub BTreeMap<FlowKey, FlowValue>);
-
-    impl KernelFlows for FakeMap {
-        fn for_each(&mut self, f: &mut dyn FnMut(&FlowKey, &FlowValue)) -> std::io::Result<()> {
-            self.0.iter().for_each(|(k, v)| f(k, v));
-            Ok(())
-        }
-        fn take(&mut self, key: &FlowKey) -> std::io::Result<Option<FlowValue>> {
-            Ok(self.0.remove(key))
-        }
-    }
-}
+pub mod fake;
 
 #[cfg(test)]
 mod tests;

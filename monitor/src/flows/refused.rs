@@ -34,6 +34,7 @@ impl FlowUpdate {
             cookie: e.cookie,
             sock_uid: e.process.uid,
             process: (e.process.tgid != 0).then_some(e.process),
+            name: None,
             class_pinned: true,
             entry_id: now_ns,
             entry_packets: packets,

@@ -19,8 +19,9 @@ use crate::{
     enrich::Enricher,
     flows::{FlowTable, FlowUpdate, KernelFlows, TableCounters},
     metrics::{ClassLabel, ClassSeverity, ClassVerdict, Metrics},
+    names::NameTable,
     policy::Policy,
-    probe::{KernelEvent, KernelStats, Retired},
+    probe::{KernelBatch, KernelEvent, KernelStats, Retired},
     record::{Action, FlowState, LossRecord, Output, OverflowCount, Timestamp, VerdictKind},
     status::{self, Status},
 };
@@ -29,6 +30,8 @@ use crate::{
 pub struct Pipeline {
     table: FlowTable,
     records: RecordContext,
+    /// Names of destinations, from the DNS answers the kernel copies.
+    pub names: NameTable,
     pub enricher: Enricher,
     policy: Policy,
     pub alerts: AlertBook,
@@ -56,6 +59,7 @@ impl Pipeline {
     pub fn new(
         table: FlowTable,
         records: RecordContext,
+        names: NameTable,
         enricher: Enricher,
         policy: Policy,
         alerts: AlertBook,
@@ -65,6 +69,7 @@ impl Pipeline {
         Pipeline {
             table,
             records,
+            names,
             enricher,
             policy,
             alerts,
@@ -143,6 +148,15 @@ impl Pipeline {
         &self.table
     }
 
+    /// What the kernel handed over: DNS answers first (they name the flows announced after
+    /// them), then events.
+    pub fn on_kernel(&mut self, batch: KernelBatch, out: &mut Vec<Output>) {
+        for p in &batch.dns {
+            self.names.on_packet(p);
+        }
+        self.on_events(batch.events, batch.malformed, out);
+    }
+
     /// Kernel events: a new flow is reported at once. `malformed` counts ring-buffer records the
     /// probe could not decode.
     pub fn on_events(&mut self, batch: Vec<KernelEvent>, malformed: u64, out: &mut Vec<Output>) {
@@ -165,9 +179,12 @@ impl Pipeline {
     fn blocked(&mut self, e: &monitor_common::BlockEvent, out: &mut Vec<Output>) {
         *self.blocks.entry(e.class_id).or_default() += 1;
         let u = crate::flows::FlowUpdate::refused(e, monotonic_ns());
-        let place = self.enricher.locate(ip_of(&u.key, &u.key.daddr));
+        let ip = ip_of(&u.key, &u.key.daddr);
+        let name = self.names.name_of(u.key.cgroup_id, ip, u.flow.first_seen_ns);
+        let place = self.enricher.locate(ip);
         let verdict = self.policy.evaluate(e.class_id, &place);
-        let record = self.records.flow_record(&u, place, verdict.kind, &Clock::sample(), Timestamp::now());
+        let record =
+            self.records.flow_record(&u, name.as_deref(), place, verdict.kind, &Clock::sample(), Timestamp::now());
         let class_name = record.class.as_deref().unwrap_or_default().to_owned();
         self.metrics.blocked.get_or_create(&ClassLabel { class: class_name }).inc();
         let Some(class) = self.policy.class(e.class_id) else { return };
@@ -328,9 +345,18 @@ impl Pipeline {
         let n = self.updates.len().min(EMIT_CHUNK);
         for u in self.updates.drain(..n) {
             let ip = ip_of(&u.key, &u.key.daddr);
+            // Named once, when first reported: the answers valid when the flow started.
+            let name = match &u.flow.name {
+                Some(name) => name.clone(),
+                None => {
+                    let name = self.names.name_of(u.key.cgroup_id, ip, u.flow.first_seen_ns);
+                    self.table.set_name(&u.key, name.clone());
+                    name
+                }
+            };
             let place = self.enricher.locate(ip);
             let verdict = self.policy.evaluate(u.flow.class_id, &place);
-            let record = self.records.flow_record(&u, place, verdict.kind, &clock, time);
+            let record = self.records.flow_record(&u, name.as_deref(), place, verdict.kind, &clock, time);
             count(&self.metrics, &self.labels, u.flow.class_id, &record);
             let alert = match self.policy.class(u.flow.class_id) {
                 Some(class) if verdict.kind == VerdictKind::Violation => {
@@ -375,6 +401,9 @@ impl Pipeline {
         s.losses.overflow_packets = overflow.packets;
         s.losses.overflow_bytes = overflow.bytes;
         s.losses.kernel_read_errors = self.kernel_read_errors;
+        s.losses.dns_answers_lost = kernel.dns_lost;
+        s.losses.dns_answers_lost_bytes = kernel.dns_lost_bytes;
+        s.dns = self.names.counters();
         s.alerts = status::AlertCounts {
             raised: self.alerts.counters.raised,
             open: self.alerts.open_alerts() as u64,
@@ -453,6 +482,7 @@ impl LossReporter {
             flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
             sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
             unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
+            dns_answers_lost = k.dns_lost - self.last.dns_lost,
             flows_evicted = t.flows_evicted - self.last_evicted,
             overflow_bytes = overflow.bytes - self.last.overflow_total().bytes,
             "losses since the last report (ring-buffer drops are recovered by the sweep; \
@@ -468,6 +498,8 @@ impl LossReporter {
             flow_insert_failed: k.flow_insert_failed,
             sock_storage_failed: k.sock_storage_failed,
             unparsed_packets: k.unparsed_packets,
+            dns_answers_lost: k.dns_lost,
+            dns_answers_lost_bytes: k.dns_lost_bytes,
             flows_evicted: t.flows_evicted,
             overflow_packets: overflow.packets,
             overflow_bytes: overflow.bytes,

@@ -14,7 +14,7 @@ use crate::{
     cgroup::CgroupNames,
     flows::FlowUpdate,
     record::{
-        Destination, DestinationRecord, Direction, Endpoint, FlowRecord, KernelMark, Process, Protocol,
+        Destination, DestinationRecord, Direction, DomainName, Endpoint, FlowRecord, KernelMark, Process, Protocol,
         Timestamp, VerdictKind,
     },
 };
@@ -63,10 +63,12 @@ impl RecordContext {
         self.cgroups.as_mut().and_then(|c| c.path(id))
     }
 
-    /// The record of a flow update, placed at `place` with `verdict`.
+    /// The record of a flow update, named `name` and placed at `place` with `verdict`.
+    #[allow(clippy::too_many_arguments)]
     pub fn flow_record(
         &mut self,
         u: &FlowUpdate,
+        name: Option<&DomainName>,
         place: Arc<Destination>,
         verdict: VerdictKind,
         clock: &Clock,
@@ -86,11 +88,7 @@ impl RecordContext {
             direction: direction(f.direction),
             protocol: Protocol(k.proto),
             source: Endpoint { ip: ip_of(k, &k.saddr), port: has_ports.then_some(k.sport) },
-            destination: DestinationRecord {
-                ip: ip_of(k, &k.daddr),
-                port: has_ports.then_some(k.dport),
-                place,
-            },
+            destination: DestinationRecord::new(ip_of(k, &k.daddr), has_ports.then_some(k.dport), name, place),
             verdict,
             process: process(f.process.as_ref(), f.sock_uid, k.cgroup_id, cgroup),
             bytes: f.bytes,

@@ -93,6 +93,10 @@ fn pipeline() -> (tempfile::TempDir, Pipeline) {
     let p = Pipeline::new(
         FlowTable::new(settings),
         records,
+        crate::names::NameTable::new(crate::names::NameOptions {
+            grace: Duration::from_secs(300),
+            max_names: 1000,
+        }),
         Enricher::open(&options).unwrap(),
         policy,
         AlertBook::new(Duration::from_secs(600), Duration::from_secs(10)),

@@ -2,7 +2,8 @@
 
 use aya::maps::{MapData, RingBuf};
 use monitor_common::{
-    BlockEvent, EVENT_BLOCKED, EVENT_CONNECT, EVENT_NEW_FLOW, EVENT_SOCK_CLOSED, NewFlowEvent, SockEvent,
+    BlockEvent, DnsHeader, EVENT_BLOCKED, EVENT_CONNECT, EVENT_NEW_FLOW, EVENT_SOCK_CLOSED, NewFlowEvent,
+    SockEvent,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -21,8 +22,28 @@ pub enum KernelEvent {
     Blocked(BlockEvent),
 }
 
+/// A packet from port 53 some socket received, as the kernel copied it: its header, and at
+/// most `DNS_CAPTURE_MAX` bytes of its DNS payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPacket {
+    pub header: DnsHeader,
+    pub payload: Vec<u8>,
+}
+
+/// What the kernel handed over since the last batch: DNS answers first (they name the flows
+/// announced after them), then events.
+#[derive(Debug, Default)]
+pub struct KernelBatch {
+    pub dns: Vec<DnsPacket>,
+    pub events: Vec<KernelEvent>,
+    /// Records of either ring the agent could not decode (agent and kernel object disagree).
+    pub malformed: u64,
+}
+
+/// The kernel's two ring buffers: events, and DNS answers.
 pub struct EventStream {
     pub(super) fd: AsyncFd<RingBuf<MapData>>,
+    pub(super) dns: AsyncFd<RingBuf<MapData>>,
 }
 
 /// How often the agent drains the ring buffer without being woken: the programs submit most
@@ -31,19 +52,44 @@ pub struct EventStream {
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl EventStream {
-    /// Waits until the kernel wakes the agent and returns every available event, with the
-    /// number of malformed records (which would mean the agent and the kernel object disagree).
-    pub async fn next_batch(&mut self) -> anyhow::Result<(Vec<KernelEvent>, u64)> {
-        let mut guard = self.fd.readable_mut().await?;
-        let batch = drain(guard.get_inner_mut());
-        guard.clear_ready();
-        Ok(batch)
+    /// Waits until the kernel wakes the agent and returns everything available in both rings.
+    pub async fn next_batch(&mut self) -> anyhow::Result<KernelBatch> {
+        // Readiness is cleared before draining: what arrives after the drain wakes us again.
+        tokio::select! {
+            g = self.fd.readable_mut() => g?.clear_ready(),
+            g = self.dns.readable_mut() => g?.clear_ready(),
+        }
+        Ok(self.drain())
     }
 
-    /// Every event available now, without waiting.
-    pub fn drain(&mut self) -> (Vec<KernelEvent>, u64) {
-        drain(self.fd.get_mut())
+    /// Everything available now, without waiting: the DNS ring first, so that an answer is
+    /// known before the event of a flow it names.
+    pub fn drain(&mut self) -> KernelBatch {
+        let (dns, bad) = drain_dns(self.dns.get_mut());
+        let (events, malformed) = drain(self.fd.get_mut());
+        KernelBatch { dns, events, malformed: malformed + bad }
     }
+}
+
+fn drain_dns(ring: &mut RingBuf<MapData>) -> (Vec<DnsPacket>, u64) {
+    let mut batch = Vec::new();
+    let mut malformed = 0;
+    while let Some(item) = ring.next() {
+        match parse_dns(&item) {
+            Some(p) => batch.push(p),
+            None => malformed += 1,
+        }
+    }
+    (batch, malformed)
+}
+
+/// Decodes one record of the DNS ring: the header, then the bytes it says were copied.
+pub fn parse_dns(bytes: &[u8]) -> Option<DnsPacket> {
+    let head = bytes.get(..size_of::<DnsHeader>())?;
+    // SAFETY: plain old data of the checked length.
+    let header: DnsHeader = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
+    let payload = bytes.get(size_of::<DnsHeader>()..size_of::<DnsHeader>() + header.captured as usize)?;
+    Some(DnsPacket { header, payload: payload.to_vec() })
 }
 
 pub(super) fn drain(ring: &mut RingBuf<MapData>) -> (Vec<KernelEvent>, u64) {

@@ -53,6 +53,7 @@ pub(super) fn load(
         // Room for ended flows whose last record the store has not committed yet.
         .map_max_entries("REPORTED", opts.max_flows.saturating_mul(2))
         .map_max_entries("EVENTS", opts.ring_buffer_size)
+        .map_max_entries("DNS_ANSWERS", opts.dns_ring_buffer_size)
         .map_max_entries("VERDICTS_V4_A", super::verdicts::MAX_ENTRIES)
         .map_max_entries("VERDICTS_V4_B", super::verdicts::MAX_ENTRIES)
         .map_max_entries("VERDICTS_V6_A", super::verdicts::MAX_ENTRIES)
@@ -95,13 +96,22 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
 
 /// Attaches one program through a bpf_link, pins the link at `pin` (so the program stays
 /// attached when the agent exits) and returns the kernel program id.
-pub(super) fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File, pin: &Path) -> anyhow::Result<u32> {
+pub(super) fn attach_program(
+    ebpf: &mut Ebpf,
+    (name, hook): (&str, &str),
+    cgroup: &File,
+    pin: &Path,
+) -> anyhow::Result<u32> {
     let prog = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
     // On this kernel bpf_link attachments are multi-attach anyway; ALLOW_MULTI is rejected for links.
     let mode = CgroupAttachMode::Single;
     let (link, id): (FdLink, u32) = match prog {
         Program::CgroupSkb(p) => {
-            let l = p.attach(cgroup, CgroupSkbAttachType::Egress, mode)?;
+            let direction = match hook {
+                "cgroup_skb/ingress" => CgroupSkbAttachType::Ingress,
+                _ => CgroupSkbAttachType::Egress,
+            };
+            let l = p.attach(cgroup, direction, mode)?;
             (p.take_link(l)?.try_into()?, p.info()?.id())
         }
         Program::CgroupSockAddr(p) => {

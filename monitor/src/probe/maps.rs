@@ -4,7 +4,7 @@ use std::collections::HashMap as StdHashMap;
 
 use anyhow::Context;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, Overflow, stat};
+use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, Overflow, dns_stat, stat};
 
 use super::batch::BatchMap;
 
@@ -59,6 +59,9 @@ pub struct KernelStats {
     pub flow_insert_failed: u64,
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
+    /// DNS answers lost (the DNS ring buffer was full), with their payload bytes.
+    pub dns_lost: u64,
+    pub dns_lost_bytes: u64,
     /// Packets and bytes that found the flow map full, by class id (index 0: unclassified).
     pub overflow_by_class: Vec<(u32, Overflow)>,
     /// The same by cgroup id (best effort: a cgroup may miss when its own map is full).
@@ -72,6 +75,8 @@ impl KernelStats {
         self.flow_insert_failed += o.flow_insert_failed;
         self.sock_storage_failed += o.sock_storage_failed;
         self.unparsed_packets += o.unparsed_packets;
+        self.dns_lost += o.dns_lost;
+        self.dns_lost_bytes += o.dns_lost_bytes;
         add_overflow(&mut self.overflow_by_class, &o.overflow_by_class);
         add_overflow(&mut self.overflow_by_cgroup, &o.overflow_by_cgroup);
     }
@@ -105,11 +110,19 @@ pub struct StatsMap {
     pub(super) map: PerCpuArray<MapData, u64>,
     pub(super) overflow_classes: BatchMap<u32, Overflow>,
     pub(super) overflow_cgroups: BatchMap<u64, Overflow>,
+    /// The DNS counters (`monitor_common::dns_stat`); None for a set older than them.
+    pub(super) dns: Option<PerCpuArray<MapData, u64>>,
 }
 
 impl StatsMap {
     pub fn read(&mut self) -> anyhow::Result<KernelStats> {
         let sum = |i: u32| -> anyhow::Result<u64> { Ok(self.map.get(&i, 0)?.iter().sum()) };
+        let dns = |i: u32| -> anyhow::Result<u64> {
+            Ok(match &self.dns {
+                Some(m) => m.get(&i, 0).context("reading the DNS counters")?.iter().sum(),
+                None => 0,
+            })
+        };
         let mut overflow_by_class: Vec<(u32, Overflow)> =
             self.overflow_classes.collect().context("reading the per-class overflow counters")?;
         overflow_by_class.retain(|(_, o)| o.packets > 0);
@@ -122,6 +135,8 @@ impl StatsMap {
             flow_insert_failed: sum(stat::FLOW_INSERT_FAILED)?,
             sock_storage_failed: sum(stat::SOCK_STORAGE_FAILED)?,
             unparsed_packets: sum(stat::UNPARSED_PACKETS)?,
+            dns_lost: dns(dns_stat::LOST)?,
+            dns_lost_bytes: dns(dns_stat::LOST_BYTES)?,
             overflow_by_class,
             overflow_by_cgroup,
         })

@@ -29,7 +29,10 @@ use aya::{
 };
 pub use batch::{BatchMap, FlowMap, ReportedMap};
 pub use enforce::Enforcement;
-pub use events::{DRAIN_INTERVAL, EventStream, KernelEvent, KernelLog, KernelLogStream, parse_event};
+pub use events::{
+    DRAIN_INTERVAL, DnsPacket, EventStream, KernelBatch, KernelEvent, KernelLog, KernelLogStream, parse_dns,
+    parse_event,
+};
 use load::{attach_program, load, map_data};
 pub use maps::{ClassMaps, KernelStats, StatsMap};
 use monitor_common::{CONFIG_ACTIVE_EPOCH, CONFIG_GENERATION, FlowKey, FlowValue, Reported, agent_slot};
@@ -44,6 +47,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 pub struct ProbeOptions {
     pub max_flows: u32,
     pub ring_buffer_size: u32,
+    /// Bytes of the ring buffer of DNS answers.
+    pub dns_ring_buffer_size: u32,
     /// Turn the kernel programs' debug messages on (rare paths only: a socket that got no
     /// storage, a flow that got no slot); they are logged with target `kernel`. Only for a
     /// program set this agent loads (an adopted set was loaded with them off).
@@ -76,6 +81,7 @@ pub const ROOT_PROGRAMS: &[(&str, &str)] = &[
     ("sock_recvmsg4", "cgroup/recvmsg4"),
     ("sock_recvmsg6", "cgroup/recvmsg6"),
     ("flow_egress", "cgroup_skb/egress"),
+    ("dns_ingress", "cgroup_skb/ingress"),
 ];
 
 /// Programs attached only to the cgroups of enforcing classes, never to the root: the only
@@ -152,6 +158,7 @@ pub struct Probe {
     pub enforcement: Enforcement,
     agent: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    dns: Option<RingBuf<MapData>>,
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
     /// Older sets to replace once this one counts.
     to_retire: Vec<(SetDir, Retired)>,
@@ -190,6 +197,7 @@ impl SetMaps {
                 map: PerCpuArray::try_from(Map::PerCpuArray(take("STATS")?))?,
                 overflow_classes: BatchMap::new(take("OVERFLOW_CLASSES")?),
                 overflow_cgroups: BatchMap::new(take("OVERFLOW_CGROUPS")?),
+                dns: None,
             },
             agent: Array::try_from(Map::Array(take("AGENT")?))?,
             events: RingBuf::try_from(Map::RingBuf(take("EVENTS")?))?,
@@ -198,6 +206,21 @@ impl SetMaps {
 
     fn slot(&self, slot: u32) -> Option<SystemTime> {
         self.agent.get(&slot, 0).ok().and_then(time_of)
+    }
+}
+
+/// The DNS maps of the counting set (older sets, replaced at start, may lack them).
+struct DnsMaps {
+    answers: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl DnsMaps {
+    fn new(mut take: impl FnMut(&str) -> anyhow::Result<MapData>) -> anyhow::Result<Self> {
+        Ok(DnsMaps {
+            answers: RingBuf::try_from(Map::RingBuf(take("DNS_ANSWERS")?))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(take("DNS_STATS")?))?,
+        })
     }
 }
 
@@ -236,7 +259,11 @@ impl Probe {
     /// opened to be replaced; one whose maps this agent cannot read stops the start.
     pub fn open(opts: &ProbeOptions) -> anyhow::Result<Probe> {
         pins::prepare_dir(&opts.pin_dir)?;
-        let digest = pins::set_digest(OBJECT, opts.max_flows, opts.ring_buffer_size, &opts.cgroup_root);
+        let digest = pins::set_digest(
+            OBJECT,
+            &[opts.max_flows, opts.ring_buffer_size, opts.dns_ring_buffer_size],
+            &opts.cgroup_root,
+        );
         let set = SetDir::new(&opts.pin_dir, &digest);
         let names: Vec<&str> = ROOT_PROGRAMS.iter().map(|(n, _)| *n).collect();
         let adopt = set.is_complete(&names);
@@ -270,15 +297,16 @@ impl Probe {
                 .push((old.clone(), Retired { path: old.path, flows, reported, events, stats, heartbeat }));
         }
         let config_pin = opts.pin_dir.join(pins::SHARED_CONFIG);
-        let (maps, classes, sockets, verdicts, ebpf, epoch, kernel_log, kind) = if adopt {
+        let (mut maps, classes, sockets, verdicts, dns, ebpf, epoch, kernel_log, kind) = if adopt {
             let maps = SetMaps::new(|n| open_map(&set, n))?;
+            let dns = DnsMaps::new(|n| open_map(&set, n))?;
             let sockets = SocketStorage::new(open_map(&set, "SOCKS")?)?;
             let verdicts = VerdictTables::new(|n| open_map(&set, n))?;
             let config = MapData::from_pin(&config_pin)
                 .with_context(|| format!("opening pinned map {}", config_pin.display()))?;
             let classes = class_maps(|n| open_map(&set, n), config)?;
             let epoch = maps.agent.get(&agent_slot::EPOCH, 0)? as u32;
-            (maps, classes, sockets, verdicts, None, epoch, None, StartKind::Adopted)
+            (maps, classes, sockets, verdicts, dns, None, epoch, None, StartKind::Adopted)
         } else {
             let active = match MapData::from_pin(&config_pin) {
                 Ok(m) => Array::<_, u32>::try_from(Map::Array(m))?.get(&CONFIG_ACTIVE_EPOCH, 0).unwrap_or(0),
@@ -295,10 +323,12 @@ impl Probe {
             let classes = class_maps(&mut take, config)?;
             let sockets = SocketStorage::new(take("SOCKS")?)?;
             let verdicts = VerdictTables::new(&mut take)?;
+            let dns = DnsMaps::new(&mut take)?;
             maps.agent.set(agent_slot::EPOCH, epoch as u64, 0)?;
             let kind = if to_retire.is_empty() { StartKind::Fresh } else { StartKind::Replaced };
-            (maps, classes, sockets, verdicts, Some(ebpf), epoch, kernel_log, kind)
+            (maps, classes, sockets, verdicts, dns, Some(ebpf), epoch, kernel_log, kind)
         };
+        maps.stats.dns = Some(dns.stats);
         let enforcement = Enforcement::open(&set, &opts.cgroup_root)?;
         let own_heartbeat = if adopt { maps.slot(agent_slot::HEARTBEAT_NS) } else { None };
         let previous_heartbeat = to_retire.iter().filter_map(|(_, r)| r.heartbeat).chain(own_heartbeat).max();
@@ -318,6 +348,7 @@ impl Probe {
             enforcement,
             agent: maps.agent,
             events: Some(maps.events),
+            dns: Some(dns.answers),
             kernel_log,
             to_retire,
             retired: Vec::new(),
@@ -338,7 +369,7 @@ impl Probe {
         if let Some(ebpf) = &mut self.ebpf {
             let root = crate::cgroup::open_root(&root_path)?;
             for (name, hook) in ROOT_PROGRAMS {
-                let id = attach_program(ebpf, name, &root, &self.set.link(name))
+                let id = attach_program(ebpf, (name, hook), &root, &self.set.link(name))
                     .with_context(|| format!("attaching {name} ({hook}) to {}", root_path.display()))?;
                 self.attached.push(AttachedProgram { name, hook, id });
             }
@@ -390,14 +421,18 @@ impl Probe {
         self.agent.set(agent_slot::HEARTBEAT_NS, realtime_ns(), 0).context("writing the agent heartbeat")
     }
 
-    /// The ring buffer of kernel events, registered with the tokio reactor. Can be taken once.
+    /// The ring buffers of kernel events and DNS answers, registered with the tokio reactor.
+    /// Can be taken once.
     pub fn take_events(&mut self) -> anyhow::Result<EventStream> {
         let ring = self.events.take().ok_or_else(|| anyhow!("the event stream was already taken"))?;
-        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
-        let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("registering the ring buffer with the event loop")?;
-        Ok(EventStream { fd })
+        let dns = self.dns.take().ok_or_else(|| anyhow!("the event stream was already taken"))?;
+        let register = |ring| {
+            // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the ring buffers with the event loop")
+        };
+        Ok(EventStream { fd: register(ring)?, dns: register(dns)? })
     }
 
     /// The kernel programs' debug messages, when [`ProbeOptions::kernel_log`] turned them on.

@@ -32,6 +32,8 @@ pub const SET_MAPS: &[&str] = &[
     "UID_CLASSES",
     "STATS",
     "EVENTS",
+    "DNS_ANSWERS",
+    "DNS_STATS",
     "AGENT",
     "OVERFLOW_CLASSES",
     "OVERFLOW_CGROUPS",
@@ -71,12 +73,14 @@ pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The digest naming a program set: the kernel object, the map sizes and the cgroup root.
-pub fn set_digest(object: &[u8], max_flows: u32, ring_buffer_size: u32, cgroup_root: &Path) -> String {
+/// The digest naming a program set: the kernel object, the map sizes (flows, events, DNS
+/// answers) and the cgroup root.
+pub fn set_digest(object: &[u8], sizes: &[u32], cgroup_root: &Path) -> String {
     let mut h = Sha256::new();
     h.update(object);
-    h.update(max_flows.to_le_bytes());
-    h.update(ring_buffer_size.to_le_bytes());
+    for size in sizes {
+        h.update(size.to_le_bytes());
+    }
     h.update(cgroup_root.as_os_str().as_bytes());
     // A set pinned with other maps is another layout: replaced (its counts carried over).
     for name in SET_MAPS {

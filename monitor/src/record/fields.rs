@@ -47,6 +47,15 @@ fn opt_int(n: Option<impl Into<i64>>) -> Value<'static> {
     n.map_or(Value::Null, |n| Value::Int(n.into()))
 }
 
+/// A list of names as the store, ClickHouse and syslog keep it: comma-separated (names escape
+/// a comma in a label), null when empty.
+fn names(list: &[std::sync::Arc<str>]) -> Value<'static> {
+    if list.is_empty() {
+        return Value::Null;
+    }
+    Value::Text(list.iter().map(|n| &**n).collect::<Vec<_>>().join(",").into())
+}
+
 fn ip(ip: IpAddr) -> Value<'static> {
     Value::Text(ip.to_string().into())
 }
@@ -60,10 +69,12 @@ pub fn ip16(ip: IpAddr) -> [u8; 16] {
 }
 
 /// How the store keeps a column, and what ClickHouse (whose schema has no NULL) gets for it:
-/// text ("" for null), an integer (0 for null), or a time (Unix seconds).
+/// text ("" for null), an integer (0 for null), or a time (Unix seconds). A list is stored as
+/// comma-separated text, and API answers show it as an array again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
+    List,
     Int,
     Bool,
     Time,
@@ -165,6 +176,12 @@ pub static ALERT: &[Field<Alert>] = &[
         .not_exported(),
     A::new("destination.ip", Text, |a| ip(a.destination.ip)).stored("dst_ip").syslog("dst"),
     A::new("destination.port", Int, |a| opt_int(a.destination.port)).stored("dst_port").syslog("dport"),
+    A::new("destination.domain", Text, |a| opt_text(a.destination.domain.as_deref()))
+        .stored("domain")
+        .syslog("domain"),
+    A::new("destination.cname_chain", List, |a| names(&a.destination.cname_chain))
+        .stored("cname_chain")
+        .syslog("cname_chain"),
     A::new("destination.country", Text, |a| opt_text(a.destination.place.country.as_deref()))
         .stored("country")
         .syslog("country"),
@@ -215,6 +232,8 @@ pub static FLOW: &[Field<FlowRecord>] = &[
     F::new("source.port", Int, |r| opt_int(r.source.port)).stored("src_port"),
     F::new("destination.ip", Text, |r| ip(r.destination.ip)).stored("dst_ip"),
     F::new("destination.port", Int, |r| opt_int(r.destination.port)).stored("dst_port"),
+    F::new("destination.domain", Text, |r| opt_text(r.destination.domain.as_deref())).stored("domain"),
+    F::new("destination.cname_chain", List, |r| names(&r.destination.cname_chain)).stored("cname_chain"),
     F::new("dst_bin", Address, |r| Value::Address(ip16(r.destination.ip)))
         .derived()
         .stored("dst_bin")
@@ -354,6 +373,7 @@ mod tests {
             let expected = match v {
                 Json::Null => String::new(),
                 Json::String(s) => s.clone(),
+                Json::Array(a) => a.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(","),
                 other => other.to_string(),
             };
             assert_eq!((f.value)(&r).text(), expected, "{}", f.path);

@@ -13,13 +13,42 @@ pub struct Endpoint {
     pub port: Option<u16>,
 }
 
-/// The destination of a flow: its endpoint and where it is.
+/// The destination of a flow: its endpoint, the name its workload resolved it from, and
+/// where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRecord {
     pub ip: IpAddr,
     pub port: Option<u16>,
+    /// The name the flow's cgroup (or, when it saw none, the host) asked DNS for and got this
+    /// address in answer; null when no answer seen names it (never resolved, resolved over DNS
+    /// over TLS or HTTPS, or the name expired before the flow started).
+    pub domain: Option<Arc<str>>,
+    /// The CNAME targets from `domain` to the name holding the address, in order.
+    #[serde(default)]
+    pub cname_chain: Arc<[Arc<str>]>,
     #[serde(flatten)]
     pub place: Arc<Destination>,
+}
+
+/// A destination's name, from a DNS answer: the name asked for and the CNAME chain to the
+/// name holding the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainName {
+    pub domain: Arc<str>,
+    pub cname_chain: Arc<[Arc<str>]>,
+}
+
+impl DestinationRecord {
+    /// The destination `ip`:`port` at `place`, named `name` when an answer named it.
+    pub fn new(ip: IpAddr, port: Option<u16>, name: Option<&DomainName>, place: Arc<Destination>) -> Self {
+        DestinationRecord {
+            ip,
+            port,
+            domain: name.map(|n| n.domain.clone()),
+            cname_chain: name.map_or_else(|| Arc::from([]), |n| n.cname_chain.clone()),
+            place,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +118,12 @@ pub struct LossRecord {
     pub flow_insert_failed: u64,
     pub sock_storage_failed: u64,
     pub unparsed_packets: u64,
+    /// DNS answers the kernel could not hand over (its ring was full), and their bytes: flows
+    /// to the addresses they named may lack their `domain`.
+    #[serde(default)]
+    pub dns_answers_lost: u64,
+    #[serde(default)]
+    pub dns_answers_lost_bytes: u64,
     pub flows_evicted: u64,
     /// Packets and bytes the kernel could not give a flow of their own (its flow map was full):
     /// they are in no flow record, only here.
@@ -130,11 +165,7 @@ impl FlowRecord {
             direction: Direction::Outbound,
             protocol: Protocol(6),
             source: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: Some(41000) },
-            destination: DestinationRecord {
-                ip: dst.parse().unwrap(),
-                port: Some(dport),
-                place: Arc::new(place),
-            },
+            destination: DestinationRecord::new(dst.parse().unwrap(), Some(dport), None, Arc::new(place)),
             verdict: VerdictKind::Unclassified,
             process: Process {
                 pid: Some(1234),

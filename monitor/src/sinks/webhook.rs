@@ -248,14 +248,20 @@ fn slack_text(a: &Alert) -> String {
         _ => "unknown process".into(),
     };
     let or_null = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+    let endpoint = format!("{}:{}", d.ip, or_null(d.port.map(|p| p.to_string())));
+    // The name the workload resolved, when an answer named the address.
+    let to = match (&d.domain, d.cname_chain.is_empty()) {
+        (Some(n), true) => format!("`{n}` at {endpoint}"),
+        (Some(n), false) => format!("`{n}` (via {}) at {endpoint}", d.cname_chain.join(", ")),
+        (None, _) => endpoint,
+    };
     format!(
-        ":rotating_light: *{}* residency violation on `{}`: class `{}` sent {} bytes to {}:{} ({}) from {} in {}. {}. (alert {})",
+        ":rotating_light: *{}* residency violation on `{}`: class `{}` sent {} bytes to {} ({}) from {} in {}. {}. (alert {})",
         a.severity.name(),
         a.host,
         a.class,
         a.bytes,
-        d.ip,
-        or_null(d.port.map(|p| p.to_string())),
+        to,
         if place.is_empty() { "unknown location".into() } else { place.join(", ") },
         process,
         or_null(p.cgroup.clone()),

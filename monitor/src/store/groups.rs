@@ -22,7 +22,7 @@ use crate::record::fields;
 
 /// The columns a group is made of, as the flow rows name them. Every filter and group key of
 /// [`super::query::FlowQuery`] uses only these.
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 15] = [
     "class",
     "verdict",
     "direction",
@@ -37,6 +37,7 @@ pub const COLUMNS: [&str; 14] = [
     "dst_ip",
     "dst_port",
     "dst_bin",
+    "domain",
 ];
 
 /// Where each of [`COLUMNS`], then bytes, packets, first_seen and last_seen, sits in a flow

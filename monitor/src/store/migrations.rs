@@ -203,6 +203,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE alerts ADD COLUMN action TEXT;
     ",
+    // 9: the name each destination was resolved from, and its CNAME chain (comma-separated);
+    //    groups by name too. Rows stored before have none.
+    "
+    ALTER TABLE flows ADD COLUMN domain TEXT;
+    ALTER TABLE flows ADD COLUMN cname_chain TEXT;
+    ALTER TABLE alerts ADD COLUMN domain TEXT;
+    ALTER TABLE alerts ADD COLUMN cname_chain TEXT;
+    ALTER TABLE flow_groups ADD COLUMN domain TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

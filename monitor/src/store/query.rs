@@ -43,16 +43,18 @@ pub enum GroupKey {
     Site,
     Destination,
     Process,
+    Domain,
 }
 
 impl GroupKey {
-    const ALL: [(&'static str, GroupKey); 6] = [
+    const ALL: [(&'static str, GroupKey); 7] = [
         ("class", GroupKey::Class),
         ("country", GroupKey::Country),
         ("cloud_region", GroupKey::CloudRegion),
         ("site", GroupKey::Site),
         ("destination", GroupKey::Destination),
         ("process", GroupKey::Process),
+        ("domain", GroupKey::Domain),
     ];
 
     /// The name questions and answers give this key.
@@ -75,6 +77,7 @@ impl GroupKey {
             GroupKey::Site => &["site"],
             GroupKey::Destination => &["dst_ip", "dst_port"],
             GroupKey::Process => &["comm", "pid", "cgroup"],
+            GroupKey::Domain => &["domain"],
         }
     }
 }
@@ -102,6 +105,8 @@ const FLOW_COLUMNS: &[&str] = &[
     "src_port",
     "dst_ip",
     "dst_port",
+    "domain",
+    "cname_chain",
     "country",
     "subdivision",
     "asn",
@@ -199,7 +204,7 @@ fn unknown(params: &[(String, String)], known: &[&str]) -> Result<(), ParamError
 const VERDICTS: [&str; 3] = ["allowed", "violation", "unclassified"];
 
 impl FlowQuery {
-    pub const PARAMETERS: [&'static str; 15] = [
+    pub const PARAMETERS: [&'static str; 16] = [
         "since",
         "until",
         "class",
@@ -215,6 +220,7 @@ impl FlowQuery {
         "group_by",
         "limit",
         "direction",
+        "domain",
     ];
 
     pub fn parse(params: &[(String, String)], now: DateTime<Utc>) -> Result<FlowQuery, ParamError> {
@@ -235,6 +241,7 @@ impl FlowQuery {
                     filters.push(in_list("country", codes));
                 }
                 "site" => filters.push(in_list("site", list(v))),
+                "domain" => filters.push(domains(v)?),
                 "comm" => filters.push(in_list("comm", list(v))),
                 "verdict" => {
                     let values = list(v);
@@ -321,7 +328,7 @@ impl FlowQuery {
                 "group_by" => {
                     for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                         let key = GroupKey::ALL.iter().find(|(n, _)| *n == part).map(|(_, k)| *k).ok_or_else(|| {
-                            bad("group_by", v, "one or more of class, country, cloud_region, site, destination, process (comma-separated)")
+                            bad("group_by", v, "one or more of class, country, cloud_region, site, destination, process, domain (comma-separated)")
                         })?;
                         if !group_by.contains(&key) {
                             group_by.push(key);
@@ -401,6 +408,7 @@ impl FlowQuery {
             for (i, c) in columns.iter().enumerate() {
                 let v = match (*c, r.get::<_, SqlValue>(i)?) {
                     ("internal", SqlValue::Integer(n)) => Value::Bool(n != 0),
+                    ("cname_chain", v) => names_to_json(v),
                     (_, v) => sql_to_json(v),
                 };
                 m.insert((*c).into(), v);
@@ -414,6 +422,48 @@ impl FlowQuery {
             Ok(m)
         })?;
         rows.collect()
+    }
+}
+
+/// `domain=`: names, comma-separated; `*.example.com` stands for every name below
+/// example.com. Names are compared in lower case, as records keep them.
+fn domains(value: &str) -> Result<(String, Vec<SqlValue>), ParamError> {
+    let expected = "names, or *.suffix for every name below one (api.example.com, *.example.com)";
+    let mut conds = Vec::new();
+    let mut values = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let name = part.to_ascii_lowercase();
+        let (suffix, exact) = match name.strip_prefix("*.") {
+            Some(rest) => (Some(rest), None),
+            None => (None, Some(name.as_str())),
+        };
+        let text = suffix.or(exact).unwrap_or_default();
+        if text.is_empty() || text.contains('*') || text.starts_with('.') || text.ends_with('.') {
+            return Err(bad("domain", value, expected));
+        }
+        match suffix {
+            Some(s) => {
+                let below = format!(".{s}");
+                conds.push("substr(domain, -length(?)) = ?".to_owned());
+                values.extend([SqlValue::Text(below.clone()), SqlValue::Text(below)]);
+            }
+            None => {
+                conds.push("domain = ?".to_owned());
+                values.push(SqlValue::Text(name.clone()));
+            }
+        }
+    }
+    if conds.is_empty() {
+        return Err(bad("domain", value, expected));
+    }
+    Ok((conds.join(" OR "), values))
+}
+
+/// A stored list of names (comma-separated, null for none) as an array.
+pub fn names_to_json(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Text(t) if !t.is_empty() => Value::Array(t.split(',').map(Value::from).collect()),
+        _ => Value::Array(Vec::new()),
     }
 }
 

@@ -13,6 +13,7 @@
 //!   em-traffic udp-send   ADDR BYTES COUNT [--connect] [--ports N] [--dstopts]
 //!                         (--dstopts: IPv6 only, each datagram carries an 8-byte destination
 //!                         options extension header)
+//!   em-traffic dns-serve, resolve: see dns.rs
 //!   em-traffic tcp-try    ADDR [--from ADDR]        connect (from a bound address; 3 s at most),
 //!                                                 send 100 bytes, close; report whether it worked
 //!   em-traffic udp-try    ADDR                      one 64-byte datagram with sendto
@@ -31,6 +32,8 @@
 //!   em-traffic udp-rate   ADDR SECONDS DESTINATIONS [--connect]
 //!                         64-byte datagrams back to back for SECONDS from one socket: connected
 //!                         to ADDR, or unconnected to DESTINATIONS consecutive ports in turn
+
+mod dns;
 
 use std::{
     io::{Read, Write},
@@ -73,6 +76,16 @@ fn main() {
             tcp_try(addr, from.map(|f| f.parse().expect("--from ADDR")))
         }
         Some("udp-try") => udp_try(addr),
+        Some("dns-serve") => dns::serve(addr, num(2, 60) as u32, &args[3..]),
+        Some("resolve") => {
+            let name = args.get(2).unwrap_or_else(|| usage());
+            let addresses = dns::resolve(addr, name, flag("--aaaa"), flag("--tcp"));
+            let list: Vec<serde_json::Value> = addresses.iter().map(|a| a.to_string().into()).collect();
+            report(&[("event", "resolved".into()), ("addresses", list.into())]);
+            if let (Some(i), Some(first)) = (args.iter().position(|a| a == "--connect"), addresses.first()) {
+                tcp_send(SocketAddr::new(*first, num(i + 1, 0) as u16), num(i + 2, 0), 1, None, false);
+            }
+        }
         Some("tcp-accept") => tcp_accept(addr),
         Some("tcp-rate") => tcp_rate(addr, num(2, 1)),
         Some("udp-sink") => udp_sink(addr, num(2, 1)),

@@ -134,6 +134,7 @@ impl KernelTables {
         let probe = crate::probe::Probe::open(&crate::probe::ProbeOptions {
             max_flows: 1024,
             ring_buffer_size: 1 << 16,
+            dns_ring_buffer_size: 1 << 16,
             kernel_log: false,
             pin_dir: dir.clone(),
             cgroup_root: crate::cgroup::detect_root().unwrap(),

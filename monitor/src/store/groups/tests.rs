@@ -201,7 +201,9 @@ fn migration_fills_the_groups_from_stored_flows() {
         "DROP TABLE flow_groups; CREATE INDEX flows_by_class ON flows (class, bucket);
          CREATE INDEX flows_by_verdict ON flows (verdict, bucket); ALTER TABLE alerts DROP COLUMN tid;
          ALTER TABLE alerts DROP COLUMN cgroup_id; ALTER TABLE alerts DROP COLUMN internal;
-         ALTER TABLE alerts DROP COLUMN action; PRAGMA user_version = 4;",
+         ALTER TABLE alerts DROP COLUMN action; ALTER TABLE flows DROP COLUMN domain;
+         ALTER TABLE flows DROP COLUMN cname_chain; ALTER TABLE alerts DROP COLUMN domain;
+         ALTER TABLE alerts DROP COLUMN cname_chain; PRAGMA user_version = 4;",
     )
     .unwrap();
     super::super::migrations::migrate(&mut conn).unwrap();

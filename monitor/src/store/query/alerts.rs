@@ -70,6 +70,7 @@ impl AlertQuery {
             for (i, (_, f)) in shown.iter().enumerate() {
                 let v = match (f.kind, r.get::<_, SqlValue>(i)?) {
                     (fields::Kind::Bool, SqlValue::Integer(n)) => Value::Bool(n != 0),
+                    (fields::Kind::List, v) => super::names_to_json(v),
                     (_, v) => sql_to_json(v),
                 };
                 match f.path.split_once('.') {

@@ -1,0 +1,74 @@
+//! Names on flows: DNS answers received by the test's processes (from a stub resolver on
+//! loopback, from a resolver on another host, over UDP and TCP, IPv4 and IPv6) name the flows
+//! and alerts to the addresses they gave, per cgroup, for the answer's TTL plus the grace.
+
+use integration_tests::{
+    Agent,
+    api::Api,
+    records::{alert_of, u64_of},
+    world::{CN_V4, CN_V6, WAIT, World},
+};
+use serde_json::json;
+
+/// A stub resolver on host a's loopback, as systemd-resolved listens on 127.0.0.53.
+const STUB: &str = "127.0.0.53:53";
+
+#[test]
+fn a_flow_and_its_alert_carry_the_name_resolved_and_its_cname_chain() {
+    let w = World::new();
+    let agent = Agent::start(&w.config(""));
+    let _dns = w.dns_server(
+        false,
+        STUB,
+        60,
+        &[
+            "api.bytegraph-cn.example=edge.bytegraph-cn.example",
+            "edge.bytegraph-cn.example=pop7.cdn.example",
+            &format!("pop7.cdn.example={CN_V4}"),
+        ],
+    );
+    let server = w.serve("[::]:443", 2);
+    let (addresses, ports) =
+        w.resolve("app", STUB, "api.bytegraph-cn.example", &["--connect", "443", "1000"]);
+    assert_eq!(addresses, [CN_V4]);
+    // Never resolved: no name.
+    let (_, plain) = w.send("app", &format!("{}:443", integration_tests::world::US_V4), 100, 1);
+    server.finish();
+
+    let r = w.ended(&agent, ports[0], 443);
+    assert_eq!(r["destination"]["domain"], "api.bytegraph-cn.example", "{r}");
+    assert_eq!(r["destination"]["cname_chain"], json!(["edge.bytegraph-cn.example", "pop7.cdn.example"]));
+    assert_eq!(r["destination"]["country"], "CN");
+    let unnamed = w.ended(&agent, plain[0], 443);
+    assert!(unnamed["destination"]["domain"].is_null(), "{unnamed}");
+    assert_eq!(unnamed["destination"]["cname_chain"], json!([]));
+
+    let alert = agent.wait_for("the alert", WAIT, alert_of(&w.cg));
+    assert_eq!(alert["destination"]["domain"], "api.bytegraph-cn.example");
+    assert_eq!(alert["destination"]["cname_chain"], r["destination"]["cname_chain"]);
+
+    // The store answers by name: a suffix, grouped, and a name that matches nothing.
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    let q = "/v1/flows?since=1h&domain=*.bytegraph-cn.example";
+    let rows = integration_tests::eventually("the named flow in the store", WAIT, || {
+        let v = api.ok(q);
+        (v["rows"].as_array().is_some_and(|r| !r.is_empty())).then_some(v)
+    });
+    let rows = rows["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0]["domain"], "api.bytegraph-cn.example");
+    assert_eq!(rows[0]["cname_chain"], r["destination"]["cname_chain"]);
+    assert_eq!(u64_of(&rows[0]["bytes"]), u64_of(&r["bytes"]));
+    let grouped = api.ok(&format!("/v1/flows?since=1h&group_by=domain&class={}", w.class));
+    let named: Vec<_> =
+        grouped["rows"].as_array().unwrap().iter().filter(|g| g["domain"] == "api.bytegraph-cn.example").collect();
+    assert_eq!(named.len(), 1, "{grouped}");
+    assert_eq!(u64_of(&named[0]["bytes"]), u64_of(&r["bytes"]));
+    assert_eq!(api.ok("/v1/flows?since=1h&domain=*.example.org")["rows"], json!([]));
+    // And so does the CLI.
+    let out = agent.cli(&["flows", "--since", "1h", "--domain", "api.bytegraph-cn.example"]);
+    assert!(out.contains("api.bytegraph-cn.example"), "{out}");
+    let status = api.ok("/v1/status");
+    assert_eq!(status["dns"]["malformed"], 0, "{status}");
+    assert!(u64_of(&status["dns"]["answers"]) >= 1, "{status}");
+}
