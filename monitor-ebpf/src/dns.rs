@@ -4,9 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -133,8 +131,7 @@ fn capture(ctx: &SkBuffContext, family: u8, proto: u8, l4: usize) {
     h.captured = n;
     // SAFETY: `n` is within 1..=DNS_CAPTURE_MAX, the size of `data`; the helper checks the
     // packet's bounds.
-    let loaded =
-        unsafe { bpf_skb_load_bytes(skb.cast(), payload as u32, c.data.as_mut_ptr().cast(), n) };
+    let loaded = unsafe { bpf_skb_load_bytes(skb.cast(), payload as u32, c.data.as_mut_ptr().cast(), n) };
     if loaded != 0 {
         return;
     }
@@ -142,13 +139,12 @@ fn capture(ctx: &SkBuffContext, family: u8, proto: u8, l4: usize) {
     // SAFETY: `c` holds `size` initialised bytes (the header, then `n` loaded).
     let record = unsafe { core::slice::from_raw_parts(core::ptr::from_mut(c).cast::<u8>(), size) };
     // As events: no wakeup unless the ring is an eighth full (the agent drains it on a timer).
-    let flags = if DNS_ANSWERS.query(BPF_RB_AVAIL_DATA as u64) * 8
-        >= DNS_ANSWERS.query(BPF_RB_RING_SIZE as u64)
-    {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let flags =
+        if DNS_ANSWERS.query(BPF_RB_AVAIL_DATA as u64) * 8 >= DNS_ANSWERS.query(BPF_RB_RING_SIZE as u64) {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
     if DNS_ANSWERS.output::<[u8]>(record, flags as u64).is_err() {
         count_dns(dns_stat::LOST, 1);
         count_dns(dns_stat::LOST_BYTES, payload_len as u64);

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use crate::{
     record::{
         Alert, AlertUpdate, CloudProvider, Destination, DestinationRecord, Direction, DomainName, Endpoint,
-        FlowRecord,
-        FlowState, LossRecord, Output, OverflowCount, Process, Protocol, Severity, Timestamp, VerdictKind,
+        FlowRecord, FlowState, LossRecord, Output, OverflowCount, Process, Protocol, Severity, Timestamp,
+        VerdictKind,
     },
     sinks::{
         syslog::{self, Facility, SyslogFormat},

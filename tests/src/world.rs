@@ -147,12 +147,20 @@ severity = "critical"
     pub fn resolve(&self, from: &str, server: &str, name: &str, options: &[&str]) -> (Vec<String>, Vec<u16>) {
         let mut args = vec!["resolve", server, name];
         args.extend(options);
-        let mut c = Traffic::start(&Placement { netns: &self.topo.a, cgroup: &self.cg.dir(from), uid: None }, &args);
-        let resolved = c.next_report();
-        let addresses =
-            resolved["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
-        let report = c.finish();
-        let ports = report["locals"].as_array().map_or_else(Vec::new, |l| l.iter().map(port).collect());
+        let mut c =
+            Traffic::start(&Placement { netns: &self.topo.a, cgroup: &self.cg.dir(from), uid: None }, &args);
+        // With --connect, the connection's report follows the resolution's.
+        let (resolved, sent) = match options.contains(&"--connect") {
+            true => (c.next_report(), c.finish()),
+            false => (c.finish(), Value::Null),
+        };
+        let addresses = resolved["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let ports = sent["locals"].as_array().map_or_else(Vec::new, |l| l.iter().map(port).collect());
         (addresses, ports)
     }
 

@@ -174,7 +174,8 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     };
     let table = FlowTable::new(config.table_settings());
     let names = NameTable::new(config.name_options());
-    let mut pipeline = Pipeline::new(table, records, names, enricher, policy, config.alert_book(), metrics.clone());
+    let mut pipeline =
+        Pipeline::new(table, records, names, enricher, policy, config.alert_book(), metrics.clone());
     // The class maps were written above: flows the kernel counted before then are checked.
     pipeline.classes_changed(selectors.paths());
     let mut out: Vec<Output> = Vec::new();

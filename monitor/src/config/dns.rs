@@ -38,9 +38,7 @@ impl<'de> Deserialize<'de> for MaxNames {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = u64::deserialize(d)?;
         if !(1..=10_000_000).contains(&n) {
-            return Err(de::Error::custom(format!(
-                "invalid number of names {n}: expected 1 to 10000000"
-            )));
+            return Err(de::Error::custom(format!("invalid number of names {n}: expected 1 to 10000000")));
         }
         Ok(MaxNames(n as u32))
     }

@@ -14,8 +14,8 @@ use monitor_common::{
 };
 
 use crate::probe::KernelEvent;
-pub use crate::record::FlowState;
 use crate::record::DomainName;
+pub use crate::record::FlowState;
 
 /// The kernel's flow map, as the table uses it (the probe's map; a fake in tests).
 pub trait KernelFlows {

@@ -107,7 +107,8 @@ impl NameTable {
         };
         self.counters.answers += 1;
         for r in answer.addresses {
-            let name = Arc::new(DomainName { domain: answer.domain.clone(), cname_chain: r.cname_chain.into() });
+            let name =
+                Arc::new(DomainName { domain: answer.domain.clone(), cname_chain: r.cname_chain.into() });
             let valid_until_ns = at_ns + u64::from(r.ttl) * 1_000_000_000 + self.grace_ns;
             for scope in [Scope::Cgroup(cgroup_id), Scope::Host] {
                 let entry = Entry { name: name.clone(), valid_until_ns };

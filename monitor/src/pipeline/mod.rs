@@ -183,8 +183,14 @@ impl Pipeline {
         let name = self.names.name_of(u.key.cgroup_id, ip, u.flow.first_seen_ns);
         let place = self.enricher.locate(ip);
         let verdict = self.policy.evaluate(e.class_id, &place);
-        let record =
-            self.records.flow_record(&u, name.as_deref(), place, verdict.kind, &Clock::sample(), Timestamp::now());
+        let record = self.records.flow_record(
+            &u,
+            name.as_deref(),
+            place,
+            verdict.kind,
+            &Clock::sample(),
+            Timestamp::now(),
+        );
         let class_name = record.class.as_deref().unwrap_or_default().to_owned();
         self.metrics.blocked.get_or_create(&ClassLabel { class: class_name }).inc();
         let Some(class) = self.policy.class(e.class_id) else { return };

@@ -14,8 +14,8 @@ use crate::{
     cgroup::CgroupNames,
     flows::FlowUpdate,
     record::{
-        Destination, DestinationRecord, Direction, DomainName, Endpoint, FlowRecord, KernelMark, Process, Protocol,
-        Timestamp, VerdictKind,
+        Destination, DestinationRecord, Direction, DomainName, Endpoint, FlowRecord, KernelMark, Process,
+        Protocol, Timestamp, VerdictKind,
     },
 };
 
@@ -88,7 +88,12 @@ impl RecordContext {
             direction: direction(f.direction),
             protocol: Protocol(k.proto),
             source: Endpoint { ip: ip_of(k, &k.saddr), port: has_ports.then_some(k.sport) },
-            destination: DestinationRecord::new(ip_of(k, &k.daddr), has_ports.then_some(k.dport), name, place),
+            destination: DestinationRecord::new(
+                ip_of(k, &k.daddr),
+                has_ports.then_some(k.dport),
+                name,
+                place,
+            ),
             verdict,
             process: process(f.process.as_ref(), f.sock_uid, k.cgroup_id, cgroup),
             bytes: f.bytes,

@@ -10,7 +10,9 @@ mod flow;
 mod values;
 
 pub use alert::{Action, Alert, AlertUpdate};
-pub use flow::{DestinationRecord, DomainName, Endpoint, FlowRecord, KernelMark, LossRecord, OverflowCount, Process};
+pub use flow::{
+    DestinationRecord, DomainName, Endpoint, FlowRecord, KernelMark, LossRecord, OverflowCount, Process,
+};
 use serde::Serialize;
 pub use values::{
     CloudProvider, Destination, Direction, FlowState, Protocol, Severity, Timestamp, VerdictKind,
