@@ -2,10 +2,14 @@
 //!
 //!   em-traffic dns-serve LISTEN_ADDR TTL RECORD...  answers over UDP and TCP (TCP answers are
 //!                        written in two segments); RECORD is NAME=IP (A or AAAA), NAME=NAME
-//!                        (CNAME) or NAME=!malformed (an answer no parser can read)
+//!                        (CNAME) or NAME=!malformed (an answer no parser can read); a NAME
+//!                        of *.SUFFIX stands for every name below SUFFIX
 //!   em-traffic resolve   SERVER NAME [--aaaa] [--tcp] [--connect PORT BYTES]
 //!                        asks SERVER (UDP, or TCP) for NAME's A (or AAAA) records, reports the
 //!                        addresses, then connects to the first one and sends BYTES
+//!   em-traffic dns-flood SERVER RATE SECONDS
+//!                        queries for n<i>.bench.example at RATE/s from one UDP socket for
+//!                        SECONDS, counting the answers; reports sent and received
 
 use std::{
     io::{Read, Write},
@@ -58,7 +62,9 @@ fn answer(zone: &[(String, Target)], query: &[u8], ttl: u32) -> Option<Vec<u8>> 
     let mut at = asked.clone();
     for _ in 0..16 {
         let mut alias = None;
-        for (name, target) in zone.iter().filter(|(n, _)| *n == at) {
+        let matches = |n: &str| n == at || n.strip_prefix('*').is_some_and(|suffix| at.ends_with(suffix));
+        for (_, target) in zone.iter().filter(|(n, _)| matches(n)) {
+            let name = &at;
             match target {
                 Target::Malformed => return Some(malformed(&m)),
                 Target::Alias(t) => {
@@ -166,4 +172,58 @@ pub fn resolve(server: SocketAddr, name: &str, aaaa: bool, tcp: bool) -> Vec<IpA
             _ => None,
         })
         .collect()
+}
+
+/// Queries at `rate` per second for `seconds`, each for a new name, from one socket; the
+/// answers are counted by a second thread until a second after the last query.
+pub fn flood(server: SocketAddr, rate: u64, seconds: u64) {
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let s = std::sync::Arc::new(UdpSocket::bind(bind).unwrap());
+    s.connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rs, rdone) = (s.clone(), done.clone());
+    let receiver = std::thread::spawn(move || {
+        let (mut received, mut buf) = (0u64, [0u8; 2048]);
+        let mut quiet_since = None;
+        loop {
+            match rs.recv(&mut buf) {
+                Ok(_) => {
+                    received += 1;
+                    quiet_since = None;
+                }
+                Err(_) if rdone.load(std::sync::atomic::Ordering::Acquire) => {
+                    let since = *quiet_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        return received;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    let total = rate * seconds;
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        // Paced: as many as are due by now.
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let mut q = Message::new((sent & 0xffff) as u16, MessageType::Query, OpCode::Query);
+            q.add_query(Query::query(fqdn(&format!("n{sent}.bench.example")), RecordType::A));
+            if s.send(&q.to_vec().expect("encode")).is_ok() {
+                sent += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = start.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let received = receiver.join().unwrap();
+    report(&[
+        ("event", "flooded".into()),
+        ("sent", sent.into()),
+        ("received", received.into()),
+        ("seconds", took.into()),
+    ]);
 }

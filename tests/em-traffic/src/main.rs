@@ -76,6 +76,7 @@ fn main() {
             tcp_try(addr, from.map(|f| f.parse().expect("--from ADDR")))
         }
         Some("udp-try") => udp_try(addr),
+        Some("dns-flood") => dns::flood(addr, num(2, 1000) as u64, num(3, 1) as u64),
         Some("dns-serve") => dns::serve(addr, num(2, 60) as u32, &args[3..]),
         Some("resolve") => {
             let name = args.get(2).unwrap_or_else(|| usage());

@@ -1,6 +1,7 @@
 //! Per-packet cost of each kernel program: bpf_stats during a bulk TCP transfer, a run of small
-//! datagrams from a connected UDP socket and a burst of short connections, with an empty
-//! cgroup_skb program (see `empty`) measured the same way as the floor.
+//! datagrams from a connected UDP socket and a burst of short connections, with empty
+//! cgroup_skb programs (see `empty`), on egress and on ingress, measured the same way as the
+//! floors.
 
 #[allow(unused_imports)]
 use super::*;
@@ -24,8 +25,9 @@ impl Drop for BpfStats {
     }
 }
 
-/// The name the empty program's numbers go by in results.json.
+/// The names the empty programs' numbers go by in results.json.
 const EMPTY: &str = "empty_cgroup_skb";
+const EMPTY_INGRESS: &str = "empty_cgroup_skb_ingress";
 
 /// (run_time_ns, run_cnt) of a program.
 fn prog_stats(id: u64) -> anyhow::Result<(u64, u64)> {
@@ -48,13 +50,15 @@ impl Bench<'_> {
         std::thread::sleep(Duration::from_millis(500));
         let agent = self.agent(&[])?;
         // The floor: an empty egress program on the bench's cgroup (client and server both).
-        let empty = empty::EmptyProgram::attach(&self.world.cgroup_dir(""))?;
+        let empty = empty::EmptyProgram::attach(&self.world.cgroup_dir(""), false)?;
+        let empty_ingress = empty::EmptyProgram::attach(&self.world.cgroup_dir(""), true)?;
         let mut programs: Vec<(String, u64)> = agent.get("/v1/status")?["programs"]
             .as_array()
             .context("programs")?
             .iter()
             .map(|p| (p["name"].as_str().unwrap_or("").to_owned(), p["id"].as_u64().unwrap_or(0)))
             .collect();
+        programs.push((EMPTY_INGRESS.into(), empty_ingress.id as u64));
         programs.push((EMPTY.into(), empty.id as u64));
         let snapshot = || -> anyhow::Result<Vec<(u64, u64)>> {
             programs.iter().map(|(_, id)| prog_stats(*id)).collect()
@@ -79,6 +83,7 @@ impl Bench<'_> {
         let end = snapshot()?;
         drop(stats);
         drop(empty);
+        drop(empty_ingress);
         agent.stop();
         let per_run = |a: &(u64, u64), b: &(u64, u64)| {
             let (ns, runs) = (a.0 - b.0, a.1 - b.1);
@@ -88,6 +93,11 @@ impl Bench<'_> {
         let floor = programs.len() - 1;
         let (floor_bulk, floor_udp) =
             (per_run(&after_bulk[floor], &start[floor]).0, per_run(&after_udp[floor], &after_bulk[floor]).0);
+        let floor_in = floor - 1;
+        let (floor_in_bulk, floor_in_udp) = (
+            per_run(&after_bulk[floor_in], &start[floor_in]).0,
+            per_run(&after_udp[floor_in], &after_bulk[floor_in]).0,
+        );
         for (i, (name, _)) in programs.iter().enumerate() {
             let (bulk, bulk_runs) = per_run(&after_bulk[i], &start[i]);
             let (udp, udp_runs) = per_run(&after_udp[i], &after_bulk[i]);
@@ -119,7 +129,22 @@ impl Bench<'_> {
                     "",
                     None,
                 );
-            } else if name == EMPTY {
+            } else if name == "dns_ingress" {
+                // Every packet a socket receives; the bench's packets are none of them DNS.
+                let (tcp_added, udp_added) = (bulk - floor_in_bulk, udp - floor_in_udp);
+                self.row(
+                    "DNS ingress program: added cost per packet over an empty one, TCP received (iperf3)",
+                    format!("{tcp_added:.0} ns ({bulk:.0} - {floor_in_bulk:.0} ns, {bulk_runs} runs)"),
+                    "<= 25 ns",
+                    Some(tcp_added <= 25.0),
+                );
+                self.row(
+                    "  same, 64-byte UDP datagrams received",
+                    format!("{udp_added:.0} ns ({udp:.0} - {floor_in_udp:.0} ns, {udp_runs} runs)"),
+                    "<= 25 ns",
+                    Some(udp_added <= 25.0),
+                );
+            } else if name == EMPTY || name == EMPTY_INGRESS {
                 continue;
             } else if runs > 0 {
                 self.row(&format!("  cost per run, {name}"), format!("{all:.0} ns ({runs} runs)"), "", None);

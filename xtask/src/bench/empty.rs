@@ -1,7 +1,7 @@
-//! An empty cgroup_skb egress program (`r0 = 1; exit`), loaded with the bpf() system call and
-//! attached to the client's cgroup beside the agent's programs. bpf_stats accounts it the same
-//! way as the egress program, so its cost per run is the floor any such program pays: the
-//! egress program's added cost is its own cost per run minus this one's.
+//! An empty cgroup_skb program (`r0 = 1; exit`), loaded with the bpf() system call and attached,
+//! on egress or ingress, to the bench's cgroup beside the agent's programs. bpf_stats accounts
+//! it the same way as the agent's, so its cost per run is the floor any such program pays: the
+//! egress (or DNS ingress) program's added cost is its own cost per run minus this one's.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -11,6 +11,7 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
+const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
 
 pub struct EmptyProgram {
@@ -36,7 +37,8 @@ fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
 }
 
 impl EmptyProgram {
-    pub fn attach(cgroup: &std::path::Path) -> anyhow::Result<EmptyProgram> {
+    pub fn attach(cgroup: &std::path::Path, ingress: bool) -> anyhow::Result<EmptyProgram> {
+        let hook = if ingress { BPF_CGROUP_INET_INGRESS } else { BPF_CGROUP_INET_EGRESS };
         // mov64 r0, 1; exit
         let insns: [u8; 16] = [0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
         let license = c"GPL";
@@ -46,7 +48,7 @@ impl EmptyProgram {
         put_u64(&mut attr, 8, insns.as_ptr() as u64);
         put_u64(&mut attr, 16, license.as_ptr() as u64);
         attr[48..48 + 14].copy_from_slice(b"em_bench_empty");
-        put_u32(&mut attr, 68, BPF_CGROUP_INET_EGRESS);
+        put_u32(&mut attr, 68, hook);
         let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading an empty cgroup_skb program")?;
         // SAFETY: a new descriptor the kernel returned, owned from here on.
         let prog = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -55,7 +57,7 @@ impl EmptyProgram {
         let mut attr = [0u8; 128];
         put_u32(&mut attr, 0, fd as u32);
         put_u32(&mut attr, 4, std::os::fd::AsRawFd::as_raw_fd(&dir) as u32);
-        put_u32(&mut attr, 8, BPF_CGROUP_INET_EGRESS);
+        put_u32(&mut attr, 8, hook);
         let link = bpf(BPF_LINK_CREATE, &mut attr)
             .with_context(|| format!("attaching the empty program to {}", cgroup.display()))?;
         // SAFETY: as above.

@@ -6,6 +6,7 @@ mod api_load;
 mod beside;
 mod cost;
 mod datapath;
+mod dns;
 mod empty;
 mod enforce;
 mod lookups;
@@ -89,7 +90,7 @@ pub const STORE_BENCH: [&str; 7] =
     ["bench", "--package", "monitor", "--features", "fixtures", "--bench", "store"];
 
 /// The steps, by the names `--only` takes.
-pub const STEPS: [&str; 10] = [
+pub const STEPS: [&str; 11] = [
     "cost",
     "throughput",
     "connections",
@@ -97,6 +98,7 @@ pub const STEPS: [&str; 10] = [
     "enforce",
     "flow-rate",
     "active-flows",
+    "dns",
     "api-load",
     "store",
     "lookups",
@@ -154,6 +156,9 @@ pub fn run_bench(root: &Path, quick: bool, only: &[String]) -> anyhow::Result<()
     }
     if wanted("active-flows") {
         step("agent CPU and memory with 10k and 100k active flows", || b.active_flows())?;
+    }
+    if wanted("dns") {
+        step("DNS answers per second taken in with zero loss", || b.dns_rate())?;
     }
     if wanted("api-load") {
         step("the API under load: 50 clients, a store of a million rows, 20,000 new flows/s", || {
