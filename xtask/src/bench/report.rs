@@ -79,7 +79,15 @@ a connected UDP socket (`em-traffic udp-rate --connect`) and a burst of short co
 afterwards); `run_time_ns / run_cnt` per program from `bpftool prog show`, per phase. One run of the egress \
 program is one skb: a GSO skb carries several segments. The kernel's own accounting is in every number, so \
 the egress rows subtract the floor: an empty cgroup_skb egress program (`r0 = 1; exit`, loaded by the bench \
-with the bpf() system call) attached to the bench's cgroup during the same runs, measured the same way.\n\
+with the bpf() system call) attached to the bench's cgroup during the same runs, measured the same way. \
+The DNS ingress program (it runs on every packet a socket receives; none of the bench's is DNS) is \
+measured against an empty cgroup_skb ingress program attached the same way.\n\
+- **DNS answers**: `em-traffic dns-flood` in the client's cgroup asks `em-traffic dns-serve` on the other \
+host for a new name each time (`n<i>.bench.example`), paced at 25,000, 50,000 and 100,000 queries a second \
+for the round's seconds. The rate is the agent's: answers it took in (`dns.answers` in its status) per \
+second of sending, counted only when it took in at least every answer the client received, with none lost \
+in the kernel's ring and none unreadable (at high rates the client's socket drops answers the hook had \
+already copied).\n\
 - **Side by side**: throughput, connection rate and small datagrams are each measured with nothing beside \
 the workload, with egress-monitor, with `tcpdump -i veth0 -w /dev/null`, and with pmacct's `pmacctd -i veth0 \
 -P print -r 60 -c src_host,dst_host,src_port,dst_port,proto` (flow accounting from a packet capture, printed \
@@ -201,6 +209,12 @@ exact.\n  - \
 Throughput with the memset fix: 99.2% in one full run, 97.1% and 96.8% in the next two (96.5% before \
 it); the no-monitor baseline itself moved between 14.8 and 21.0 Gbit/s from run to run on this shared \
 machine, so the target is not met reliably.\n\
+- **Throughput, first run with the DNS ingress program** (29 November): 93.8% of the baseline and a \
+tcpdump/monitor ratio of 3.8x, where the three runs before it gave 96.8-99.2% and 8.0-16.4x. The \
+ingress program now runs on every packet a socket receives: 11 ns above an empty ingress program, which \
+itself costs 47 ns (the price of any cgroup program on receive). One run, and the baseline moved from \
+21.0 to 24.5 Gbit/s between these runs: whether the ingress hook or the machine's noise made the \
+difference is not known yet.\n\
 - **Short connections and small datagrams**: dropping the connect event and the new-flow events of \
 unclassified flows (and of flows the verdict tables approve) made no measurable difference to the \
 connection rate (quick runs before and after: 69.5% to 80%, within the noise). Stopping the agent's \
