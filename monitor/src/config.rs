@@ -18,6 +18,7 @@ mod dns;
 mod files;
 mod query;
 mod reload;
+mod reports;
 mod sinks;
 mod values;
 
@@ -53,6 +54,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub reports: reports::ReportsConfig,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]

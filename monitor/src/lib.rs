@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod probe;
 pub mod record;
+pub mod reports;
 pub mod sinks;
 pub mod sockets;
 pub mod state;

@@ -31,6 +31,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils", "the Debian package's libc6 dependency is read from the binary with objdump"),
     ("systemd", "tests check the service unit with systemd-analyze (verify, security)"),
     ("man-db", "tests render the manual pages with man -l"),
+    ("chromium", "tests open the HTML residency report in a real headless browser"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";

@@ -11,7 +11,9 @@ mod lookup;
 mod output;
 mod prepare;
 mod reload;
+mod report;
 mod run;
+mod start;
 mod status;
 mod systemd;
 mod top;
@@ -104,6 +106,22 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// A residency report of a period from the store: where each class's bytes went, its
+    /// violations, and what the agent could not see; signed with the host key and chained
+    #[command(
+        long_about = "A residency report of a period, from the agent's store: per class, the bytes, packets and flows by destination (country, cloud region, company site, internal, unknown), its violations with their alert ids and the attempts the kernel blocked; the host, agent version, configuration digest and the databases in force; and the coverage: when no agent ran (from the heartbeat the agent records in the store) and whether the kernel programs went on counting meanwhile, kernel losses, store drops and geolocation errors. It carries a digest of the store rows it sums and the digest of the host's previous report, and is signed with the host's Ed25519 key (state_dir/host.key, created at first use, mode 0600). Each report is recorded in the store, numbered after the previous one. Reads the store directly: run it as root on the host, with or without the agent running.",
+        after_help = "Examples:
+  egress-monitor report --since 2026-11-01T00:00:00Z --until 2026-12-01T00:00:00Z > november.json
+  egress-monitor report --since 7d --class us-user-data -o html > week.html
+  egress-monitor verify november.json --key host.pub"
+    )]
+    Report(report::ReportArgs),
+    /// Print the host's public key (the form `verify --key` reads); creates the key pair in
+    /// state_dir on first use
+    Key(ConfigArg),
+    /// Check reports without trusting the host: signatures, the chain, the figures, and with
+    /// --store the rows they sum; exits 1 naming each failure
+    Verify(report::VerifyArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     #[command(
         after_help = "Example:\n  egress-monitor completions bash > /etc/bash_completion.d/egress-monitor"
@@ -192,5 +210,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts { filters, api, output } => alerts::alerts(&api, &filters, output.output),
         Command::Status { api, output } => status::status(&api, output.output),
         Command::Top { args, api, output } => top::top(&api, &args, output.output),
+        Command::Report(args) => report::report(&args),
+        Command::Key(arg) => report::key(&arg),
+        Command::Verify(args) => report::verify(&args),
     }
 }

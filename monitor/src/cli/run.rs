@@ -26,6 +26,7 @@ use crate::{
         enforcing::{Enforcer, attach_enforcement},
         prepare::{Places, Prepared, prepare},
         reload::{Reloaded, reload},
+        start::{seed_open_sockets, store_runs},
         systemd::ServiceManager,
     },
     config::Config,
@@ -34,11 +35,12 @@ use crate::{
     metrics::Metrics,
     names::NameTable,
     pipeline::{Pipeline, RecordContext},
-    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap, SocketSeed},
+    probe::{self, DRAIN_INTERVAL, Probe, ProbeOptions, ReportedMap},
     record::KernelMark,
     record::Output,
+    reports::{self, key::HostKey},
     sinks::Sinks,
-    sockets, state,
+    state,
     status::{self, CgroupSelector, ClassStatus, Status},
     store::{CommittedMarks, Store},
 };
@@ -112,8 +114,12 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
         Some(Box::new(probe.reported_handle()?)),
     );
     let store_counters = store.counters.clone();
+    // This run in the store (coverage of residency reports), and the key that signs them.
+    let heartbeat = store_runs(&config, &probe);
+    let key = Arc::new(HostKey::load_or_create(&config.agent.state_dir)?);
+    let schedule = config.report_schedule().map(|s| reports::schedule::spawn(s, key));
     let mut sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
-    let host: Arc<str> = host_name(&config).into();
+    let host: Arc<str> = config.host_name().into();
     let started = Instant::now();
     let status = Arc::new(Mutex::new(Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -292,6 +298,10 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                     s.kernel.enforcing_cgroups = probe.enforcement.attached().unwrap_or_default();
                     sinks.fill_status(&mut s);
                     store_counters.fill_status(&mut s);
+                    if let Some(h) = &heartbeat {
+                        h.counters.store_dropped.store(s.losses.store_dropped, std::sync::atomic::Ordering::Relaxed);
+                        h.counters.geolocation_errors.store(s.geolocation.decode_errors, std::sync::atomic::Ordering::Relaxed);
+                    }
                     s.export = export.iter().map(|(st, _)| st.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
                     metrics.observe(&s);
                 }
@@ -364,6 +374,10 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     .await;
 
     api.stop().await;
+    schedule.inspect(|t| t.abort());
+    if let Some(h) = heartbeat {
+        h.stop();
+    }
     let _ = stop_export.send(true);
     for (_, task) in export {
         let _ = task.await;
@@ -377,43 +391,6 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     pipeline.log_totals();
     sinks.close().await.context("flushing the sinks")?;
     result
-}
-
-/// Sockets opened before the programs were attached: the hooks that record a socket's process
-/// and direction ran before them, so the agent records what they would have, in the kernel (the
-/// connections a listener accepts from now on inherit it) and for the flows the kernel already
-/// saw.
-fn seed_open_sockets(probe: &mut Probe) -> (Vec<sockets::OpenSocket>, status::SocketsAtStart) {
-    let started = Instant::now();
-    let mut counts = status::SocketsAtStart::default();
-    let mut first_error = None;
-    let (found, scan) = sockets::scan(|fd, s| {
-        let seed = SocketSeed { process: s.process, direction: s.direction, listener: s.listening };
-        match probe.sockets.seed(fd, &seed) {
-            Ok(wrote) => counts.seeded += wrote as u64,
-            Err(e) => {
-                counts.failed += 1;
-                first_error.get_or_insert(format!("{e:#}"));
-            }
-        }
-    });
-    (counts.found, counts.listening, counts.unreadable_processes) =
-        (scan.sockets, scan.listening, scan.unreadable);
-    info!(
-        found = counts.found,
-        listening = counts.listening,
-        seeded = counts.seeded,
-        took = ?started.elapsed(),
-        "sockets open before the agent: process and direction recorded"
-    );
-    if let Some(error) = first_error {
-        warn!(
-            failed = counts.failed,
-            error,
-            "recording the process of sockets open before the agent failed for some; their flows have no process"
-        );
-    }
-    (found, counts)
 }
 
 /// Each class's part of the status: its selectors (cgroups found or not) and flows tracked now;
@@ -446,19 +423,6 @@ async fn files_timer(config: &Config) -> tokio::time::Interval {
     t.set_missed_tick_behavior(MissedTickBehavior::Delay);
     t.tick().await;
     t
-}
-
-fn host_name(config: &Config) -> String {
-    if let Some(h) = &config.agent.host {
-        return h.clone();
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: buffer and its length.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-        let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        return String::from_utf8_lossy(&buf[..n]).into_owned();
-    }
-    "localhost".into()
 }
 
 /// Hands the records to the outputs, a chunk at a time while the pipeline has more.

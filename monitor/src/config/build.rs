@@ -96,6 +96,44 @@ impl Config {
         }
     }
 
+    /// The name records give this host: `agent.host`, else the system's host name.
+    pub fn host_name(&self) -> String {
+        if let Some(h) = &self.agent.host {
+            return h.clone();
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: buffer and its length.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        "localhost".into()
+    }
+
+    /// SHA-256 of the configuration's text (the embedded defaults: of an empty text), as
+    /// reports name the configuration in force.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(self.text.as_bytes());
+        format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    /// The agent's own reports (`[reports] interval`), when set.
+    pub fn report_schedule(&self) -> Option<crate::reports::schedule::Schedule> {
+        let interval = self.reports.interval.as_ref()?.0;
+        Some(crate::reports::schedule::Schedule {
+            interval,
+            state_dir: self.agent.state_dir.clone(),
+            host: self.host_name(),
+            config_digest: self.digest(),
+            sources: crate::enrich::Enricher::open(&self.enrich_options())
+                .map(|e| e.sources())
+                .unwrap_or_default(),
+            class_names: self.class_names(),
+            bucket_secs: self.store.bucket.get_ref().0.as_secs().max(1) as i64,
+        })
+    }
+
     /// How long names are valid and how many are kept.
     pub fn name_options(&self) -> NameOptions {
         NameOptions { grace: self.dns.grace.0, max_names: self.dns.max_names.0 as usize }

@@ -212,6 +212,28 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN cname_chain TEXT;
     ALTER TABLE flow_groups ADD COLUMN domain TEXT;
     ",
+    // 10: when the agent ran (for the coverage of residency reports), and the reports made,
+    //     chained by their digests.
+    "
+    CREATE TABLE agent_runs (
+        id INTEGER PRIMARY KEY,
+        started_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        ended_ms INTEGER,
+        start_kind TEXT NOT NULL,
+        attached_since_ms INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        store_dropped INTEGER NOT NULL,
+        geolocation_errors INTEGER NOT NULL
+    );
+    CREATE TABLE reports (
+        seq INTEGER PRIMARY KEY,
+        since TEXT NOT NULL,
+        until TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        report TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@ pub mod export;
 mod groups;
 mod migrations;
 pub mod query;
+pub mod runs;
 mod writer;
 
 use std::{

@@ -203,7 +203,8 @@ fn migration_fills_the_groups_from_stored_flows() {
          ALTER TABLE alerts DROP COLUMN cgroup_id; ALTER TABLE alerts DROP COLUMN internal;
          ALTER TABLE alerts DROP COLUMN action; ALTER TABLE flows DROP COLUMN domain;
          ALTER TABLE flows DROP COLUMN cname_chain; ALTER TABLE alerts DROP COLUMN domain;
-         ALTER TABLE alerts DROP COLUMN cname_chain; PRAGMA user_version = 4;",
+         ALTER TABLE alerts DROP COLUMN cname_chain; DROP TABLE agent_runs; DROP TABLE reports;
+         PRAGMA user_version = 4;",
     )
     .unwrap();
     super::super::migrations::migrate(&mut conn).unwrap();

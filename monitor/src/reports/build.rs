@@ -1,0 +1,294 @@
+//! A report from the store: the flow rows of the period summed per class and place, the alerts
+//! raised, the loss records, and the agent's runs (coverage).
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, params, types::Value as SqlValue};
+use sha2::{Digest, Sha256};
+
+use super::{
+    ClassReport, Coverage, FORMAT, Gap, KIND, KernelLosses, Place, Report, Rows, Source, Totals, Violations,
+};
+use crate::store::runs::{BEAT, runs};
+
+/// What a report is about and what it says of its host.
+pub struct ReportOptions {
+    pub host: String,
+    pub agent_version: String,
+    pub config_digest: String,
+    pub sources: Vec<(String, String)>,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub class: Option<String>,
+    /// The store's bucket length, in seconds.
+    pub bucket_secs: i64,
+    /// When the report is made (a running agent counts as running up to then).
+    pub now: DateTime<Utc>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ms_time(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms).map(rfc3339).unwrap_or_default()
+}
+
+/// The flow rows a report of [since, until] sums: those of the buckets from the one holding
+/// `since` to the one holding `until` (as the API's grouped sums), of one class or all.
+const ROWS: &str =
+    "SELECT bucket, flow_id, class, verdict, dst_ip, dst_port, country, cloud_provider, cloud_region,
+        site, internal, bytes, packets FROM flows
+     WHERE bucket >= ?1 AND bucket <= ?2 AND (?3 IS NULL OR class = ?3) ORDER BY bucket, flow_id";
+
+/// One flow row as a report reads it.
+pub struct Row {
+    class: Option<String>,
+    violation: bool,
+    flow_id: String,
+    place: (String, Option<String>),
+    bytes: u64,
+    packets: u64,
+}
+
+/// The rows of a period, each folded into the digest as it is read: SHA-256 over each row's
+/// values, as text, separated by tabs, one row per line, in bucket and flow order. Returns the
+/// count, the digest and the rows.
+pub fn rows_digest(
+    conn: &Connection,
+    first_bucket: i64,
+    last_bucket: i64,
+    class: Option<&str>,
+) -> rusqlite::Result<(u64, String, Vec<Row>)> {
+    let mut stmt = conn.prepare(ROWS)?;
+    let mut h = Sha256::new();
+    let mut out = Vec::new();
+    let mut rows = stmt.query(params![first_bucket, last_bucket, class])?;
+    while let Some(r) = rows.next()? {
+        let values: Vec<SqlValue> = (0..13).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+        let line: Vec<String> = values
+            .iter()
+            .map(|v| match v {
+                SqlValue::Null => "\\N".to_owned(),
+                SqlValue::Integer(n) => n.to_string(),
+                SqlValue::Real(f) => f.to_string(),
+                SqlValue::Text(t) => t.clone(),
+                SqlValue::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            })
+            .collect();
+        h.update(line.join("\t").as_bytes());
+        h.update(b"\n");
+        let text = |i: usize| if let SqlValue::Text(t) = &values[i] { Some(t.clone()) } else { None };
+        let int = |i: usize| if let SqlValue::Integer(n) = &values[i] { *n } else { 0 };
+        let place = if let Some(site) = text(9) {
+            ("site".to_owned(), Some(site))
+        } else if let Some(region) = text(8) {
+            ("cloud_region".to_owned(), Some(format!("{}:{region}", text(7).unwrap_or_default())))
+        } else if int(10) != 0 {
+            ("internal".to_owned(), None)
+        } else if let Some(country) = text(6) {
+            ("country".to_owned(), Some(country))
+        } else {
+            ("unknown".to_owned(), None)
+        };
+        out.push(Row {
+            class: text(2),
+            violation: text(3).as_deref() == Some("violation"),
+            flow_id: text(1).unwrap_or_default(),
+            place,
+            bytes: int(11).max(0) as u64,
+            packets: int(12).max(0) as u64,
+        });
+    }
+    let digest = format!("sha256:{}", h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    Ok((out.len() as u64, digest, out))
+}
+
+/// The report of `o`'s period, not yet numbered, chained or signed.
+pub fn build(conn: &Connection, o: &ReportOptions, class_names: &[String]) -> anyhow::Result<Report> {
+    let first_bucket = o.since.timestamp().div_euclid(o.bucket_secs) * o.bucket_secs;
+    let (count, digest, rows) = rows_digest(conn, first_bucket, o.until.timestamp(), o.class.as_deref())?;
+    let mut classes: BTreeMap<String, ClassReport> = BTreeMap::new();
+    for name in class_names.iter().filter(|n| o.class.as_ref().is_none_or(|c| c == *n)) {
+        classes.insert(name.clone(), empty_class(name));
+    }
+    let mut unclassified = Totals::default();
+    let mut flows_seen: HashSet<(Option<String>, String)> = HashSet::new();
+    let mut place_flows: HashSet<(Option<String>, String, Option<String>, String)> = HashSet::new();
+    let mut violating: HashSet<(String, String)> = HashSet::new();
+    for r in rows {
+        let new_flow = flows_seen.insert((r.class.clone(), r.flow_id.clone()));
+        let Some(class) = &r.class else {
+            unclassified.bytes += r.bytes;
+            unclassified.packets += r.packets;
+            unclassified.flows += new_flow as u64;
+            continue;
+        };
+        let c = classes.entry(class.clone()).or_insert_with(|| empty_class(class));
+        c.bytes += r.bytes;
+        c.packets += r.packets;
+        c.flows += new_flow as u64;
+        let new_in_place =
+            place_flows.insert((r.class.clone(), r.place.0.clone(), r.place.1.clone(), r.flow_id.clone()));
+        let p = match c.destinations.iter_mut().position(|p| (&p.kind, &p.name) == (&r.place.0, &r.place.1)) {
+            Some(i) => &mut c.destinations[i],
+            None => {
+                c.destinations.push(Place {
+                    kind: r.place.0.clone(),
+                    name: r.place.1.clone(),
+                    bytes: 0,
+                    packets: 0,
+                    flows: 0,
+                    violation_bytes: 0,
+                });
+                c.destinations.last_mut().expect("just pushed")
+            }
+        };
+        p.bytes += r.bytes;
+        p.packets += r.packets;
+        p.flows += new_in_place as u64;
+        if r.violation {
+            p.violation_bytes += r.bytes;
+            c.violations.bytes += r.bytes;
+            if violating.insert((class.clone(), r.flow_id.clone())) {
+                c.violations.flows += 1;
+            }
+        }
+    }
+    // Alerts raised in the period.
+    let mut stmt = conn.prepare(
+        "SELECT id, class, action FROM alerts WHERE time_unix >= ?1 AND time_unix <= ?2 ORDER BY time_unix, id",
+    )?;
+    let alerts = stmt.query_map(params![o.since.timestamp(), o.until.timestamp()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+    })?;
+    for a in alerts {
+        let (id, class, action) = a?;
+        if let Some(c) = classes.get_mut(&class) {
+            c.violations.alerts.push(id);
+            c.blocked += (action.as_deref() == Some("blocked")) as u64;
+        }
+    }
+    let mut classes: Vec<ClassReport> = classes.into_values().collect();
+    for c in &mut classes {
+        c.destinations
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| (&a.kind, &a.name).cmp(&(&b.kind, &b.name))));
+    }
+    Ok(Report {
+        kind: KIND.into(),
+        format: FORMAT,
+        seq: 0,
+        host: o.host.clone(),
+        agent_version: o.agent_version.clone(),
+        generated: rfc3339(o.now),
+        since: rfc3339(o.since),
+        until: rfc3339(o.until),
+        counted_from: DateTime::from_timestamp(first_bucket, 0).map(rfc3339).unwrap_or_default(),
+        class_filter: o.class.clone(),
+        config_digest: o.config_digest.clone(),
+        sources: o.sources.iter().map(|(k, d)| Source { kind: k.clone(), description: d.clone() }).collect(),
+        classes,
+        unclassified: o.class.is_none().then_some(unclassified),
+        coverage: coverage(conn, o)?,
+        rows: Rows { count, digest },
+        previous: None,
+        signature: None,
+    })
+}
+
+fn empty_class(name: &str) -> ClassReport {
+    ClassReport {
+        class: name.to_owned(),
+        bytes: 0,
+        packets: 0,
+        flows: 0,
+        destinations: Vec::new(),
+        violations: Violations::default(),
+        blocked: 0,
+    }
+}
+
+/// When no agent ran in the period (from the runs' heartbeats), and what was lost.
+fn coverage(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Coverage> {
+    let (from, until, now) =
+        (o.since.timestamp_millis(), o.until.timestamp_millis(), o.now.timestamp_millis());
+    let runs = runs(conn, from, until)?;
+    let mut c = Coverage::default();
+    let mut gaps = Vec::new();
+    let mut cursor = from;
+    let stale = 3 * BEAT.as_millis() as i64;
+    for (i, r) in runs.iter().enumerate() {
+        if r.started_ms > cursor {
+            // The programs counted meanwhile when this agent found them pinned and counting.
+            gaps.push((cursor, r.started_ms, Some(r.start_kind != "fresh")));
+        }
+        let last = i + 1 == runs.len();
+        let end = match r.ended_ms {
+            Some(e) => e,
+            // Running now (its heartbeat is recent): covered up to now.
+            None if last && now - r.last_seen_ms <= stale => now,
+            None => r.last_seen_ms,
+        };
+        cursor = cursor.max(end);
+        if end >= from {
+            c.runs += 1;
+            c.store_dropped += r.store_dropped.max(0) as u64;
+            c.geolocation_errors += r.geolocation_errors.max(0) as u64;
+        }
+    }
+    if cursor < until {
+        // No agent since: whether the programs counted is not known yet.
+        gaps.push((cursor, until, None));
+    }
+    for (a, b, counting) in gaps {
+        let (a, b) = (a.max(from), b.min(until));
+        if b <= a {
+            continue;
+        }
+        let ms = (b - a) as u64;
+        c.agent_not_running_ms += ms;
+        if counting == Some(false) {
+            c.blind_ms += ms;
+        }
+        c.agent_not_running.push(Gap { from: ms_time(a), until: ms_time(b), ms, kernel_counting: counting });
+    }
+    c.kernel_losses = kernel_losses(conn, o.since.timestamp(), o.until.timestamp())?;
+    Ok(c)
+}
+
+/// The growth of the kernel's loss totals over the period: the last loss record in it minus
+/// the last one before it (totals restart with a fresh program set: then the later total).
+fn kernel_losses(conn: &Connection, since: i64, until: i64) -> anyhow::Result<KernelLosses> {
+    let last = |sql: &str, t: i64| -> rusqlite::Result<Option<serde_json::Value>> {
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query(params![t])?;
+        Ok(match rows.next()? {
+            Some(r) => serde_json::from_str(&r.get::<_, String>(0)?).ok(),
+            None => None,
+        })
+    };
+    let before =
+        last("SELECT record FROM losses WHERE time_unix < ?1 ORDER BY time_unix DESC LIMIT 1", since)?;
+    let Some(end) =
+        last("SELECT record FROM losses WHERE time_unix <= ?1 ORDER BY time_unix DESC LIMIT 1", until)?
+    else {
+        return Ok(KernelLosses::default());
+    };
+    let grew = |k: &str| {
+        let e = end[k].as_u64().unwrap_or(0);
+        let b = before.as_ref().and_then(|b| b[k].as_u64()).unwrap_or(0);
+        if e >= b { e - b } else { e }
+    };
+    Ok(KernelLosses {
+        ringbuf_drops: grew("ringbuf_drops"),
+        flow_insert_failed: grew("flow_insert_failed"),
+        overflow_packets: grew("overflow_packets"),
+        overflow_bytes: grew("overflow_bytes"),
+        dns_answers_lost: grew("dns_answers_lost"),
+        dns_answers_lost_bytes: grew("dns_answers_lost_bytes"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

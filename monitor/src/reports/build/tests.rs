@@ -1,0 +1,123 @@
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::*;
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn options(since: &str, until: &str, now: &str) -> ReportOptions {
+    ReportOptions {
+        host: "h1".into(),
+        agent_version: "0.1.0".into(),
+        config_digest: "sha256:00".into(),
+        sources: vec![("country".into(), "embedded".into())],
+        since: t(since),
+        until: t(until),
+        class: None,
+        bucket_secs: 60,
+        now: t(now),
+    }
+}
+
+fn row(
+    c: &Connection,
+    bucket: i64,
+    flow: &str,
+    class: Option<&str>,
+    verdict: &str,
+    place: (&str, &str),
+    bytes: i64,
+) {
+    let (country, site) = match place {
+        ("site", s) => (Some("US"), Some(s)),
+        (_, country) => (Some(country), None),
+    };
+    c.execute(
+        "INSERT INTO flows (bucket, flow_id, host, class, verdict, direction, protocol, src_ip, dst_ip, dst_bin, country, site, internal, uid, bytes, packets, first_seen, last_seen)
+         VALUES (?1, ?2, 'h1', ?3, ?4, 'outbound', 'tcp', '10.0.0.1', '192.0.2.1', x'00', ?5, ?6, 0, 0, ?7, 1, '2026-11-01T00:00:00.000Z', '2026-11-01T00:00:00.000Z')",
+        params![bucket, flow, class, verdict, country, site, bytes],
+    )
+    .unwrap();
+}
+
+fn run(c: &Connection, started: &str, last_seen: &str, ended: Option<&str>, kind: &str) {
+    let ms = |s: &str| t(s).timestamp_millis();
+    c.execute(
+        "INSERT INTO agent_runs (started_ms, last_seen_ms, ended_ms, start_kind, attached_since_ms, version, store_dropped, geolocation_errors)
+         VALUES (?1, ?2, ?3, ?4, ?1, '0.1.0', 2, 1)",
+        params![ms(started), ms(last_seen), ended.map(ms), kind],
+    )
+    .unwrap();
+}
+
+#[test]
+fn sums_per_class_and_place_with_violations_and_a_digest_of_the_rows() {
+    let c = crate::store::open_in_memory().unwrap();
+    let b = t("2026-11-01T00:00:00Z").timestamp();
+    row(&c, b, "f1", Some("us"), "allowed", ("country", "US"), 1000);
+    row(&c, b + 60, "f1", Some("us"), "allowed", ("country", "US"), 500);
+    row(&c, b, "f2", Some("us"), "violation", ("country", "CN"), 300);
+    row(&c, b, "f3", Some("us"), "allowed", ("site", "dc-us-east"), 20);
+    row(&c, b, "f4", None, "unclassified", ("country", "CN"), 7);
+    // Outside the period.
+    row(&c, b + 3600, "f5", Some("us"), "violation", ("country", "CN"), 99);
+    let o = options("2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z", "2026-11-01T00:10:00Z");
+    let r = build(&c, &o, &["us".into(), "eu".into()]).unwrap();
+    assert_eq!(r.counted_from, "2026-11-01T00:00:00.000Z");
+    let us = &r.classes.iter().find(|c| c.class == "us").unwrap();
+    assert_eq!((us.bytes, us.flows), (1820, 3));
+    let places: Vec<(&str, Option<&str>, u64, u64)> = us
+        .destinations
+        .iter()
+        .map(|p| (p.kind.as_str(), p.name.as_deref(), p.bytes, p.violation_bytes))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("country", Some("US"), 1500, 0),
+            ("country", Some("CN"), 300, 300),
+            ("site", Some("dc-us-east"), 20, 0)
+        ]
+    );
+    assert_eq!((us.violations.flows, us.violations.bytes), (1, 300));
+    // A class that sent nothing is listed with zeros.
+    assert_eq!(r.classes.iter().find(|c| c.class == "eu").unwrap().bytes, 0);
+    assert_eq!(r.unclassified.as_ref().unwrap().bytes, 7);
+    assert_eq!(r.rows.count, 5);
+    // The digest follows the rows: a changed byte count changes it.
+    let before = r.rows.digest.clone();
+    c.execute("UPDATE flows SET bytes = 301 WHERE flow_id = 'f2'", []).unwrap();
+    assert_ne!(build(&c, &o, &[]).unwrap().rows.digest, before);
+}
+
+#[test]
+fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted() {
+    let c = crate::store::open_in_memory().unwrap();
+    run(&c, "2026-11-01T00:00:00Z", "2026-11-01T01:00:00Z", Some("2026-11-01T01:00:00Z"), "fresh");
+    // Stopped 14 s; the next agent adopted the pinned programs.
+    run(&c, "2026-11-01T01:00:14Z", "2026-11-01T02:00:00Z", None, "adopted");
+    // Its heartbeat stopped (killed) 10 minutes before a fresh start: nothing counted.
+    run(&c, "2026-11-01T02:10:00Z", "2026-11-01T02:59:59Z", None, "fresh");
+    let o = options("2026-11-01T00:30:00Z", "2026-11-01T03:30:00Z", "2026-11-01T03:30:00Z");
+    let r = build(&c, &o, &[]).unwrap();
+    let cv = &r.coverage;
+    let gaps: Vec<(&str, &str, u64, Option<bool>)> = cv
+        .agent_not_running
+        .iter()
+        .map(|g| (g.from.as_str(), g.until.as_str(), g.ms, g.kernel_counting))
+        .collect();
+    assert_eq!(
+        gaps,
+        [
+            ("2026-11-01T01:00:00.000Z", "2026-11-01T01:00:14.000Z", 14_000, Some(true)),
+            ("2026-11-01T02:00:00.000Z", "2026-11-01T02:10:00.000Z", 600_000, Some(false)),
+            // The last heartbeat is old and no agent started since.
+            ("2026-11-01T02:59:59.000Z", "2026-11-01T03:30:00.000Z", 1_801_000, None),
+        ]
+    );
+    assert_eq!(cv.agent_not_running_ms, 14_000 + 600_000 + 1_801_000);
+    assert_eq!(cv.blind_ms, 600_000);
+    assert_eq!((cv.runs, cv.store_dropped, cv.geolocation_errors), (3, 6, 3));
+}

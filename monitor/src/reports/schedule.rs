@@ -1,0 +1,69 @@
+//! Reports the agent writes by itself (`[reports] interval`): at the end of each period, one
+//! report from the end of the previous report (or a period back, for the first) to now, into
+//! `state_dir/reports/report-<seq>.json`.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+
+use super::{ReportOptions, key::HostKey, make};
+
+pub struct Schedule {
+    pub interval: Duration,
+    pub state_dir: PathBuf,
+    pub host: String,
+    pub config_digest: String,
+    pub sources: Vec<(String, String)>,
+    pub class_names: Vec<String>,
+    pub bucket_secs: i64,
+}
+
+/// Writes a report every `interval` until the agent stops.
+pub fn spawn(s: Schedule, key: Arc<HostKey>) -> tokio::task::JoinHandle<()> {
+    let s = Arc::new(s);
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + s.interval, s.interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            let (s, key) = (s.clone(), key.clone());
+            match tokio::task::spawn_blocking(move || write_one(&s, &key)).await {
+                Ok(Ok(path)) => tracing::info!(path = %path.display(), "wrote a residency report"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "writing the periodic residency report failed; the next one covers its period")
+                }
+                Err(e) => tracing::warn!(error = %e, "the periodic residency report panicked"),
+            }
+        }
+    })
+}
+
+fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
+    let mut conn = crate::store::open_for_writing(&s.state_dir)?;
+    let now = chrono::Utc::now();
+    // From where the last report ended, so that the reports tile time.
+    let last: Option<String> =
+        conn.query_row("SELECT until FROM reports ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).ok();
+    let since = last
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| now - chrono::Duration::from_std(s.interval).unwrap_or_default());
+    let o = ReportOptions {
+        host: s.host.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        config_digest: s.config_digest.clone(),
+        sources: s.sources.clone(),
+        since,
+        until: now,
+        class: None,
+        bucket_secs: s.bucket_secs,
+        now,
+    };
+    let report = make(&mut conn, &o, &s.class_names, key)?;
+    let dir = s.state_dir.join("reports");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("report-{:06}.json", report.seq));
+    std::fs::write(&path, serde_json::to_string_pretty(&report.to_value())? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}

@@ -1,0 +1,225 @@
+//! Residency reports end to end: real traffic, then signed, chained reports whose totals equal
+//! the API's sums; `verify` passes them, and names each tampering (a changed byte, a report
+//! missing from the chain, an edited store row, another host's key); an agent stopped for a
+//! while is a gap in the coverage; the HTML page opens in a real headless browser.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use chrono::{SecondsFormat, Utc};
+use integration_tests::{
+    Agent,
+    api::Api,
+    built_binary, eventually,
+    records::u64_of,
+    world::{CN_V4, US_V4, WAIT, World},
+};
+use serde_json::Value;
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `egress-monitor verify ARGS`: (success, stdout).
+fn verify(args: &[&Path], key: &Path, store: Option<&Path>) -> (bool, String) {
+    let mut c = Command::new(built_binary("egress-monitor"));
+    c.arg("verify").args(args).arg("--key").arg(key);
+    if let Some(s) = store {
+        c.arg("--store").arg(s);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Sends a CN (violation) and a US (allowed) flow from the classified app and waits until the
+/// store has both.
+fn traffic(w: &World, agent: &Agent) -> (u16, u16) {
+    let server = w.serve("[::]:443", 2);
+    let (_, cn) = w.send("app", &format!("{CN_V4}:443"), 3000, 1);
+    let (_, us) = w.send("app", &format!("{US_V4}:443"), 1000, 1);
+    server.finish();
+    w.ended(agent, cn[0], 443);
+    w.ended(agent, us[0], 443);
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    eventually("both flows in the store", WAIT, || {
+        let v = api.ok(&format!("/v1/flows?since=1h&class={}", w.class));
+        (v["rows"].as_array().is_some_and(|r| r.len() == 2)).then_some(())
+    });
+    (cn[0], us[0])
+}
+
+#[test]
+fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
+    let w = World::new();
+    let agent = Agent::start(&w.config(""));
+    let since = now();
+    traffic(&w, &agent);
+    let until = now();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("host.pub");
+    std::fs::write(&key, agent.cli(&["key"])).unwrap();
+
+    let report = |name: &str| {
+        let text = agent.cli(&["report", "--since", &since, "--until", &until]);
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        (path, serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let (p1, r1) = report("1.json");
+    let (p2, _) = report("2.json");
+    let (p3, r3) = report("3.json");
+    assert_eq!((r1["seq"].as_u64(), r3["seq"].as_u64()), (Some(1), Some(3)));
+    assert!(r1["previous"].is_null());
+
+    // The class's totals are the API's sums over the same period.
+    let api = Api::unix(&agent.dir().join("api.sock"));
+    let sums = api.ok(&format!("/v1/flows?since={since}&until={until}&group_by=class&class={}", w.class));
+    let row = &sums["rows"][0];
+    let class = r1["classes"].as_array().unwrap().iter().find(|c| c["class"] == w.class.as_str()).unwrap();
+    assert_eq!(u64_of(&class["bytes"]), u64_of(&row["bytes"]), "{class}\n{sums}");
+    assert_eq!(u64_of(&class["packets"]), u64_of(&row["packets"]));
+    assert_eq!(u64_of(&class["flows"]), 2);
+    // Where it went: CN all in violation, US allowed; the alert by its id.
+    let place = |code: &str| {
+        class["destinations"].as_array().unwrap().iter().find(|d| d["name"] == code).cloned().unwrap()
+    };
+    assert_eq!(place("CN")["violation_bytes"], place("CN")["bytes"]);
+    assert_eq!(u64_of(&place("US")["violation_bytes"]), 0);
+    assert_eq!(class["violations"]["bytes"], place("CN")["bytes"]);
+    let alerts = api.ok(&format!("/v1/alerts?since=1h&class={}", w.class));
+    let listed: Vec<&str> =
+        class["violations"]["alerts"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(listed, [alerts["alerts"][0]["id"].as_str().unwrap()], "{class}\n{alerts}");
+    assert_eq!(r1["coverage"]["agent_not_running_ms"], 0, "{}", r1["coverage"]);
+
+    let store = w.state_dir().join("store.sqlite");
+    let (ok, out) = verify(&[&p1, &p2, &p3], &key, Some(&store));
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: 3 report(s)"), "{out}");
+
+    // One byte changed: the signature no longer matches.
+    let text = std::fs::read_to_string(&p2).unwrap();
+    let needle = format!("\"bytes\": {}", class["bytes"]);
+    assert!(text.contains(&needle), "{text}");
+    let changed = dir.path().join("2-changed.json");
+    std::fs::write(
+        &changed,
+        text.replacen(&needle, &format!("\"bytes\": {}", u64_of(&class["bytes"]) + 1), 1),
+    )
+    .unwrap();
+    let (ok, out) = verify(&[&p1, &changed, &p3], &key, None);
+    assert!(!ok && out.contains("2-changed.json (report 2): the signature does not match"), "{out}");
+    // A report missing from the chain.
+    let (ok, out) = verify(&[&p3, &p1], &key, None);
+    assert!(!ok && out.contains("report 2 is missing between report 1"), "{out}");
+    // A store row edited after the report.
+    let copy = dir.path().join("store-copy.sqlite");
+    let c = rusqlite::Connection::open(&store).unwrap();
+    c.execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    let edited = rusqlite::Connection::open(&copy).unwrap();
+    let n = edited
+        .execute(
+            &format!("UPDATE flows SET bytes = bytes + 1 WHERE class = '{}' AND country = 'CN'", w.class),
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(edited);
+    let (ok, out) = verify(&[&p1], &key, Some(&copy));
+    assert!(!ok && out.contains("no longer match the report"), "{out}");
+    // Another host's key.
+    let other = World::new();
+    let other_agent = Agent::start(&other.config(""));
+    let other_key = dir.path().join("other.pub");
+    std::fs::write(&other_key, other_agent.cli(&["key"])).unwrap();
+    let (ok, out) = verify(&[&p1], &other_key, None);
+    assert!(!ok && out.contains("signed by another key"), "{out}");
+}
+
+#[test]
+fn an_agent_stopped_for_a_while_is_a_gap_in_the_coverage() {
+    let w = World::new();
+    let mut agent = Agent::start(&w.config(""));
+    let since = now();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.stop().success());
+    std::thread::sleep(Duration::from_secs(4));
+    agent.restart(|c| c);
+    std::thread::sleep(Duration::from_secs(3));
+    let r: Value = serde_json::from_str(&agent.cli(&["report", "--since", &since])).unwrap();
+    let c = &r["coverage"];
+    let gaps = c["agent_not_running"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{c}");
+    let ms = u64_of(&gaps[0]["ms"]);
+    // Stopped cleanly for 4 s (plus the restart's own start-up): at least that, not much more.
+    assert!((4000..9000).contains(&ms), "{c}");
+    // The programs stayed pinned and counting: the next agent adopted them.
+    assert_eq!(gaps[0]["kernel_counting"], true, "{c}");
+    assert_eq!(u64_of(&c["blind_ms"]), 0);
+    assert_eq!(u64_of(&c["runs"]), 2);
+    let text = agent.cli(&["report", "--since", &since, "-o", "text"]);
+    assert!(text.contains("the kernel programs went on counting"), "{text}");
+}
+
+#[test]
+fn the_html_report_opens_in_a_headless_browser_with_its_map_and_class_table() {
+    let w = World::new();
+    let agent = Agent::start(&w.config(""));
+    let since = now();
+    traffic(&w, &agent);
+    let html = agent.cli(&["report", "--since", &since, "-o", "html"]);
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/reports");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let page = artifacts.join("report.html");
+    std::fs::write(&page, &html).unwrap();
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let chromium = |args: &[&str]| {
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("run chromium (installed by cargo xtask setup)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The page as the browser built it: the class table and the map, CN in violation red.
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.contains(r#"<table id="classes">"#) && dom.contains(&format!("<td>{}</td>", w.class)),
+        "{dom}"
+    );
+    assert!(dom.matches("<path data-country=").count() >= 170, "the map's countries");
+    assert!(dom.contains(r##"data-country="CN""##) && dom.contains(r##"fill="#c62828""##));
+    let shot = artifacts.join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1200,1600"]);
+    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 20_000, "a screenshot of a page with a map: {} bytes", png.len());
+}
+
+#[test]
+fn the_agent_writes_a_chained_report_every_interval() {
+    let w = World::new();
+    let agent = Agent::start(&w.config("[reports]\ninterval = \"2s\"\n"));
+    let dir = w.state_dir().join("reports");
+    let files = eventually("two periodic reports", WAIT, || {
+        let mut f: Vec<_> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
+        f.sort();
+        (f.len() >= 2).then_some(f)
+    });
+    assert!(
+        files[0].ends_with("report-000001.json") && files[1].ends_with("report-000002.json"),
+        "{files:?}"
+    );
+    let second: Value = serde_json::from_str(&std::fs::read_to_string(&files[1]).unwrap()).unwrap();
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    // Each period starts where the previous one ended.
+    assert_eq!(second["since"], first["until"]);
+    let key = w.state_dir().join("host.pub");
+    std::fs::write(&key, agent.cli(&["key"])).unwrap();
+    let (ok, out) = verify(&[&files[0], &files[1]], &key, Some(&w.state_dir().join("store.sqlite")));
+    assert!(ok, "{out}");
+}
