@@ -404,6 +404,23 @@ fn clickhouse_round_trip_through_an_outage() {
         (Some(w.class.as_str()), Some("violation"), Some("CN"))
     );
     assert_eq!(row["comm"], "em-traffic");
+
+    // A residency report goes to ClickHouse too, whole and with its figures.
+    let report: Value =
+        serde_json::from_str(&agent.cli(&["report", "--since", "1h", "--class", &w.class])).unwrap();
+    let seq = report["seq"].as_u64().unwrap();
+    let exported: Value = eventually("the report in ClickHouse", Duration::from_secs(30), || {
+        let text = ch.query(&format!(
+            "SELECT seq, bytes, violation_bytes, report FROM egress.reports FINAL WHERE host = 'h1' AND seq = {seq} FORMAT JSONEachRow"
+        ));
+        serde_json::from_str(text.trim()).ok()
+    });
+    // ClickHouse quotes 64-bit integers in JSON.
+    let n = |v: &Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+    assert_eq!(n(&exported["bytes"]), report["classes"][0]["bytes"].as_u64());
+    assert_eq!(n(&exported["violation_bytes"]), report["classes"][0]["violations"]["bytes"].as_u64());
+    let whole: Value = serde_json::from_str(exported["report"].as_str().unwrap()).unwrap();
+    assert_eq!(whole, report, "the signed report, unchanged");
 }
 
 /// One output contract: every query command takes `-o table|json|csv`; CSV leaves null fields

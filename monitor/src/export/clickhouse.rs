@@ -31,6 +31,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 
 const FLOWS_CURSOR: &str = "clickhouse.flows";
 const ALERTS_CURSOR: &str = "clickhouse.alerts";
+const REPORTS_CURSOR: &str = "clickhouse.reports";
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
@@ -229,7 +230,42 @@ async fn send_round(
         tokio::task::spawn_blocking(move || s2.set_cursor(ALERTS_CURSOR, last)).await??;
         status.lock().unwrap_or_else(|e| e.into_inner()).alerts_sent += rows.len() as u64;
     }
+    loop {
+        let s2 = store.clone();
+        let from = tokio::task::spawn_blocking(move || s2.cursor(REPORTS_CURSOR)).await??.unwrap_or(0);
+        let s2 = store.clone();
+        let reports = tokio::task::spawn_blocking(move || s2.reports_after(from, 100)).await??;
+        let Some(&(last, _)) = reports.last() else { break };
+        let rows: Vec<Value> = reports.iter().filter_map(|(_, text)| report_row(text)).collect();
+        ch.insert("reports", &rows).await?;
+        let s2 = store.clone();
+        tokio::task::spawn_blocking(move || s2.set_cursor(REPORTS_CURSOR, last)).await??;
+    }
     Ok(())
+}
+
+/// A residency report as ClickHouse keeps it: its figures summed over its classes, for fleet
+/// statements, and the signed JSON whole (what `verify` checks).
+fn report_row(text: &str) -> Option<Value> {
+    let r: crate::reports::Report = serde_json::from_str(text).ok()?;
+    let digest = crate::reports::digest(&serde_json::from_str(text).ok()?);
+    let time = |t: &str| chrono::DateTime::parse_from_rfc3339(t).map_or(0, |t| t.timestamp());
+    Some(json!({
+        "id": digest.trim_start_matches("sha256:").chars().take(32).collect::<String>(),
+        "host": r.host,
+        "seq": r.seq,
+        "since": time(&r.since),
+        "until": time(&r.until),
+        "generated": time(&r.generated),
+        "class_filter": r.class_filter.unwrap_or_default(),
+        "bytes": r.classes.iter().map(|c| c.bytes).sum::<u64>(),
+        "violation_bytes": r.classes.iter().map(|c| c.violations.bytes).sum::<u64>(),
+        "agent_not_running_ms": r.coverage.agent_not_running_ms,
+        "blind_ms": r.coverage.blind_ms,
+        "digest": digest,
+        "previous": r.previous.unwrap_or_default(),
+        "report": text,
+    }))
 }
 
 /// The rows of the oldest unsent finished bucket (and that bucket), if any.

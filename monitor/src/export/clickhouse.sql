@@ -70,3 +70,24 @@ CREATE TABLE IF NOT EXISTS egress.alerts
 ENGINE = ReplacingMergeTree()
 PARTITION BY toDate(time)
 ORDER BY (class, time, host, id);
+
+CREATE TABLE IF NOT EXISTS egress.reports
+(
+    id FixedString(32),
+    host String,
+    seq UInt64,
+    since DateTime,
+    until DateTime,
+    generated DateTime,
+    class_filter String,
+    bytes UInt64,
+    violation_bytes UInt64,
+    agent_not_running_ms UInt64,
+    blind_ms UInt64,
+    digest String,
+    previous String,
+    report String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(since)
+ORDER BY (host, seq, id);

@@ -124,6 +124,15 @@ impl ExportReader {
 
     /// At most `limit` alerts stored after position `after` (their sequence number, never
     /// reused), and the last one's position.
+    /// Residency reports recorded after number `after` (at most `limit`): (number, JSON).
+    pub fn reports_after(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<(i64, String)>> {
+        let c = self.connect()?;
+        let mut stmt =
+            c.prepare(&format!("SELECT seq, report FROM reports WHERE seq > ?1 ORDER BY seq LIMIT {limit}"))?;
+        let rows = stmt.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
     pub fn alerts_after(&self, after: i64, limit: usize) -> rusqlite::Result<(Option<i64>, Vec<Row>)> {
         let c = self.connect()?;
         let cols = columns(fields::ALERT);
