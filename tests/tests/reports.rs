@@ -19,6 +19,14 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// One-second store buckets: a report sums whole buckets that were over (and final, 3 s
+/// later) when it was made, so the tests wait a few seconds after their traffic.
+const BUCKETS: &str = "[store]\nbucket = \"1s\"\n";
+
+fn settle() {
+    std::thread::sleep(Duration::from_secs(4));
+}
+
 /// `egress-monitor verify ARGS`: (success, stdout).
 fn verify(args: &[&Path], key: &Path, store: Option<&Path>) -> (bool, String) {
     let mut c = Command::new(built_binary("egress-monitor"));
@@ -53,9 +61,10 @@ fn traffic(w: &World, agent: &Agent) -> (u16, u16) {
 #[test]
 fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     let w = World::new();
-    let agent = Agent::start(&w.config(""));
+    let agent = Agent::start(&w.config(BUCKETS));
     let since = now();
     traffic(&w, &agent);
+    settle();
     let until = now();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("host.pub");
@@ -73,9 +82,17 @@ fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     assert_eq!((r1["seq"].as_u64(), r3["seq"].as_u64()), (Some(1), Some(3)));
     assert!(r1["previous"].is_null());
 
-    // The class's totals are the API's sums over the same period.
+    // The class's totals are the API's sums over the same buckets (the API's grouped sums take
+    // the bucket holding `until` whole).
     let api = Api::unix(&agent.dir().join("api.sock"));
-    let sums = api.ok(&format!("/v1/flows?since={since}&until={until}&group_by=class&class={}", w.class));
+    let last = chrono::DateTime::parse_from_rfc3339(r1["counted_until"].as_str().unwrap()).unwrap()
+        - chrono::Duration::seconds(1);
+    let sums = api.ok(&format!(
+        "/v1/flows?since={}&until={}&group_by=class&class={}",
+        r1["counted_from"].as_str().unwrap(),
+        last.to_rfc3339_opts(SecondsFormat::Secs, true),
+        w.class
+    ));
     let row = &sums["rows"][0];
     let class = r1["classes"].as_array().unwrap().iter().find(|c| c["class"] == w.class.as_str()).unwrap();
     assert_eq!(u64_of(&class["bytes"]), u64_of(&row["bytes"]), "{class}\n{sums}");
@@ -121,7 +138,11 @@ fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     let edited = rusqlite::Connection::open(&copy).unwrap();
     let n = edited
         .execute(
-            &format!("UPDATE flows SET bytes = bytes + 1 WHERE class = '{}' AND country = 'CN'", w.class),
+            &format!(
+                "UPDATE flows SET bytes = bytes + 1 WHERE (bucket, flow_id) = \
+                 (SELECT bucket, flow_id FROM flows WHERE class = '{}' AND country = 'CN' ORDER BY bucket LIMIT 1)",
+                w.class
+            ),
             [],
         )
         .unwrap();
@@ -166,9 +187,10 @@ fn an_agent_stopped_for_a_while_is_a_gap_in_the_coverage() {
 #[test]
 fn the_html_report_opens_in_a_headless_browser_with_its_map_and_class_table() {
     let w = World::new();
-    let agent = Agent::start(&w.config(""));
+    let agent = Agent::start(&w.config(BUCKETS));
     let since = now();
     traffic(&w, &agent);
+    settle();
     let html = agent.cli(&["report", "--since", &since, "-o", "html"]);
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/reports");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -203,7 +225,7 @@ fn the_html_report_opens_in_a_headless_browser_with_its_map_and_class_table() {
 #[test]
 fn the_agent_writes_a_chained_report_every_interval() {
     let w = World::new();
-    let agent = Agent::start(&w.config("[reports]\ninterval = \"2s\"\n"));
+    let agent = Agent::start(&w.config(&format!("{BUCKETS}[reports]\ninterval = \"2s\"\n")));
     let dir = w.state_dir().join("reports");
     let files = eventually("two periodic reports", WAIT, || {
         let mut f: Vec<_> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
@@ -216,8 +238,8 @@ fn the_agent_writes_a_chained_report_every_interval() {
     );
     let second: Value = serde_json::from_str(&std::fs::read_to_string(&files[1]).unwrap()).unwrap();
     let first: Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
-    // Each period starts where the previous one ended.
-    assert_eq!(second["since"], first["until"]);
+    // Each period starts where what the previous one summed ended.
+    assert_eq!(second["since"], first["counted_until"]);
     let key = w.state_dir().join("host.pub");
     std::fs::write(&key, agent.cli(&["key"])).unwrap();
     let (ok, out) = verify(&[&files[0], &files[1]], &key, Some(&w.state_dir().join("store.sqlite")));

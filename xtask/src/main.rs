@@ -53,7 +53,7 @@ enum Task {
         filter: Option<String>,
     },
     /// Set up, then run each fuzz target (config, cloud ranges, MMDB, API queries, kernel
-    /// events) for a while; fails on a crash and names its input
+    /// events, DNS answers) for a while; fails on a crash and names its input
     Fuzz {
         /// Seconds per target
         #[arg(long, default_value_t = 60)]

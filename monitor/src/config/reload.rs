@@ -1,7 +1,7 @@
 //! A configuration reload (SIGHUP): what may change while the agent runs. The classes (their
 //! selectors and policies; new classes after the existing ones), the sites, the geolocation
 //! sources and the sinks are applied; anything else (`[agent]`, `[dns]`, `[alerts]`, `[store]`,
-//! `[api]`, `[export]`) needs a restart, and a reload that changes it is refused as a whole, so a running
+//! `[api]`, `[export]`, `[reports]`) needs a restart, and a reload that changes it is refused as a whole, so a running
 //! agent never works on half of a new file.
 
 use super::{Config, ConfigError, Origin};

@@ -33,10 +33,26 @@ enum Scope {
     Host,
 }
 
-struct Entry {
+/// One answer's name for an address: valid for flows that started from when it was received
+/// (CLOCK_MONOTONIC ns, the kernel's clock) until its TTL and the grace ran out.
+#[derive(Clone)]
+struct Answered {
     name: Arc<DomainName>,
-    /// CLOCK_MONOTONIC ns (the kernel's clock) until which the name is valid.
+    seen_ns: u64,
     valid_until_ns: u64,
+}
+
+impl Answered {
+    fn names(&self, at_ns: u64) -> bool {
+        self.seen_ns <= at_ns && at_ns <= self.valid_until_ns
+    }
+}
+
+/// The latest answer for a key, and the one before it while that was still valid: a flow that
+/// started before the latest answer but is reported after it keeps the name it was opened with.
+struct Entry {
+    latest: Answered,
+    earlier: Option<Answered>,
 }
 
 pub struct NameTable {
@@ -110,11 +126,17 @@ impl NameTable {
             let name =
                 Arc::new(DomainName { domain: answer.domain.clone(), cname_chain: r.cname_chain.into() });
             let valid_until_ns = at_ns + u64::from(r.ttl) * 1_000_000_000 + self.grace_ns;
+            let answered = Answered { name, seen_ns: at_ns, valid_until_ns };
             for scope in [Scope::Cgroup(cgroup_id), Scope::Host] {
-                let entry = Entry { name: name.clone(), valid_until_ns };
+                let earlier = self
+                    .names
+                    .peek(&(scope, r.ip))
+                    .map(|e| e.latest.clone())
+                    .filter(|a| a.valid_until_ns >= at_ns);
+                let entry = Entry { latest: answered.clone(), earlier };
                 if let Some((key, old)) = self.names.push((scope, r.ip), entry)
                     && key != (scope, r.ip)
-                    && old.valid_until_ns >= at_ns
+                    && old.latest.valid_until_ns >= at_ns
                 {
                     self.counters.evicted += 1;
                 }
@@ -123,14 +145,14 @@ impl NameTable {
     }
 
     /// The name of `ip` for a flow of `cgroup_id` that started at `at_ns` (CLOCK_MONOTONIC):
-    /// the cgroup's own answer when it has a valid one, else the host's.
+    /// the cgroup's own answer when it has one valid then (received before, not expired),
+    /// else the host's. An answer received after the flow started does not name it.
     pub fn name_of(&mut self, cgroup_id: u64, ip: IpAddr, at_ns: u64) -> Option<Arc<DomainName>> {
         let ip = canonical(ip);
         for scope in [Scope::Cgroup(cgroup_id), Scope::Host] {
-            if let Some(e) = self.names.get(&(scope, ip))
-                && e.valid_until_ns >= at_ns
-            {
-                return Some(e.name.clone());
+            let Some(e) = self.names.get(&(scope, ip)) else { continue };
+            if let Some(a) = std::iter::once(&e.latest).chain(&e.earlier).find(|a| a.names(at_ns)) {
+                return Some(a.name.clone());
             }
         }
         None

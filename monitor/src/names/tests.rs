@@ -134,3 +134,19 @@ fn the_fuzz_seed_with_a_cname_chain_names_both_addresses() {
     assert_eq!(ips, ["192.0.2.7", "2001:db8::7"]);
     assert!(a.addresses.iter().all(|r| r.cname_chain == vec![Arc::<str>::from("edge.cdn.example.net")]));
 }
+
+#[test]
+fn an_answer_received_after_a_flow_started_does_not_name_it_but_the_one_before_still_does() {
+    let mut t = table(100);
+    t.on_packet(&answer(1, 100, "old.example.", &["192.0.2.1"]));
+    // Re-resolved to another name at 103 (the first still valid until 115).
+    t.on_packet(&answer(1, 103, "new.example.", &["192.0.2.1"]));
+    // A flow opened at 102, first reported now: the name it was opened with.
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 102).as_deref(), Some("old.example"));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 104).as_deref(), Some("new.example"));
+    // Before any answer: none.
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 99), None);
+    // An expired name followed by a new answer: a flow opened in between has no name.
+    t.on_packet(&answer(1, 200, "later.example.", &["192.0.2.1"]));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 150), None);
+}

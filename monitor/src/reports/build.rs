@@ -35,12 +35,16 @@ fn ms_time(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms).map(rfc3339).unwrap_or_default()
 }
 
-/// The flow rows a report of [since, until] sums: those of the buckets from the one holding
-/// `since` to the one holding `until` (as the API's grouped sums), of one class or all.
+/// The flow rows a report sums: those of whole, finished store buckets, from the one holding
+/// `since` up to (not including) `end`, of one class or all.
 const ROWS: &str =
     "SELECT bucket, flow_id, class, verdict, dst_ip, dst_port, country, cloud_provider, cloud_region,
         site, internal, bytes, packets FROM flows
-     WHERE bucket >= ?1 AND bucket <= ?2 AND (?3 IS NULL OR class = ?3) ORDER BY bucket, flow_id";
+     WHERE bucket >= ?1 AND bucket < ?2 AND (?3 IS NULL OR class = ?3) ORDER BY bucket, flow_id";
+
+/// A bucket is final this long after it ended: records reach the store within the writer's
+/// batching delay (as the ClickHouse export waits).
+pub const SETTLE_SECS: i64 = 3;
 
 /// One flow row as a report reads it.
 pub struct Row {
@@ -58,13 +62,13 @@ pub struct Row {
 pub fn rows_digest(
     conn: &Connection,
     first_bucket: i64,
-    last_bucket: i64,
+    end: i64,
     class: Option<&str>,
 ) -> rusqlite::Result<(u64, String, Vec<Row>)> {
     let mut stmt = conn.prepare(ROWS)?;
     let mut h = Sha256::new();
     let mut out = Vec::new();
-    let mut rows = stmt.query(params![first_bucket, last_bucket, class])?;
+    let mut rows = stmt.query(params![first_bucket, end, class])?;
     while let Some(r) = rows.next()? {
         let values: Vec<SqlValue> = (0..13).map(|i| r.get(i)).collect::<Result<_, _>>()?;
         let line: Vec<String> = values
@@ -107,8 +111,12 @@ pub fn rows_digest(
 
 /// The report of `o`'s period, not yet numbered, chained or signed.
 pub fn build(conn: &Connection, o: &ReportOptions, class_names: &[String]) -> anyhow::Result<Report> {
-    let first_bucket = o.since.timestamp().div_euclid(o.bucket_secs) * o.bucket_secs;
-    let (count, digest, rows) = rows_digest(conn, first_bucket, o.until.timestamp(), o.class.as_deref())?;
+    // Whole buckets only, and only those that were final when the report was made: a row of
+    // a bucket still open would change after the report and fail `verify --store`.
+    let floor = |t: i64| t.div_euclid(o.bucket_secs) * o.bucket_secs;
+    let first_bucket = floor(o.since.timestamp());
+    let end = floor(o.until.timestamp().min(o.now.timestamp() - SETTLE_SECS)).max(first_bucket);
+    let (count, digest, rows) = rows_digest(conn, first_bucket, end, o.class.as_deref())?;
     let mut classes: BTreeMap<String, ClassReport> = BTreeMap::new();
     for name in class_names.iter().filter(|n| o.class.as_ref().is_none_or(|c| c == *n)) {
         classes.insert(name.clone(), empty_class(name));
@@ -185,6 +193,7 @@ pub fn build(conn: &Connection, o: &ReportOptions, class_names: &[String]) -> an
         since: rfc3339(o.since),
         until: rfc3339(o.until),
         counted_from: DateTime::from_timestamp(first_bucket, 0).map(rfc3339).unwrap_or_default(),
+        counted_until: DateTime::from_timestamp(end, 0).map(rfc3339).unwrap_or_default(),
         class_filter: o.class.clone(),
         config_digest: o.config_digest.clone(),
         sources: o.sources.iter().map(|(k, d)| Source { kind: k.clone(), description: d.clone() }).collect(),

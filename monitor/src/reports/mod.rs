@@ -15,7 +15,7 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use build::{ReportOptions, build, rows_digest};
+pub use build::{ReportOptions, SETTLE_SECS, build, rows_digest};
 
 /// The report's format version.
 pub const FORMAT: u32 = 1;
@@ -31,11 +31,13 @@ pub struct Report {
     pub host: String,
     pub agent_version: String,
     pub generated: String,
-    /// The period asked for, and the start of the first store bucket summed (the store keeps
-    /// sums per bucket: the bucket holding `since` counts whole).
+    /// The period asked for. The store keeps sums per bucket: the report sums the whole
+    /// buckets from the one holding `since` (`counted_from`) up to `counted_until`, the end of
+    /// the last bucket that was over (and final) within the period when the report was made.
     pub since: String,
     pub until: String,
     pub counted_from: String,
+    pub counted_until: String,
     /// Only this class (None: every class, and the unclassified flows).
     pub class_filter: Option<String>,
     /// SHA-256 of the configuration file in force when the report was made.
@@ -197,7 +199,13 @@ pub fn make(
     let value = report.to_value();
     tx.execute(
         "INSERT INTO reports (seq, since, until, digest, report) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![report.seq as i64, report.since, report.until, digest(&value), value.to_string()],
+        rusqlite::params![
+            report.seq as i64,
+            report.since,
+            report.counted_until,
+            digest(&value),
+            value.to_string()
+        ],
     )?;
     tx.commit()?;
     Ok(report)

@@ -57,7 +57,11 @@ fn coverage(r: &Report) -> String {
 pub fn text(r: &Report) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "Residency report {} of host {} ({} to {})", r.seq, r.host, r.since, r.until);
-    let _ = writeln!(o, "  sums from {} (whole store buckets); generated {}", r.counted_from, r.generated);
+    let _ = writeln!(
+        o,
+        "  sums of whole store buckets from {} to {}; generated {}",
+        r.counted_from, r.counted_until, r.generated
+    );
     let _ = writeln!(o, "  agent {}, configuration {}", r.agent_version, r.config_digest);
     for s in &r.sources {
         let _ = writeln!(o, "  source {}: {}", s.kind, s.description);
@@ -120,12 +124,13 @@ pub fn html(r: &Report) -> String {
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}td.n{{text-align:right}}
 .map{{width:100%;max-width:1000px;border:1px solid #ccc}}.bad{{color:#c62828;font-weight:bold}}.ok{{color:#2e7d32}}</style></head><body>
 <h1>Residency report {seq} of host {host}</h1>
-<p>From {since} to {until} (sums from {from}); generated {gen} by egress-monitor {ver}.</p>"#,
+<p>From {since} to {until} (sums of whole store buckets from {from} to {to}); generated {gen} by egress-monitor {ver}.</p>"#,
         seq = r.seq,
         host = e(&r.host),
         since = e(&r.since),
         until = e(&r.until),
         from = e(&r.counted_from),
+        to = e(&r.counted_until),
         gen = e(&r.generated),
         ver = e(&r.agent_version)
     );

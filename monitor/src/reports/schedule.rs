@@ -41,7 +41,7 @@ pub fn spawn(s: Schedule, key: Arc<HostKey>) -> tokio::task::JoinHandle<()> {
 fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
     let mut conn = crate::store::open_for_writing(&s.state_dir)?;
     let now = chrono::Utc::now();
-    // From where the last report ended, so that the reports tile time.
+    // From the end of what the last report summed, so that the reports tile time.
     let last: Option<String> =
         conn.query_row("SELECT until FROM reports ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).ok();
     let since = last

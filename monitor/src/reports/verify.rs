@@ -115,14 +115,14 @@ fn add_up(r: &Report) -> Vec<String> {
 /// Whether the store's rows of the report's period still have the digest the report took.
 fn against_store(r: &Report, conn: &Connection) -> Vec<String> {
     let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp());
-    let (Ok(first), Ok(until)) = (parse(&r.counted_from), parse(&r.until)) else {
+    let (Ok(first), Ok(until)) = (parse(&r.counted_from), parse(&r.counted_until)) else {
         return vec!["its period cannot be read".into()];
     };
     match rows_digest(conn, first, until, r.class_filter.as_deref()) {
         Err(e) => vec![format!("reading the store: {e}")],
         Ok((count, digest, _)) if digest != r.rows.digest => vec![format!(
             "the store's rows for {} to {} no longer match the report: {count} rows with digest {digest}, the report summed {} rows with digest {} (a row was changed, added or removed, or pruned past the store's retention)",
-            r.counted_from, r.until, r.rows.count, r.rows.digest
+            r.counted_from, r.counted_until, r.rows.count, r.rows.digest
         )],
         Ok(_) => Vec::new(),
     }

@@ -63,9 +63,12 @@ fn sums_per_class_and_place_with_violations_and_a_digest_of_the_rows() {
     row(&c, b, "f4", None, "unclassified", ("country", "CN"), 7);
     // Outside the period.
     row(&c, b + 3600, "f5", Some("us"), "violation", ("country", "CN"), 99);
-    let o = options("2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z", "2026-11-01T00:10:00Z");
+    // A bucket still open when the report is made is left out.
+    row(&c, b + 540, "f6", Some("us"), "allowed", ("country", "US"), 5);
+    let o = options("2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z", "2026-11-01T00:09:02Z");
     let r = build(&c, &o, &["us".into(), "eu".into()]).unwrap();
     assert_eq!(r.counted_from, "2026-11-01T00:00:00.000Z");
+    assert_eq!(r.counted_until, "2026-11-01T00:08:00.000Z");
     let us = &r.classes.iter().find(|c| c.class == "us").unwrap();
     assert_eq!((us.bytes, us.flows), (1820, 3));
     let places: Vec<(&str, Option<&str>, u64, u64)> = us
