@@ -81,6 +81,13 @@ fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     let (p3, r3) = report("3.json");
     assert_eq!((r1["seq"].as_u64(), r3["seq"].as_u64()), (Some(1), Some(3)));
     assert!(r1["previous"].is_null());
+    // The databases in force, the cloud range file with the version its provider published.
+    let sources = r1["sources"].as_array().unwrap();
+    assert!(
+        sources.iter().any(|s| s["description"].as_str().unwrap().contains("Oracle")
+            && s["description"].as_str().unwrap().contains("published 2026-11-01")),
+        "{sources:?}"
+    );
 
     // The class's totals are the API's sums over the same buckets (the API's grouped sums take
     // the bucket holding `until` whole).

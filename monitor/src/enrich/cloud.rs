@@ -35,11 +35,19 @@ pub struct CloudRegion {
 pub struct RangeFile {
     pub provider: CloudProvider,
     pub networks: Vec<(IpNet, CloudRegion)>,
+    /// The file's own version, as its provider publishes it (Oracle's last_updated_timestamp,
+    /// AWS's createDate, Google's creationTime, Azure's changeNumber), when it has one.
+    pub published: Option<String>,
 }
 
 impl RangeFile {
     pub fn describe(&self) -> String {
-        format!("{} ({} networks)", file_kind(self.provider), self.networks.len())
+        match &self.published {
+            Some(p) => {
+                format!("{} ({} networks, published {p})", file_kind(self.provider), self.networks.len())
+            }
+            None => format!("{} ({} networks)", file_kind(self.provider), self.networks.len()),
+        }
     }
 
     /// Reads and parses a range file; the error names the file and the entry at fault.
@@ -102,7 +110,11 @@ impl RangeFile {
                 }
             }
         }
-        Ok(RangeFile { provider, networks })
+        let published = ["last_updated_timestamp", "createDate", "creationTime"]
+            .iter()
+            .find_map(|k| v[*k].as_str().map(str::to_owned))
+            .or_else(|| v["changeNumber"].as_u64().map(|n| format!("change {n}")));
+        Ok(RangeFile { provider, networks, published })
     }
 }
 

@@ -317,3 +317,20 @@ fn nat64_addresses_are_placed_where_their_ipv4_address_is() {
     assert!(e.locate(ip("64:ff9b::a00:1")).internal, "64:ff9b::10.0.0.1 is internal");
     assert_eq!(e.locate(ip("64:ff9c::af10:c701")).country, None, "another prefix is not NAT64");
 }
+
+#[test]
+fn range_files_describe_their_published_version() {
+    let cases = [
+        (
+            fixtures::oci_ranges(&[("us-ashburn-1", &["129.213.0.0/16"])]),
+            "published 2026-11-01T00:00:00.000000",
+        ),
+        (fixtures::aws_ranges(&[("3.5.0.0/16", "us-east-1")]), "published 2026-11-01-00-00-00"),
+        (fixtures::gcp_ranges(&[("34.80.0.0/15", "asia-east1")]), "published 2026-11-01T00:00:00.000000"),
+        (fixtures::azure_ranges(&[("eastus", &["20.42.0.0/16"])]), "published change 342"),
+    ];
+    for (text, expected) in cases {
+        let d = RangeFile::parse(&text).unwrap().describe();
+        assert!(d.ends_with(&format!("networks, {expected})")), "{d}");
+    }
+}
