@@ -213,8 +213,10 @@ machine, so the target is not met reliably.\n\
 tcpdump/monitor ratio of 3.8x, where the three runs before it gave 96.8-99.2% and 8.0-16.4x. The \
 ingress program now runs on every packet a socket receives: 11 ns above an empty ingress program, which \
 itself costs 47 ns (the price of any cgroup program on receive). One run, and the baseline moved from \
-21.0 to 24.5 Gbit/s between these runs: whether the ingress hook or the machine's noise made the \
-difference is not known yet.\n\
+21.0 to 24.5 Gbit/s between these runs. The throughput step alone afterwards (five rounds each, \
+same commit): with the agent not attaching the ingress program, 103.4% of the baseline; with it, \
+98.7% and 17.7x. The 93.8% run was mostly the machine; what the ingress hook costs is within the \
+few percent runs spread by.\n\
 - **Short connections and small datagrams**: dropping the connect event and the new-flow events of \
 unclassified flows (and of flows the verdict tables approve) made no measurable difference to the \
 connection rate (quick runs before and after: 69.5% to 80%, within the noise). Stopping the agent's \
