@@ -74,7 +74,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = &config.agent.state_dir;
     let key = HostKey::load_or_create(dir)?;
-    let sources = Enricher::open(&config.enrich_options()).map(|e| e.sources()).unwrap_or_default();
+    // The databases in force are part of what a report states: one that cannot be opened stops it.
+    let sources = Enricher::open(&config.enrich_options())
+        .with_context(|| format!("opening the geolocation sources {} names", config.origin))?
+        .sources();
     let options = ReportOptions {
         host: config.host_name(),
         agent_version: env!("CARGO_PKG_VERSION").into(),

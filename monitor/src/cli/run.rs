@@ -117,7 +117,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     // This run in the store (coverage of residency reports), and the key that signs them.
     let heartbeat = store_runs(&config, &probe);
     let key = Arc::new(HostKey::load_or_create(&config.agent.state_dir)?);
-    let schedule = config.report_schedule().map(|s| reports::schedule::spawn(s, key));
+    let schedule = config.report_schedule(enricher.sources()).map(|s| reports::schedule::spawn(s, key));
     let mut sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
     let host: Arc<str> = config.host_name().into();
     let started = Instant::now();

@@ -113,22 +113,22 @@ impl Config {
     /// SHA-256 of the configuration's text (the embedded defaults: of an empty text), as
     /// reports name the configuration in force.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let d = Sha256::digest(self.text.as_bytes());
-        format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        crate::reports::sha256(self.text.as_bytes())
     }
 
     /// The agent's own reports (`[reports] interval`), when set.
-    pub fn report_schedule(&self) -> Option<crate::reports::schedule::Schedule> {
+    /// `sources`: the places in force (as the agent's enricher describes them).
+    pub fn report_schedule(
+        &self,
+        sources: Vec<(String, String)>,
+    ) -> Option<crate::reports::schedule::Schedule> {
         let interval = self.reports.interval.as_ref()?.0;
         Some(crate::reports::schedule::Schedule {
             interval,
             state_dir: self.agent.state_dir.clone(),
             host: self.host_name(),
             config_digest: self.digest(),
-            sources: crate::enrich::Enricher::open(&self.enrich_options())
-                .map(|e| e.sources())
-                .unwrap_or_default(),
+            sources,
             class_names: self.class_names(),
             bucket_secs: self.store.bucket.get_ref().0.as_secs().max(1) as i64,
         })

@@ -4,6 +4,7 @@
 //! sinks: it is fed kernel events and a view of the kernel flow map, and hands back
 //! [`Output`]s, so it is tested without either.
 
+mod losses;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -12,17 +13,18 @@ use std::{sync::Arc, time::Instant};
 
 use tracing::warn;
 
+use losses::LossReporter;
 pub use records::{Clock, RecordContext, comm, flow_id, ip_of, monotonic_ns};
 
 use crate::{
     alerts::AlertBook,
     enrich::Enricher,
-    flows::{FlowTable, FlowUpdate, KernelFlows, TableCounters},
+    flows::{FlowTable, FlowUpdate, KernelFlows},
     metrics::{ClassLabel, ClassSeverity, ClassVerdict, Metrics},
     names::NameTable,
     policy::Policy,
     probe::{KernelBatch, KernelEvent, KernelStats, Retired},
-    record::{Action, FlowState, LossRecord, Output, OverflowCount, Timestamp, VerdictKind},
+    record::{Action, FlowState, Output, OverflowCount, Timestamp, VerdictKind},
     status::{self, Status},
 };
 
@@ -467,50 +469,4 @@ fn count(metrics: &Metrics, labels: &[[ClassVerdict; 3]], class_id: u32, r: &cra
     }
     metrics.flow_bytes.get_or_create(labels).inc_by(r.delta_bytes);
     metrics.flow_packets.get_or_create(labels).inc_by(r.delta_packets);
-}
-
-/// Turns growing loss counters into a warning and a `loss` record.
-#[derive(Default)]
-struct LossReporter {
-    last: KernelStats,
-    last_evicted: u64,
-}
-
-impl LossReporter {
-    fn check(&mut self, k: KernelStats, t: TableCounters, host: &Arc<str>) -> Option<LossRecord> {
-        if k == self.last && t.flows_evicted == self.last_evicted {
-            return None;
-        }
-        let k = &k;
-        let overflow = k.overflow_total();
-        warn!(
-            ringbuf_drops = k.ringbuf_drops - self.last.ringbuf_drops,
-            flow_insert_failed = k.flow_insert_failed - self.last.flow_insert_failed,
-            sock_storage_failed = k.sock_storage_failed - self.last.sock_storage_failed,
-            unparsed_packets = k.unparsed_packets - self.last.unparsed_packets,
-            dns_answers_lost = k.dns_lost - self.last.dns_lost,
-            flows_evicted = t.flows_evicted - self.last_evicted,
-            overflow_bytes = overflow.bytes - self.last.overflow_total().bytes,
-            "losses since the last report (ring-buffer drops are recovered by the sweep; \
-             overflow and evictions mean agent.max_flows is too small)"
-        );
-        self.last = k.clone();
-        self.last_evicted = t.flows_evicted;
-        Some(LossRecord {
-            kind: "loss",
-            time: Timestamp::now(),
-            host: host.clone(),
-            ringbuf_drops: k.ringbuf_drops,
-            flow_insert_failed: k.flow_insert_failed,
-            sock_storage_failed: k.sock_storage_failed,
-            unparsed_packets: k.unparsed_packets,
-            dns_answers_lost: k.dns_lost,
-            dns_answers_lost_bytes: k.dns_lost_bytes,
-            flows_evicted: t.flows_evicted,
-            overflow_packets: overflow.packets,
-            overflow_bytes: overflow.bytes,
-            overflow_by_class: Vec::new(),
-            overflow_by_cgroup: Vec::new(),
-        })
-    }
 }

@@ -65,22 +65,10 @@ impl EventStream {
     /// Everything available now, without waiting: the DNS ring first, so that an answer is
     /// known before the event of a flow it names.
     pub fn drain(&mut self) -> KernelBatch {
-        let (dns, bad) = drain_dns(self.dns.get_mut());
+        let (dns, bad) = drain_with(self.dns.get_mut(), parse_dns);
         let (events, malformed) = drain(self.fd.get_mut());
         KernelBatch { dns, events, malformed: malformed + bad }
     }
-}
-
-fn drain_dns(ring: &mut RingBuf<MapData>) -> (Vec<DnsPacket>, u64) {
-    let mut batch = Vec::new();
-    let mut malformed = 0;
-    while let Some(item) = ring.next() {
-        match parse_dns(&item) {
-            Some(p) => batch.push(p),
-            None => malformed += 1,
-        }
-    }
-    (batch, malformed)
 }
 
 /// Decodes one record of the DNS ring: the header, then the bytes it says were copied.
@@ -92,11 +80,17 @@ pub fn parse_dns(bytes: &[u8]) -> Option<DnsPacket> {
     Some(DnsPacket { header, payload: payload.to_vec() })
 }
 
+/// Every record of the kernel's event ring, with the number of malformed ones.
 pub(super) fn drain(ring: &mut RingBuf<MapData>) -> (Vec<KernelEvent>, u64) {
+    drain_with(ring, parse_event)
+}
+
+/// Every record of a ring decoded by `parse`, with the number it could not decode.
+fn drain_with<T>(ring: &mut RingBuf<MapData>, parse: fn(&[u8]) -> Option<T>) -> (Vec<T>, u64) {
     let mut batch = Vec::new();
     let mut malformed = 0;
     while let Some(item) = ring.next() {
-        match parse_event(&item) {
+        match parse(&item) {
             Some(e) => batch.push(e),
             None => malformed += 1,
         }

@@ -105,7 +105,7 @@ pub fn rows_digest(
             packets: int(12).max(0) as u64,
         });
     }
-    let digest = format!("sha256:{}", h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let digest = super::sha256_text(&h.finalize());
     Ok((out.len() as u64, digest, out))
 }
 

@@ -70,14 +70,9 @@ impl HostKey {
         }
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("reading the host key {}", p.display()))?;
-        let seed = text
-            .trim()
-            .strip_prefix(PRIVATE)
-            .and_then(|b| STANDARD.decode(b).ok())
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .with_context(|| {
-                format!("{}: not an egress-monitor host key ({PRIVATE}<base64 of 32 bytes>)", p.display())
-            })?;
+        let seed = decode32(&text, PRIVATE).with_context(|| {
+            format!("{}: not an egress-monitor host key ({PRIVATE}<base64 of 32 bytes>)", p.display())
+        })?;
         Ok(HostKey { key: SigningKey::from_bytes(&seed) })
     }
 
@@ -91,6 +86,12 @@ impl HostKey {
     }
 }
 
+/// The 32 bytes of `<prefix><base64>`.
+fn decode32(text: &str, prefix: &str) -> Option<[u8; 32]> {
+    let b = STANDARD.decode(text.trim().strip_prefix(prefix)?).ok()?;
+    <[u8; 32]>::try_from(b).ok()
+}
+
 fn public_text(k: &VerifyingKey) -> String {
     format!("{PUBLIC}{}", STANDARD.encode(k.to_bytes()))
 }
@@ -101,16 +102,9 @@ pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
     pub fn parse(text: &str) -> Result<PublicKey, String> {
-        let bytes = text
-            .trim()
-            .strip_prefix(PUBLIC)
-            .and_then(|b| STANDARD.decode(b).ok())
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                format!(
-                    "not a public key: expected {PUBLIC}<base64 of 32 bytes>, as `egress-monitor key` prints"
-                )
-            })?;
+        let bytes = decode32(text, PUBLIC).ok_or_else(|| {
+            format!("not a public key: expected {PUBLIC}<base64 of 32 bytes>, as `egress-monitor key` prints")
+        })?;
         VerifyingKey::from_bytes(&bytes)
             .map(PublicKey)
             .map_err(|e| format!("not a valid Ed25519 public key: {e}"))

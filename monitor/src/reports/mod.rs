@@ -167,8 +167,12 @@ pub fn signed_bytes(report: &serde_json::Value) -> Vec<u8> {
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    sha256_text(&Sha256::digest(bytes))
+}
+
+/// A SHA-256 digest as reports write it: `sha256:<hex>`.
+pub fn sha256_text(digest: &[u8]) -> String {
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// A report's digest, which the next report names as `previous`: over its signed bytes.
