@@ -14,6 +14,7 @@ use integration_tests::{
     world::{CN_V4, US_V4, WAIT, World},
 };
 use serde_json::Value;
+use sha2::Digest;
 
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -82,7 +83,7 @@ fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     assert_eq!((r1["seq"].as_u64(), r3["seq"].as_u64()), (Some(1), Some(3)));
     assert!(r1["previous"].is_null());
     // The databases in force, the cloud range file with the version its provider published.
-    let sources = r1["sources"].as_array().unwrap();
+    let sources = r1["configurations"][0]["sources"].as_array().unwrap();
     assert!(
         sources.iter().any(|s| s["description"].as_str().unwrap().contains("Oracle")
             && s["description"].as_str().unwrap().contains("published 2026-11-01")),
@@ -164,6 +165,51 @@ fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     std::fs::write(&other_key, other_agent.cli(&["key"])).unwrap();
     let (ok, out) = verify(&[&p1], &other_key, None);
     assert!(!ok && out.contains("signed by another key"), "{out}");
+}
+
+#[test]
+fn a_report_names_each_configuration_the_agent_counted_under() {
+    let w = World::new();
+    let mut agent = Agent::start(&w.config(BUCKETS));
+    let since = now();
+    let sha256 = |text: &str| {
+        let d = sha2::Sha256::digest(text.as_bytes());
+        format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    let first = std::fs::read_to_string(&agent.config_path).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let line = agent
+        .reload(|c| format!("{c}\n[[classes]]\nname = \"payroll\"\nuids = [4242]\napproved = [\"US\"]\n"));
+    assert!(line.contains("the configuration was reloaded"), "{line}");
+    let second = std::fs::read_to_string(&agent.config_path).unwrap();
+    settle();
+    let r: Value = serde_json::from_str(&agent.cli(&["report", "--since", &since])).unwrap();
+    let named: Vec<(&str, &str)> = r["configurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["cause"].as_str().unwrap(), c["digest"].as_str().unwrap()))
+        .collect();
+    assert_eq!(named, [("start", sha256(&first).as_str()), ("reload", sha256(&second).as_str())], "{r}");
+    assert_eq!(r["configurations"][1]["classes"].as_array().unwrap().last().unwrap(), "payroll");
+    // The class added by the reload is in the report, with nothing sent.
+    let payroll = r["classes"].as_array().unwrap().iter().find(|c| c["class"] == "payroll").cloned();
+    assert_eq!(payroll.map(|c| u64_of(&c["bytes"])), Some(0), "{r}");
+    let text = agent.cli(&["report", "--since", &since, "-o", "text"]);
+    assert!(text.contains(&format!("configuration {} in force from", sha256(&second))), "{text}");
+
+    // Made with another configuration file (as an auditor's copy might be), the report still
+    // names the ones the agent counted under.
+    let other = w.state_dir().join("other.toml");
+    std::fs::write(&other, format!("{second}\n# edited after the fact\n")).unwrap();
+    let out = Command::new(built_binary("egress-monitor"))
+        .args(["report", "--since", &since, "--config"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["configurations"], r["configurations"]);
 }
 
 #[test]

@@ -66,23 +66,17 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     if until <= since {
         anyhow::bail!("--until {until} is not after --since {since}");
     }
-    let names = config.class_names();
-    if let Some(c) = &args.class
-        && !names.iter().any(|n| n == c)
-    {
-        anyhow::bail!("--class {c}: no such class in {} (classes: {})", config.origin, names.join(", "));
-    }
     let dir = &config.agent.state_dir;
     let key = HostKey::load_or_create(dir)?;
-    // The databases in force are part of what a report states: one that cannot be opened stops it.
+    // The report names the configurations the agent recorded over the period; this one only
+    // when there are none. Its databases cannot be left out: one that cannot be opened stops it.
     let sources = Enricher::open(&config.enrich_options())
         .with_context(|| format!("opening the geolocation sources {} names", config.origin))?
         .sources();
     let options = ReportOptions {
         host: config.host_name(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        config_digest: config.digest(),
-        sources,
+        own: config.recorded("report", sources),
         since,
         until,
         class: args.class.clone(),
@@ -90,7 +84,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         now,
     };
     let mut conn = store::open_for_writing(dir)?;
-    let report = reports::make(&mut conn, &options, &names, &key).context("making the report")?;
+    let report = reports::make(&mut conn, &options, &key).context("making the report")?;
     let text = match args.output {
         ReportFormat::Json => serde_json::to_string_pretty(&report.to_value())? + "\n",
         ReportFormat::Html => render::html(&report),

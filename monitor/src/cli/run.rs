@@ -26,7 +26,7 @@ use crate::{
         enforcing::{Enforcer, attach_enforcement},
         prepare::{Places, Prepared, prepare},
         reload::{Reloaded, reload},
-        start::{seed_open_sockets, store_runs},
+        start::{record_configuration, seed_open_sockets, store_runs},
         systemd::ServiceManager,
     },
     config::Config,
@@ -116,6 +116,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
     let store_counters = store.counters.clone();
     // This run in the store (coverage of residency reports), and the key that signs them.
     let heartbeat = store_runs(&config, &probe);
+    record_configuration(&config, "start", enricher.sources());
     let key = Arc::new(HostKey::load_or_create(&config.agent.state_dir)?);
     let schedule = config.report_schedule(enricher.sources()).map(|s| reports::schedule::spawn(s, key));
     let mut sinks = Sinks::start(&config.outbox_options(), prepared, Some(store.writer))?;
@@ -313,6 +314,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                 _ = files_check.tick() => {
                     // A replaced database or range file: the kernel's verdicts follow.
                     if pipeline.enricher.reload_replaced() {
+                        record_configuration(&config, "sources", pipeline.enricher.sources());
                         // Seconds with a large database: off the runtime's async workers, so
                         // the API goes on answering (this loop's sweeps wait; the kernel counts).
                         match tokio::task::block_in_place(|| enforcer.install(&mut probe, &mut pipeline)) {
@@ -348,6 +350,7 @@ async fn agent(mut config: Config) -> anyhow::Result<()> {
                                 files_check = files_timer(&new).await;
                             }
                             config = new;
+                            record_configuration(&config, "reload", pipeline.enricher.sources());
                             // A class that starts or stops enforcing: its cgroups follow.
                             attach_due = !attach_enforcement(&enforcer, &mut probe, &selectors, &mut attach_failures);
                             info!(file = %config.origin, classes = config.classes.len(), attach_pending = attach_due, "SIGHUP: the configuration was reloaded: classes, sites, geolocation sources and sinks");

@@ -1,5 +1,6 @@
 //! What the agent records as it starts, beside loading the programs: the sockets open before
-//! it (their process and direction), and its run in the store (the coverage of reports).
+//! it (their process and direction), its run in the store (the coverage of reports) and the
+//! configurations it counts under.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use crate::{
     config::Config,
     probe::{Probe, SocketSeed},
     sockets, status,
-    store::runs::Heartbeat,
+    store::{self, runs::Heartbeat},
 };
 
 /// Sockets opened before the programs were attached: the hooks that record a socket's process
@@ -57,4 +58,13 @@ pub(super) fn store_runs(config: &Config, probe: &Probe) -> Option<Heartbeat> {
     Heartbeat::start(&config.agent.state_dir, start.kind.name(), since, env!("CARGO_PKG_VERSION"))
         .inspect_err(|e| warn!(error = %format!("{e:#}"), "recording this run in the store failed: reports will show it as a gap"))
         .ok()
+}
+
+/// Records the configuration now in force in the store (`cause`: start, reload, sources), so
+/// that reports name it for the time it counted.
+pub(super) fn record_configuration(config: &Config, cause: &str, sources: Vec<(String, String)>) {
+    let c = config.recorded(cause, sources);
+    if let Err(e) = store::configs::record(&config.agent.state_dir, &c) {
+        warn!(error = %format!("{e:#}"), digest = %c.digest, cause, "recording the configuration in force in the store failed: reports will name the one before it");
+    }
 }

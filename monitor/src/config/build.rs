@@ -116,6 +116,22 @@ impl Config {
         crate::reports::sha256(self.text.as_bytes())
     }
 
+    /// This configuration as the store records it (and reports name it), put in force now for
+    /// `cause`; `sources`: the places (as the enricher describes them).
+    pub fn recorded(
+        &self,
+        cause: &str,
+        sources: Vec<(String, String)>,
+    ) -> crate::store::configs::Configuration {
+        crate::store::configs::Configuration {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            cause: cause.into(),
+            digest: self.digest(),
+            classes: self.class_names(),
+            sources,
+        }
+    }
+
     /// The agent's own reports (`[reports] interval`), when set.
     /// `sources`: the places in force (as the agent's enricher describes them).
     pub fn report_schedule(
@@ -127,9 +143,7 @@ impl Config {
             interval,
             state_dir: self.agent.state_dir.clone(),
             host: self.host_name(),
-            config_digest: self.digest(),
-            sources,
-            class_names: self.class_names(),
+            own: self.recorded("report", sources),
             bucket_secs: self.store.bucket.get_ref().0.as_secs().max(1) as i64,
         })
     }

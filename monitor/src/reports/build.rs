@@ -8,16 +8,21 @@ use rusqlite::{Connection, params, types::Value as SqlValue};
 use sha2::{Digest, Sha256};
 
 use super::{
-    ClassReport, Coverage, FORMAT, Gap, KIND, KernelLosses, Place, Report, Rows, Source, Totals, Violations,
+    ClassReport, Coverage, FORMAT, Gap, InForce, KIND, KernelLosses, Place, Report, Rows, Source, Totals,
+    Violations,
 };
-use crate::store::runs::{BEAT, runs};
+use crate::store::{
+    configs::{Configuration, in_force},
+    runs::{BEAT, runs},
+};
 
 /// What a report is about and what it says of its host.
 pub struct ReportOptions {
     pub host: String,
     pub agent_version: String,
-    pub config_digest: String,
-    pub sources: Vec<(String, String)>,
+    /// The configuration the report is made with: named as in force only when the store
+    /// holds none the agent recorded for the period.
+    pub own: Configuration,
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub class: Option<String>,
@@ -110,15 +115,34 @@ pub fn rows_digest(
 }
 
 /// The report of `o`'s period, not yet numbered, chained or signed.
-pub fn build(conn: &Connection, o: &ReportOptions, class_names: &[String]) -> anyhow::Result<Report> {
+pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
     // Whole buckets only, and only those that were final when the report was made: a row of
     // a bucket still open would change after the report and fail `verify --store`.
     let floor = |t: i64| t.div_euclid(o.bucket_secs) * o.bucket_secs;
     let first_bucket = floor(o.since.timestamp());
     let end = floor(o.until.timestamp().min(o.now.timestamp() - SETTLE_SECS)).max(first_bucket);
+    let mut configurations = in_force(conn, first_bucket * 1000, end.max(first_bucket + 1) * 1000)?;
+    if configurations.is_empty() {
+        configurations.push(o.own.clone());
+    }
+    // Every class of a configuration in force, traffic or not.
+    let mut names: Vec<&String> = Vec::new();
+    for n in configurations.iter().flat_map(|c| &c.classes) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if let Some(c) = &o.class
+        && !names.contains(&c)
+    {
+        anyhow::bail!(
+            "--class {c}: no such class in the configurations in force over the period (classes: {})",
+            names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
     let (count, digest, rows) = rows_digest(conn, first_bucket, end, o.class.as_deref())?;
     let mut classes: BTreeMap<String, ClassReport> = BTreeMap::new();
-    for name in class_names.iter().filter(|n| o.class.as_ref().is_none_or(|c| c == *n)) {
+    for name in names.into_iter().filter(|n| o.class.as_ref().is_none_or(|c| c == *n)) {
         classes.insert(name.clone(), empty_class(name));
     }
     let mut unclassified = Totals::default();
@@ -195,8 +219,20 @@ pub fn build(conn: &Connection, o: &ReportOptions, class_names: &[String]) -> an
         counted_from: DateTime::from_timestamp(first_bucket, 0).map(rfc3339).unwrap_or_default(),
         counted_until: DateTime::from_timestamp(end, 0).map(rfc3339).unwrap_or_default(),
         class_filter: o.class.clone(),
-        config_digest: o.config_digest.clone(),
-        sources: o.sources.iter().map(|(k, d)| Source { kind: k.clone(), description: d.clone() }).collect(),
+        configurations: configurations
+            .into_iter()
+            .map(|c| InForce {
+                from: ms_time(c.at_ms),
+                cause: c.cause,
+                digest: c.digest,
+                classes: c.classes,
+                sources: c
+                    .sources
+                    .into_iter()
+                    .map(|(kind, description)| Source { kind, description })
+                    .collect(),
+            })
+            .collect(),
         classes,
         unclassified: o.class.is_none().then_some(unclassified),
         coverage: coverage(conn, o)?,

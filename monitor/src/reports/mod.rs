@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 
 pub use build::{ReportOptions, SETTLE_SECS, build, rows_digest};
 
-/// The report's format version.
-pub const FORMAT: u32 = 1;
+/// The report's format version (2: `configurations` in force over the period, in place of
+/// the report maker's `config_digest` and `sources`).
+pub const FORMAT: u32 = 2;
 pub const KIND: &str = "residency_report";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,10 +41,9 @@ pub struct Report {
     pub counted_until: String,
     /// Only this class (None: every class, and the unclassified flows).
     pub class_filter: Option<String>,
-    /// SHA-256 of the configuration file in force when the report was made.
-    pub config_digest: String,
-    /// The sources of places in force (databases with their build dates, range files).
-    pub sources: Vec<Source>,
+    /// Every configuration the agent counted under over the summed buckets, in order (see
+    /// [`InForce`]).
+    pub configurations: Vec<InForce>,
     pub classes: Vec<ClassReport>,
     /// Flows of no class (absent with a class filter).
     pub unclassified: Option<Totals>,
@@ -54,6 +54,24 @@ pub struct Report {
     pub previous: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub signature: Option<Signature>,
+}
+
+/// A configuration in force during the period, as the agent recorded it when it put it in
+/// force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InForce {
+    /// When it was put in force (the first one's may be before the period).
+    pub from: String,
+    /// `start`, `reload` (SIGHUP), `sources` (a replaced database or range file reopened), or
+    /// `report` when the store holds none for the period (no agent recorded one): then it is
+    /// the configuration the report was made with.
+    pub cause: String,
+    /// SHA-256 of the configuration file's text.
+    pub digest: String,
+    pub classes: Vec<String>,
+    /// The sources of places (databases with their build dates, range files with the version
+    /// their provider published).
+    pub sources: Vec<Source>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +204,6 @@ pub fn digest(report: &serde_json::Value) -> String {
 pub fn make(
     conn: &mut rusqlite::Connection,
     o: &ReportOptions,
-    class_names: &[String],
     key: &key::HostKey,
 ) -> anyhow::Result<Report> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -196,7 +213,7 @@ pub fn make(
         })
         .map(Some)
         .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-    let mut report = build(&tx, o, class_names)?;
+    let mut report = build(&tx, o)?;
     report.seq = last.as_ref().map_or(1, |(seq, _)| *seq as u64 + 1);
     report.previous = last.map(|(_, d)| d);
     report.sign(key);

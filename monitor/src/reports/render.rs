@@ -62,9 +62,19 @@ pub fn text(r: &Report) -> String {
         "  sums of whole store buckets from {} to {}; generated {}",
         r.counted_from, r.counted_until, r.generated
     );
-    let _ = writeln!(o, "  agent {}, configuration {}", r.agent_version, r.config_digest);
-    for s in &r.sources {
-        let _ = writeln!(o, "  source {}: {}", s.kind, s.description);
+    let _ = writeln!(o, "  agent {}", r.agent_version);
+    for c in &r.configurations {
+        let _ = writeln!(
+            o,
+            "  configuration {} in force from {} ({}); classes: {}",
+            c.digest,
+            c.from,
+            c.cause,
+            c.classes.join(", ")
+        );
+        for s in &c.sources {
+            let _ = writeln!(o, "    source {}: {}", s.kind, s.description);
+        }
     }
     for c in &r.classes {
         let _ = writeln!(
@@ -180,13 +190,26 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}td.n{{text-align
     for g in gaps(r) {
         let _ = write!(o, "<li>{}</li>", e(&g));
     }
+    o += r#"</ul><h2>Configurations in force</h2><table id="configurations"><tr><th>from</th><th>cause</th><th>SHA-256</th><th>classes</th><th>sources</th></tr>"#;
+    for c in &r.configurations {
+        let sources: Vec<String> =
+            c.sources.iter().map(|s| format!("{}: {}", s.kind, s.description)).collect();
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            e(&c.from),
+            e(&c.cause),
+            e(&c.digest),
+            e(&c.classes.join(", ")),
+            sources.iter().map(|s| e(s)).collect::<Vec<_>>().join("<br>")
+        );
+    }
     let _ = writeln!(
         o,
-        "</ul><h2>Evidence</h2><p>{} store rows summed, digest <code>{}</code>. Previous report: <code>{}</code>. Configuration <code>{}</code>. Signed by <code>{}</code>. Check with <code>egress-monitor verify REPORT.json --key HOST.pub</code> (this page shows the signed JSON's figures; the JSON is the evidence).</p></body></html>",
+        "</table><h2>Evidence</h2><p>{} store rows summed, digest <code>{}</code>. Previous report: <code>{}</code>. Signed by <code>{}</code>. Check with <code>egress-monitor verify REPORT.json --key HOST.pub</code> (this page shows the signed JSON's figures; the JSON is the evidence).</p></body></html>",
         r.rows.count,
         e(&r.rows.digest),
         e(r.previous.as_deref().unwrap_or("none (first)")),
-        e(&r.config_digest),
         e(r.signature.as_ref().map_or("(not signed)", |s| s.key.as_str()))
     );
     o

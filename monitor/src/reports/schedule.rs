@@ -7,14 +7,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 
 use super::{ReportOptions, key::HostKey, make};
+use crate::store::configs::Configuration;
 
 pub struct Schedule {
     pub interval: Duration,
     pub state_dir: PathBuf,
     pub host: String,
-    pub config_digest: String,
-    pub sources: Vec<(String, String)>,
-    pub class_names: Vec<String>,
+    /// Named in a report only when the store holds no configuration the agent recorded.
+    pub own: Configuration,
     pub bucket_secs: i64,
 }
 
@@ -51,15 +51,14 @@ fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
     let o = ReportOptions {
         host: s.host.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        config_digest: s.config_digest.clone(),
-        sources: s.sources.clone(),
+        own: s.own.clone(),
         since,
         until: now,
         class: None,
         bucket_secs: s.bucket_secs,
         now,
     };
-    let report = make(&mut conn, &o, &s.class_names, key)?;
+    let report = make(&mut conn, &o, key)?;
     let dir = s.state_dir.join("reports");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("report-{:06}.json", report.seq));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::{Report, digest, key::PublicKey, rows_digest, signed_bytes};
+use super::{FORMAT, Report, digest, key::PublicKey, rows_digest, signed_bytes};
 
 /// One report as read from its file: its text as JSON, and as a report.
 pub struct Loaded {
@@ -21,6 +21,14 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    if let Some(f) = value.get("format").and_then(|f| f.as_u64())
+        && f != u64::from(FORMAT)
+    {
+        return Err(format!(
+            "{}: report format {f}, and this verify reads format {FORMAT} (use the egress-monitor version that made it)",
+            path.display()
+        ));
+    }
     let report: Report = serde_json::from_value(value.clone())
         .map_err(|e| format!("{}: not a residency report: {e}", path.display()))?;
     Ok(Loaded { path: path.to_owned(), value, report })

@@ -234,6 +234,18 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
     );
     ",
+    // 11: the configurations the agent counted under (start, SIGHUP, a replaced database), so
+    //     that a report names those in force over its period. Classes and sources as JSON.
+    "
+    CREATE TABLE configurations (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        cause TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        classes TEXT NOT NULL,
+        sources TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -3,6 +3,7 @@
 //! are batched on a thread of their own, so a slow disk never stalls the kernel readers; when
 //! its queue is full, records are dropped and counted. Old rows are pruned in the background.
 
+pub mod configs;
 pub mod export;
 mod groups;
 mod migrations;

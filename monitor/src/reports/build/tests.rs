@@ -11,8 +11,13 @@ fn options(since: &str, until: &str, now: &str) -> ReportOptions {
     ReportOptions {
         host: "h1".into(),
         agent_version: "0.1.0".into(),
-        config_digest: "sha256:00".into(),
-        sources: vec![("country".into(), "embedded".into())],
+        own: Configuration {
+            at_ms: t(now).timestamp_millis(),
+            cause: "report".into(),
+            digest: "sha256:00".into(),
+            classes: vec!["us".into(), "eu".into()],
+            sources: vec![("country".into(), "embedded".into())],
+        },
         since: t(since),
         until: t(until),
         class: None,
@@ -66,7 +71,7 @@ fn sums_per_class_and_place_with_violations_and_a_digest_of_the_rows() {
     // A bucket still open when the report is made is left out.
     row(&c, b + 540, "f6", Some("us"), "allowed", ("country", "US"), 5);
     let o = options("2026-11-01T00:00:30Z", "2026-11-01T00:10:00Z", "2026-11-01T00:09:02Z");
-    let r = build(&c, &o, &["us".into(), "eu".into()]).unwrap();
+    let r = build(&c, &o).unwrap();
     assert_eq!(r.counted_from, "2026-11-01T00:00:00.000Z");
     assert_eq!(r.counted_until, "2026-11-01T00:08:00.000Z");
     let us = &r.classes.iter().find(|c| c.class == "us").unwrap();
@@ -92,7 +97,7 @@ fn sums_per_class_and_place_with_violations_and_a_digest_of_the_rows() {
     // The digest follows the rows: a changed byte count changes it.
     let before = r.rows.digest.clone();
     c.execute("UPDATE flows SET bytes = 301 WHERE flow_id = 'f2'", []).unwrap();
-    assert_ne!(build(&c, &o, &[]).unwrap().rows.digest, before);
+    assert_ne!(build(&c, &o).unwrap().rows.digest, before);
 }
 
 #[test]
@@ -104,7 +109,7 @@ fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted(
     // Its heartbeat stopped (killed) 10 minutes before a fresh start: nothing counted.
     run(&c, "2026-11-01T02:10:00Z", "2026-11-01T02:59:59Z", None, "fresh");
     let o = options("2026-11-01T00:30:00Z", "2026-11-01T03:30:00Z", "2026-11-01T03:30:00Z");
-    let r = build(&c, &o, &[]).unwrap();
+    let r = build(&c, &o).unwrap();
     let cv = &r.coverage;
     let gaps: Vec<(&str, &str, u64, Option<bool>)> = cv
         .agent_not_running
@@ -123,4 +128,59 @@ fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted(
     assert_eq!(cv.agent_not_running_ms, 14_000 + 600_000 + 1_801_000);
     assert_eq!(cv.blind_ms, 600_000);
     assert_eq!((cv.runs, cv.store_dropped, cv.geolocation_errors), (3, 6, 3));
+}
+
+#[test]
+fn a_report_names_the_configurations_the_agent_recorded_over_its_period() {
+    let c = crate::store::open_in_memory().unwrap();
+    let config = |at: &str, cause: &str, digest: &str, classes: &str| {
+        c.execute(
+            "INSERT INTO configurations (at_ms, cause, digest, classes, sources) VALUES (?1, ?2, ?3, ?4, '[[\"country\",\"x\"]]')",
+            params![t(at).timestamp_millis(), cause, digest, classes],
+        )
+        .unwrap();
+    };
+    config("2026-11-01T00:00:00Z", "start", "sha256:a", r#"["us"]"#);
+    config("2026-11-01T00:05:00Z", "reload", "sha256:b", r#"["us","gone"]"#);
+    // After the summed buckets (which end at 00:08).
+    config("2026-11-01T00:09:00Z", "reload", "sha256:c", r#"["us","later"]"#);
+    let o = options("2026-11-01T00:01:00Z", "2026-11-01T00:10:00Z", "2026-11-01T00:08:10Z");
+    let r = build(&c, &o).unwrap();
+    let named: Vec<(&str, &str, &str)> =
+        r.configurations.iter().map(|c| (c.from.as_str(), c.cause.as_str(), c.digest.as_str())).collect();
+    assert_eq!(
+        named,
+        [
+            ("2026-11-01T00:00:00.000Z", "start", "sha256:a"),
+            ("2026-11-01T00:05:00.000Z", "reload", "sha256:b")
+        ]
+    );
+    assert_eq!(r.configurations[0].sources[0].description, "x");
+    // Its classes are those of the configurations in force, not the report maker's (us, eu).
+    let classes: Vec<&str> = r.classes.iter().map(|c| c.class.as_str()).collect();
+    assert_eq!(classes, ["gone", "us"]);
+    let asking = |class: &str| {
+        build(
+            &c,
+            &ReportOptions {
+                class: Some(class.into()),
+                ..options("2026-11-01T00:01:00Z", "2026-11-01T00:10:00Z", "2026-11-01T00:08:10Z")
+            },
+        )
+    };
+    assert!(asking("gone").is_ok());
+    let e = asking("eu").unwrap_err().to_string();
+    assert!(e.contains("--class eu: no such class") && e.contains("us, gone"), "{e}");
+}
+
+#[test]
+fn without_a_recorded_configuration_the_report_names_its_own() {
+    let c = crate::store::open_in_memory().unwrap();
+    let r =
+        build(&c, &options("2026-11-01T00:01:00Z", "2026-11-01T00:10:00Z", "2026-11-01T00:10:10Z")).unwrap();
+    assert_eq!(r.configurations.len(), 1);
+    assert_eq!(
+        (r.configurations[0].cause.as_str(), r.configurations[0].digest.as_str()),
+        ("report", "sha256:00")
+    );
 }
