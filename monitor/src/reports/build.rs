@@ -13,7 +13,7 @@ use super::{
 };
 use crate::store::{
     configs::{Configuration, in_force},
-    runs::{BEAT, runs},
+    runs::{BEAT, counters_grown, runs},
 };
 
 /// What a report is about and what it says of its host.
@@ -278,8 +278,9 @@ fn coverage(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Coverage> {
         cursor = cursor.max(end);
         if end >= from {
             c.runs += 1;
-            c.store_dropped += r.store_dropped.max(0) as u64;
-            c.geolocation_errors += r.geolocation_errors.max(0) as u64;
+            let (dropped, errors) = counters_grown(conn, r.id, from, until)?;
+            c.store_dropped += dropped;
+            c.geolocation_errors += errors;
         }
     }
     if cursor < until {
@@ -298,40 +299,65 @@ fn coverage(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Coverage> {
         }
         c.agent_not_running.push(Gap { from: ms_time(a), until: ms_time(b), ms, kernel_counting: counting });
     }
-    c.kernel_losses = kernel_losses(conn, o.since.timestamp(), o.until.timestamp())?;
+    let new_sets: Vec<i64> =
+        runs.iter().filter(|r| r.start_kind != "adopted").map(|r| r.started_ms).collect();
+    c.kernel_losses = kernel_losses(conn, o.since.timestamp(), o.until.timestamp(), &new_sets)?;
     Ok(c)
 }
 
-/// The growth of the kernel's loss totals over the period: the last loss record in it minus
-/// the last one before it (totals restart with a fresh program set: then the later total).
-fn kernel_losses(conn: &Connection, since: i64, until: i64) -> anyhow::Result<KernelLosses> {
-    let last = |sql: &str, t: i64| -> rusqlite::Result<Option<serde_json::Value>> {
-        let mut stmt = conn.prepare(sql)?;
-        let mut rows = stmt.query(params![t])?;
-        Ok(match rows.next()? {
-            Some(r) => serde_json::from_str(&r.get::<_, String>(0)?).ok(),
-            None => None,
-        })
-    };
-    let before =
-        last("SELECT record FROM losses WHERE time_unix < ?1 ORDER BY time_unix DESC LIMIT 1", since)?;
-    let Some(end) =
-        last("SELECT record FROM losses WHERE time_unix <= ?1 ORDER BY time_unix DESC LIMIT 1", until)?
-    else {
-        return Ok(KernelLosses::default());
-    };
-    let grew = |k: &str| {
-        let e = end[k].as_u64().unwrap_or(0);
-        let b = before.as_ref().and_then(|b| b[k].as_u64()).unwrap_or(0);
-        if e >= b { e - b } else { e }
-    };
+/// The loss counters a report sums, as loss records name them.
+const LOSS_KEYS: [&str; 6] = [
+    "ringbuf_drops",
+    "flow_insert_failed",
+    "overflow_packets",
+    "overflow_bytes",
+    "dns_answers_lost",
+    "dns_answers_lost_bytes",
+];
+
+/// The growth of the kernel's loss totals over the period, record by record from the last one
+/// before it. Totals count from when their programs were attached: they restart with a new
+/// program set (an agent that did not adopt the pinned one, or any total going down), and
+/// then a record's totals are all growth.
+fn kernel_losses(
+    conn: &Connection,
+    since: i64,
+    until: i64,
+    new_sets_ms: &[i64],
+) -> anyhow::Result<KernelLosses> {
+    let mut stmt = conn.prepare(
+        "SELECT time_unix, record FROM losses
+         WHERE time_unix >= IFNULL((SELECT MAX(time_unix) FROM losses WHERE time_unix < ?1), ?1) AND time_unix <= ?2
+         ORDER BY time_unix, rowid",
+    )?;
+    let mut rows = stmt.query(params![since, until])?;
+    let mut grown = [0u64; LOSS_KEYS.len()];
+    let mut previous: Option<(i64, [u64; LOSS_KEYS.len()])> = None;
+    while let Some(r) = rows.next()? {
+        let t: i64 = r.get(0)?;
+        let record: serde_json::Value = serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default();
+        let totals = LOSS_KEYS.map(|k| record[k].as_u64().unwrap_or(0));
+        // The last record before the period is where its growth starts.
+        if t >= since {
+            let base = previous.and_then(|(at, before)| {
+                let new_set = new_sets_ms.iter().any(|&s| s > at * 1000 && s <= t * 1000)
+                    || totals.iter().zip(&before).any(|(now, then)| now < then);
+                (!new_set).then_some(before)
+            });
+            for (i, g) in grown.iter_mut().enumerate() {
+                *g += totals[i] - base.map_or(0, |b| b[i]);
+            }
+        }
+        previous = Some((t, totals));
+    }
+    // In LOSS_KEYS' order.
     Ok(KernelLosses {
-        ringbuf_drops: grew("ringbuf_drops"),
-        flow_insert_failed: grew("flow_insert_failed"),
-        overflow_packets: grew("overflow_packets"),
-        overflow_bytes: grew("overflow_bytes"),
-        dns_answers_lost: grew("dns_answers_lost"),
-        dns_answers_lost_bytes: grew("dns_answers_lost_bytes"),
+        ringbuf_drops: grown[0],
+        flow_insert_failed: grown[1],
+        overflow_packets: grown[2],
+        overflow_bytes: grown[3],
+        dns_answers_lost: grown[4],
+        dns_answers_lost_bytes: grown[5],
     })
 }
 

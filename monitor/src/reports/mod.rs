@@ -134,8 +134,8 @@ pub struct Coverage {
     pub runs: u64,
     /// The kernel's losses in the period (differences of the loss records' totals).
     pub kernel_losses: KernelLosses,
-    /// Records the store could not keep, and geolocation lookups that failed, in the runs
-    /// that overlap the period (whole runs: the counters are kept per run).
+    /// Records the store could not keep, and geolocation lookups that failed, in the period
+    /// (as the agent's heartbeat, every 2 s, recorded them).
     pub store_dropped: u64,
     pub geolocation_errors: u64,
 }

@@ -235,8 +235,17 @@ const MIGRATIONS: &[&str] = &[
     );
     ",
     // 11: the configurations the agent counted under (start, SIGHUP, a replaced database), so
-    //     that a report names those in force over its period. Classes and sources as JSON.
+    //     that a report names those in force over its period (classes and sources as JSON);
+    //     and each run's loss counters as they grew, so that a report counts those of its
+    //     period, not of whole runs.
     "
+    CREATE TABLE run_counters (
+        run_id INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        store_dropped INTEGER NOT NULL,
+        geolocation_errors INTEGER NOT NULL
+    );
+    CREATE INDEX run_counters_by_run ON run_counters (run_id, at_ms);
     CREATE TABLE configurations (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,

@@ -31,7 +31,8 @@ pub struct Run {
     pub start_kind: String,
     pub attached_since_ms: i64,
     pub version: String,
-    /// Records the store lost during the run (its queue full), geolocation lookups that failed.
+    /// Records the store lost during the run (its queue full), geolocation lookups that failed,
+    /// in all (`run_counters` holds them as they grew).
     pub store_dropped: i64,
     pub geolocation_errors: i64,
 }
@@ -88,20 +89,31 @@ impl Heartbeat {
 }
 
 fn beat(conn: Connection, id: i64, stop: &AtomicBool, c: &RunCounters) {
+    // The counters as last written to run_counters (a row only when they grew).
+    let mut written = (0, 0);
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let now = now_ms();
         let ended = stopping.then_some(now);
-        let r = conn.execute(
-            "UPDATE agent_runs SET last_seen_ms = ?2, ended_ms = ?3, store_dropped = ?4, geolocation_errors = ?5 WHERE id = ?1",
-            params![
-                id,
-                now,
-                ended,
-                c.store_dropped.load(Ordering::Relaxed) as i64,
-                c.geolocation_errors.load(Ordering::Relaxed) as i64
-            ],
+        let counters = (
+            c.store_dropped.load(Ordering::Relaxed) as i64,
+            c.geolocation_errors.load(Ordering::Relaxed) as i64,
         );
+        let r = conn
+            .execute(
+                "UPDATE agent_runs SET last_seen_ms = ?2, ended_ms = ?3, store_dropped = ?4, geolocation_errors = ?5 WHERE id = ?1",
+                params![id, now, ended, counters.0, counters.1],
+            )
+            .and_then(|_| {
+                if counters != written {
+                    conn.execute(
+                        "INSERT INTO run_counters (run_id, at_ms, store_dropped, geolocation_errors) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, now, counters.0, counters.1],
+                    )?;
+                    written = counters;
+                }
+                Ok(())
+            });
         if let Err(e) = r {
             tracing::warn!(error = %e, "writing the agent's heartbeat to the store failed; retrying");
         }
@@ -135,4 +147,49 @@ pub fn runs(conn: &Connection, from_ms: i64, until_ms: i64) -> rusqlite::Result<
         })
     })?;
     rows.collect()
+}
+
+/// How much a run's loss counters grew over (from_ms, until_ms]: (store dropped, geolocation
+/// errors), each counted in the heartbeat that first recorded it.
+pub fn counters_grown(
+    conn: &Connection,
+    run_id: i64,
+    from_ms: i64,
+    until_ms: i64,
+) -> rusqlite::Result<(u64, u64)> {
+    let at = |t: i64| -> rusqlite::Result<(i64, i64)> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT store_dropped, geolocation_errors FROM run_counters
+             WHERE run_id = ?1 AND at_ms <= ?2 ORDER BY at_ms DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query(params![run_id, t])?;
+        Ok(match rows.next()? {
+            Some(r) => (r.get(0)?, r.get(1)?),
+            None => (0, 0),
+        })
+    };
+    let (a, b) = (at(from_ms)?, at(until_ms)?);
+    Ok(((b.0 - a.0).max(0) as u64, (b.1 - a.1).max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_dates_the_counters_as_they_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = now_ms();
+        let h = Heartbeat::start(dir.path(), "fresh", before, "0.1.0").unwrap();
+        h.counters.store_dropped.store(3, Ordering::Relaxed);
+        h.counters.geolocation_errors.store(1, Ordering::Relaxed);
+        h.stop();
+        let conn = super::super::open_for_writing(dir.path()).unwrap();
+        let run = runs(&conn, before, now_ms()).unwrap().pop().unwrap();
+        assert_eq!((run.store_dropped, run.geolocation_errors), (3, 1));
+        assert!(run.ended_ms.is_some());
+        assert_eq!(counters_grown(&conn, run.id, before - 1, now_ms()).unwrap(), (3, 1));
+        // Nothing grew before the run began.
+        assert_eq!(counters_grown(&conn, run.id, 0, before - 1).unwrap(), (0, 0));
+    }
 }

@@ -108,6 +108,20 @@ fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted(
     run(&c, "2026-11-01T01:00:14Z", "2026-11-01T02:00:00Z", None, "adopted");
     // Its heartbeat stopped (killed) 10 minutes before a fresh start: nothing counted.
     run(&c, "2026-11-01T02:10:00Z", "2026-11-01T02:59:59Z", None, "fresh");
+    // Loss counters as the heartbeats recorded them: run 1 had dropped 2 records (and failed
+    // 1 lookup) before the period began, 5 (1) in all.
+    for (run, at, dropped, errors) in [
+        (1, "2026-11-01T00:10:00Z", 2, 1),
+        (1, "2026-11-01T00:45:00Z", 5, 1),
+        (2, "2026-11-01T01:30:00Z", 2, 3),
+        (3, "2026-11-01T02:20:00Z", 1, 0),
+    ] {
+        c.execute(
+            "INSERT INTO run_counters (run_id, at_ms, store_dropped, geolocation_errors) VALUES (?1, ?2, ?3, ?4)",
+            params![run, t(at).timestamp_millis(), dropped, errors],
+        )
+        .unwrap();
+    }
     let o = options("2026-11-01T00:30:00Z", "2026-11-01T03:30:00Z", "2026-11-01T03:30:00Z");
     let r = build(&c, &o).unwrap();
     let cv = &r.coverage;
@@ -127,7 +141,12 @@ fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted(
     );
     assert_eq!(cv.agent_not_running_ms, 14_000 + 600_000 + 1_801_000);
     assert_eq!(cv.blind_ms, 600_000);
+    // Those of the period only: 3 + 2 + 1 dropped, 0 + 3 + 0 lookups failed.
     assert_eq!((cv.runs, cv.store_dropped, cv.geolocation_errors), (3, 6, 3));
+    // A period after run 1's first hour: its later growth only.
+    let later =
+        build(&c, &options("2026-11-01T00:40:00Z", "2026-11-01T00:50:00Z", "2026-11-01T03:30:00Z")).unwrap();
+    assert_eq!((later.coverage.store_dropped, later.coverage.geolocation_errors), (3, 0));
 }
 
 #[test]
@@ -183,4 +202,34 @@ fn without_a_recorded_configuration_the_report_names_its_own() {
         (r.configurations[0].cause.as_str(), r.configurations[0].digest.as_str()),
         ("report", "sha256:00")
     );
+}
+
+#[test]
+fn kernel_losses_are_the_growth_over_the_period_across_a_new_program_set() {
+    let c = crate::store::open_in_memory().unwrap();
+    let loss = |at: &str, drops: u64, overflow_bytes: u64| {
+        let record = serde_json::json!({"ringbuf_drops": drops, "overflow_bytes": overflow_bytes});
+        c.execute(
+            "INSERT INTO losses (time, time_unix, host, overflow_packets, overflow_bytes, record) VALUES (?1, ?2, 'h1', 0, ?3, ?4)",
+            params![at, t(at).timestamp(), overflow_bytes as i64, record.to_string()],
+        )
+        .unwrap();
+    };
+    // Before the period: 10 drops, 1000 bytes.
+    loss("2026-11-01T00:00:00Z", 10, 1000);
+    loss("2026-11-01T00:20:00Z", 15, 1500);
+    // A fresh program set at 00:40 (nothing was pinned): its totals start again and pass the
+    // old ones before its first record.
+    run(&c, "2026-11-01T00:00:00Z", "2026-11-01T00:39:00Z", Some("2026-11-01T00:39:00Z"), "adopted");
+    run(&c, "2026-11-01T00:40:00Z", "2026-11-01T02:00:00Z", None, "fresh");
+    loss("2026-11-01T00:50:00Z", 20, 1600);
+    // An adopted set goes on counting.
+    loss("2026-11-01T01:10:00Z", 22, 1700);
+    // After the period.
+    loss("2026-11-01T02:10:00Z", 99, 9999);
+    let r =
+        build(&c, &options("2026-11-01T00:10:00Z", "2026-11-01T01:30:00Z", "2026-11-01T03:00:00Z")).unwrap();
+    let k = &r.coverage.kernel_losses;
+    // 15 - 10, then 20 from zero, then 22 - 20; the bytes alike.
+    assert_eq!((k.ringbuf_drops, k.overflow_bytes), (5 + 20 + 2, 500 + 1600 + 100));
 }
