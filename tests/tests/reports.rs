@@ -24,6 +24,16 @@ fn now() -> String {
 /// later) when it was made, so the tests wait a few seconds after their traffic.
 const BUCKETS: &str = "[store]\nbucket = \"1s\"\n";
 
+/// The next whole second, once it has come: a period from there starts with a store bucket
+/// the agent saw whole (the bucket holding an earlier `since` began before the agent did, and
+/// a report says so, as a gap in its coverage).
+fn next_second() -> String {
+    let t = Utc::now();
+    let next = chrono::DateTime::from_timestamp(t.timestamp() + 1, 0).unwrap();
+    std::thread::sleep((next - t).to_std().unwrap());
+    next.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
 fn settle() {
     std::thread::sleep(Duration::from_secs(4));
 }
@@ -63,7 +73,7 @@ fn traffic(w: &World, agent: &Agent) -> (u16, u16) {
 fn a_signed_report_of_real_traffic_verifies_and_every_tampering_is_named() {
     let w = World::new();
     let agent = Agent::start(&w.config(BUCKETS));
-    let since = now();
+    let since = next_second();
     traffic(&w, &agent);
     settle();
     let until = now();
@@ -215,13 +225,15 @@ fn a_report_names_each_configuration_the_agent_counted_under() {
 #[test]
 fn an_agent_stopped_for_a_while_is_a_gap_in_the_coverage() {
     let w = World::new();
-    let mut agent = Agent::start(&w.config(""));
-    let since = now();
+    let mut agent = Agent::start(&w.config(BUCKETS));
+    let since = next_second();
     std::thread::sleep(Duration::from_secs(3));
     assert!(agent.stop().success());
     std::thread::sleep(Duration::from_secs(4));
     agent.restart(|c| c);
     std::thread::sleep(Duration::from_secs(3));
+    // Every figure is of the final buckets.
+    settle();
     let r: Value = serde_json::from_str(&agent.cli(&["report", "--since", &since])).unwrap();
     let c = &r["coverage"];
     let gaps = c["agent_not_running"].as_array().unwrap();
@@ -289,12 +301,28 @@ fn the_agent_writes_a_chained_report_every_interval() {
         files[0].ends_with("report-000001.json") && files[1].ends_with("report-000002.json"),
         "{files:?}"
     );
-    let second: Value = serde_json::from_str(&std::fs::read_to_string(&files[1]).unwrap()).unwrap();
-    let first: Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    let read = |p: &Path| serde_json::from_str::<Value>(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let (first, second) = (read(&files[0]), read(&files[1]));
     // Each period starts where what the previous one summed ended.
     assert_eq!(second["since"], first["counted_until"]);
+    // A report made by hand (of another period, one class) joins the chain and the directory,
+    // and does not move the agent's periods.
+    let manual: Value =
+        serde_json::from_str(&agent.cli(&["report", "--since", "1h", "--class", &w.class])).unwrap();
+    let seq = manual["seq"].as_u64().unwrap();
+    let manual_file = dir.join(format!("report-{seq:06}.json"));
+    assert_eq!(read(&manual_file), manual);
+    let next = eventually("the periodic report after it", WAIT, || {
+        let p = dir.join(format!("report-{:06}.json", seq + 1));
+        p.exists().then(|| read(&p))
+    });
+    let previous_periodic = read(&dir.join(format!("report-{:06}.json", seq - 1)));
+    assert_eq!(next["since"], previous_periodic["counted_until"], "{next}");
     let key = w.state_dir().join("host.pub");
     std::fs::write(&key, agent.cli(&["key"])).unwrap();
-    let (ok, out) = verify(&[&files[0], &files[1]], &key, Some(&w.state_dir().join("store.sqlite")));
+    let mut all: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+    all.sort();
+    let all: Vec<&Path> = all.iter().map(|p| p.as_path()).take(seq as usize + 1).collect();
+    let (ok, out) = verify(&all, &key, Some(&w.state_dir().join("store.sqlite")));
     assert!(ok, "{out}");
 }

@@ -84,7 +84,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         now,
     };
     let mut conn = store::open_for_writing(dir)?;
-    let report = reports::make(&mut conn, &options, &key).context("making the report")?;
+    let report = reports::make(&mut conn, &options, &key, false).context("making the report")?;
+    // The chain stays whole in the directory, beside the agent's periodic reports.
+    let kept = reports::schedule::keep(dir, &report)?;
+    eprintln!("report {} recorded in the store and kept as {}", report.seq, kept.display());
     let text = match args.output {
         ReportFormat::Json => serde_json::to_string_pretty(&report.to_value())? + "\n",
         ReportFormat::Html => render::html(&report),

@@ -188,18 +188,19 @@ pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
             }
         }
     }
-    // Alerts raised in the period.
+    // Alerts raised in the summed buckets (as every figure of the report: consecutive reports
+    // tile time, none counted twice).
     let mut stmt = conn.prepare(
-        "SELECT id, class, action FROM alerts WHERE time_unix >= ?1 AND time_unix <= ?2 ORDER BY time_unix, id",
+        "SELECT id, class, action FROM alerts WHERE time_unix >= ?1 AND time_unix < ?2 ORDER BY time_unix, id",
     )?;
-    let alerts = stmt.query_map(params![o.since.timestamp(), o.until.timestamp()], |r| {
+    let alerts = stmt.query_map(params![first_bucket, end], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
     })?;
     for a in alerts {
         let (id, class, action) = a?;
         if let Some(c) = classes.get_mut(&class) {
             c.violations.alerts.push(id);
-            c.blocked += (action.as_deref() == Some("blocked")) as u64;
+            c.blocked_alerts += (action.as_deref() == Some("blocked")) as u64;
         }
     }
     let mut classes: Vec<ClassReport> = classes.into_values().collect();
@@ -235,7 +236,7 @@ pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
             .collect(),
         classes,
         unclassified: o.class.is_none().then_some(unclassified),
-        coverage: coverage(conn, o)?,
+        coverage: coverage(conn, first_bucket * 1000, end * 1000, o.now.timestamp_millis())?,
         rows: Rows { count, digest },
         previous: None,
         signature: None,
@@ -250,14 +251,13 @@ fn empty_class(name: &str) -> ClassReport {
         flows: 0,
         destinations: Vec::new(),
         violations: Violations::default(),
-        blocked: 0,
+        blocked_alerts: 0,
     }
 }
 
-/// When no agent ran in the period (from the runs' heartbeats), and what was lost.
-fn coverage(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Coverage> {
-    let (from, until, now) =
-        (o.since.timestamp_millis(), o.until.timestamp_millis(), o.now.timestamp_millis());
+/// When no agent ran in [from, until) (Unix ms, the summed buckets; from the runs'
+/// heartbeats), and what was lost then.
+fn coverage(conn: &Connection, from: i64, until: i64, now: i64) -> anyhow::Result<Coverage> {
     let runs = runs(conn, from, until)?;
     let mut c = Coverage::default();
     let mut gaps = Vec::new();
@@ -301,7 +301,7 @@ fn coverage(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Coverage> {
     }
     let new_sets: Vec<i64> =
         runs.iter().filter(|r| r.start_kind != "adopted").map(|r| r.started_ms).collect();
-    c.kernel_losses = kernel_losses(conn, o.since.timestamp(), o.until.timestamp(), &new_sets)?;
+    c.kernel_losses = kernel_losses(conn, from / 1000, until / 1000, &new_sets)?;
     Ok(c)
 }
 
@@ -315,10 +315,11 @@ const LOSS_KEYS: [&str; 6] = [
     "dns_answers_lost_bytes",
 ];
 
-/// The growth of the kernel's loss totals over the period, record by record from the last one
-/// before it. Totals count from when their programs were attached: they restart with a new
-/// program set (an agent that did not adopt the pinned one, or any total going down), and
-/// then a record's totals are all growth.
+/// The growth of the kernel's loss totals over [since, until) (Unix seconds), record by record
+/// from the last one before it. Totals count from when their programs were attached: they
+/// restart with a new program set (an agent that did not adopt the pinned one, or any total
+/// going down), and then a record's totals are all growth. A record that cannot be read fails
+/// the report: its totals would be taken as zeros and the next record's as all growth.
 fn kernel_losses(
     conn: &Connection,
     since: i64,
@@ -327,7 +328,7 @@ fn kernel_losses(
 ) -> anyhow::Result<KernelLosses> {
     let mut stmt = conn.prepare(
         "SELECT time_unix, record FROM losses
-         WHERE time_unix >= IFNULL((SELECT MAX(time_unix) FROM losses WHERE time_unix < ?1), ?1) AND time_unix <= ?2
+         WHERE time_unix >= IFNULL((SELECT MAX(time_unix) FROM losses WHERE time_unix < ?1), ?1) AND time_unix < ?2
          ORDER BY time_unix, rowid",
     )?;
     let mut rows = stmt.query(params![since, until])?;
@@ -335,7 +336,10 @@ fn kernel_losses(
     let mut previous: Option<(i64, [u64; LOSS_KEYS.len()])> = None;
     while let Some(r) = rows.next()? {
         let t: i64 = r.get(0)?;
-        let record: serde_json::Value = serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default();
+        let text: String = r.get(1)?;
+        let record: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("the store's loss record of {} cannot be read: {e}", ms_time(t * 1000))
+        })?;
         let totals = LOSS_KEYS.map(|k| record[k].as_u64().unwrap_or(0));
         // The last record before the period is where its growth starts.
         if t >= since {

@@ -44,16 +44,25 @@ impl HostKey {
         getrandom::fill(&mut seed)
             .map_err(|e| anyhow::anyhow!("reading random numbers for the host key: {e}"))?;
         let text = format!("{PRIVATE}{}\n", STANDARD.encode(seed));
-        let mut f = std::fs::OpenOptions::new()
+        // Written whole under a name of its own, then linked into place: a crash leaves no
+        // empty key, and of two processes creating it at once both end up with the one linked.
+        let unique = getrandom::u64().map_err(|e| anyhow::anyhow!("reading random numbers: {e}"))?;
+        let tmp = state_dir.join(format!("{FILE}.{unique:016x}.tmp"));
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&p)
-            .with_context(|| format!("creating the host key {}", p.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", p.display()))?;
-        tracing::info!(path = %p.display(), "created the host key that signs residency reports");
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, &p));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                tracing::info!(path = %p.display(), "created the host key that signs residency reports")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating the host key {}", p.display())),
+        }
         HostKey::load(state_dir)
     }
 
@@ -143,5 +152,21 @@ mod tests {
         assert!(!PublicKey::parse(&other.public()).unwrap().verifies(b"report", &sig));
         std::fs::set_permissions(path(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(HostKey::load(dir.path()).unwrap_err().to_string().contains("0600"));
+    }
+
+    #[test]
+    fn created_at_once_by_two_is_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let made: Vec<_> = (0..2)
+                    .map(|_| s.spawn(|| HostKey::load_or_create(dir.path()).unwrap().public()))
+                    .collect();
+                made.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(keys[0], keys[1]);
+            // Nothing left beside the key.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
     }
 }

@@ -96,8 +96,9 @@ pub struct ClassReport {
     /// Where its bytes went: one entry per place, largest first.
     pub destinations: Vec<Place>,
     pub violations: Violations,
-    /// Attempts the kernel refused (alerts with action `blocked`).
-    pub blocked: u64,
+    /// Alerts raised for attempts the kernel refused (action `blocked`; repeated attempts of
+    /// one workload to one destination are one alert, whose `flows` count them).
+    pub blocked_alerts: u64,
 }
 
 /// One place a class's bytes went: `country` (name: ISO code), `cloud_region`
@@ -198,14 +199,20 @@ pub fn digest(report: &serde_json::Value) -> String {
     sha256(&signed_bytes(report))
 }
 
-/// Builds the report of `o`'s period from the store, numbers it after the last report the
-/// store holds, chains it to that one, signs it, and records it in the store, in one
-/// transaction (two reports made at once cannot take the same number).
+/// Builds the report of `o`'s period from the store (in a read snapshot: the agent's writer
+/// is not held up, however long the period), then numbers it after the last report the store
+/// holds, chains it to that one, signs it and records it in one write transaction (two reports
+/// made at once cannot take the same number). `scheduled`: one of the agent's periodic
+/// reports, whose periods follow each other.
 pub fn make(
     conn: &mut rusqlite::Connection,
     o: &ReportOptions,
     key: &key::HostKey,
+    scheduled: bool,
 ) -> anyhow::Result<Report> {
+    let snapshot = conn.transaction()?;
+    let mut report = build(&snapshot, o)?;
+    snapshot.finish()?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let last: Option<(i64, String)> = tx
         .query_row("SELECT seq, digest FROM reports ORDER BY seq DESC LIMIT 1", [], |r| {
@@ -213,19 +220,19 @@ pub fn make(
         })
         .map(Some)
         .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
-    let mut report = build(&tx, o)?;
     report.seq = last.as_ref().map_or(1, |(seq, _)| *seq as u64 + 1);
     report.previous = last.map(|(_, d)| d);
     report.sign(key);
     let value = report.to_value();
     tx.execute(
-        "INSERT INTO reports (seq, since, until, digest, report) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO reports (seq, since, until, digest, report, scheduled) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         rusqlite::params![
             report.seq as i64,
             report.since,
             report.counted_until,
             digest(&value),
-            value.to_string()
+            value.to_string(),
+            scheduled
         ],
     )?;
     tx.commit()?;

@@ -102,11 +102,11 @@ pub fn text(r: &Report) -> String {
         }
         let _ = writeln!(
             o,
-            "  violations: {} flows, {} bytes; alerts: {}; blocked attempts: {}",
+            "  violations: {} flows, {} bytes; alerts: {}, of them blocked: {}",
             c.violations.flows,
             c.violations.bytes,
             if c.violations.alerts.is_empty() { "none".into() } else { c.violations.alerts.join(", ") },
-            c.blocked
+            c.blocked_alerts
         );
     }
     if let Some(u) = &r.unclassified {
@@ -144,7 +144,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}td.n{{text-align
         gen = e(&r.generated),
         ver = e(&r.agent_version)
     );
-    o += r#"<h2>Classes</h2><table id="classes"><tr><th>class</th><th>bytes</th><th>packets</th><th>flows</th><th>violation bytes</th><th>alerts</th><th>blocked</th></tr>"#;
+    o += r#"<h2>Classes</h2><table id="classes"><tr><th>class</th><th>bytes</th><th>packets</th><th>flows</th><th>violation bytes</th><th>alerts</th><th>blocked alerts</th></tr>"#;
     for c in &r.classes {
         let status = if c.violations.bytes > 0 { "bad" } else { "ok" };
         let _ = write!(
@@ -156,7 +156,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}td.n{{text-align
             c.flows,
             c.violations.bytes,
             c.violations.alerts.len(),
-            c.blocked
+            c.blocked_alerts
         );
     }
     o += "</table>";

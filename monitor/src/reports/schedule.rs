@@ -1,12 +1,16 @@
 //! Reports the agent writes by itself (`[reports] interval`): at the end of each period, one
-//! report from the end of the previous report (or a period back, for the first) to now, into
-//! `state_dir/reports/report-<seq>.json`.
+//! report from the end of the previous periodic report (or a period back, for the first) to
+//! now, into `state_dir/reports/report-<seq>.json`, where reports made by hand go too.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context;
 
-use super::{ReportOptions, key::HostKey, make};
+use super::{Report, ReportOptions, key::HostKey, make};
 use crate::store::configs::Configuration;
 
 pub struct Schedule {
@@ -30,7 +34,7 @@ pub fn spawn(s: Schedule, key: Arc<HostKey>) -> tokio::task::JoinHandle<()> {
             match tokio::task::spawn_blocking(move || write_one(&s, &key)).await {
                 Ok(Ok(path)) => tracing::info!(path = %path.display(), "wrote a residency report"),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %format!("{e:#}"), "writing the periodic residency report failed; the next one covers its period")
+                    tracing::warn!(error = %format!("{e:#}"), "making the periodic residency report failed")
                 }
                 Err(e) => tracing::warn!(error = %e, "the periodic residency report panicked"),
             }
@@ -41,9 +45,13 @@ pub fn spawn(s: Schedule, key: Arc<HostKey>) -> tokio::task::JoinHandle<()> {
 fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
     let mut conn = crate::store::open_for_writing(&s.state_dir)?;
     let now = chrono::Utc::now();
-    // From the end of what the last report summed, so that the reports tile time.
-    let last: Option<String> =
-        conn.query_row("SELECT until FROM reports ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).ok();
+    // From the end of what the last periodic report summed, so that they tile time (a report
+    // made by hand, of any period or class, does not move them).
+    let last: Option<String> = conn
+        .query_row("SELECT until FROM reports WHERE scheduled = 1 ORDER BY seq DESC LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .ok();
     let since = last
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -58,11 +66,23 @@ fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
         bucket_secs: s.bucket_secs,
         now,
     };
-    let report = make(&mut conn, &o, key)?;
-    let dir = s.state_dir.join("reports");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let report = make(&mut conn, &o, key, true)?;
+    keep(&s.state_dir, &report)
+}
+
+/// Writes a report made (by the schedule or by hand) into `state_dir/reports/`, as
+/// `report-<seq>.json`: the directory holds the whole chain, for `verify reports/*.json`.
+pub fn keep(state_dir: &Path, report: &Report) -> anyhow::Result<PathBuf> {
+    let dir = state_dir.join("reports");
     let path = dir.join(format!("report-{:06}.json", report.seq));
-    std::fs::write(&path, serde_json::to_string_pretty(&report.to_value())? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&report.to_value())? + "\n"))
+        .with_context(|| {
+            format!(
+                "writing {}: report {} is recorded in the store (its reports table) but not in the directory",
+                path.display(),
+                report.seq
+            )
+        })?;
     Ok(path)
 }

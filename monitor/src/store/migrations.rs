@@ -236,8 +236,9 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 11: the configurations the agent counted under (start, SIGHUP, a replaced database), so
     //     that a report names those in force over its period (classes and sources as JSON);
-    //     and each run's loss counters as they grew, so that a report counts those of its
-    //     period, not of whole runs.
+    //     each run's loss counters as they grew, so that a report counts those of its period,
+    //     not of whole runs; and which reports the agent made on its schedule (their periods
+    //     follow each other; one made by hand does not move the schedule).
     "
     CREATE TABLE run_counters (
         run_id INTEGER NOT NULL,
@@ -246,6 +247,7 @@ const MIGRATIONS: &[&str] = &[
         geolocation_errors INTEGER NOT NULL
     );
     CREATE INDEX run_counters_by_run ON run_counters (run_id, at_ms);
+    ALTER TABLE reports ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE configurations (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,

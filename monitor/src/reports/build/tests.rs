@@ -135,11 +135,12 @@ fn coverage_names_each_interval_without_an_agent_and_whether_the_kernel_counted(
         [
             ("2026-11-01T01:00:00.000Z", "2026-11-01T01:00:14.000Z", 14_000, Some(true)),
             ("2026-11-01T02:00:00.000Z", "2026-11-01T02:10:00.000Z", 600_000, Some(false)),
-            // The last heartbeat is old and no agent started since.
-            ("2026-11-01T02:59:59.000Z", "2026-11-01T03:30:00.000Z", 1_801_000, None),
+            // The last heartbeat is old and no agent started since; up to the end of the
+            // summed buckets (the one holding now, 03:30, minus 3 s, was not over).
+            ("2026-11-01T02:59:59.000Z", "2026-11-01T03:29:00.000Z", 1_741_000, None),
         ]
     );
-    assert_eq!(cv.agent_not_running_ms, 14_000 + 600_000 + 1_801_000);
+    assert_eq!(cv.agent_not_running_ms, 14_000 + 600_000 + 1_741_000);
     assert_eq!(cv.blind_ms, 600_000);
     // Those of the period only: 3 + 2 + 1 dropped, 0 + 3 + 0 lookups failed.
     assert_eq!((cv.runs, cv.store_dropped, cv.geolocation_errors), (3, 6, 3));
@@ -232,4 +233,21 @@ fn kernel_losses_are_the_growth_over_the_period_across_a_new_program_set() {
     let k = &r.coverage.kernel_losses;
     // 15 - 10, then 20 from zero, then 22 - 20; the bytes alike.
     assert_eq!((k.ringbuf_drops, k.overflow_bytes), (5 + 20 + 2, 500 + 1600 + 100));
+    // Two reports that follow each other count each loss once.
+    let drops = |since, until| {
+        build(&c, &options(since, until, "2026-11-01T03:00:00Z"))
+            .unwrap()
+            .coverage
+            .kernel_losses
+            .ringbuf_drops
+    };
+    assert_eq!(
+        drops("2026-11-01T00:10:00Z", "2026-11-01T00:50:00Z")
+            + drops("2026-11-01T00:50:00Z", "2026-11-01T01:30:00Z"),
+        27
+    );
+    // A loss record that cannot be read fails the report instead of counting as zeros.
+    c.execute("UPDATE losses SET record = 'not json' WHERE time = '2026-11-01T00:50:00Z'", []).unwrap();
+    let e = build(&c, &options("2026-11-01T00:10:00Z", "2026-11-01T01:30:00Z", "2026-11-01T03:00:00Z"));
+    assert!(e.unwrap_err().to_string().contains("loss record of 2026-11-01T00:50:00.000Z cannot be read"));
 }
