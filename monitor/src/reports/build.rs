@@ -121,6 +121,16 @@ pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
     let floor = |t: i64| t.div_euclid(o.bucket_secs) * o.bucket_secs;
     let first_bucket = floor(o.since.timestamp());
     let end = floor(o.until.timestamp().min(o.now.timestamp() - SETTLE_SECS)).max(first_bucket);
+    if let Some((cutoff, at)) = crate::store::pruned_before(conn)?
+        && first_bucket < cutoff
+    {
+        anyhow::bail!(
+            "the store no longer holds the rows before {} (pruned at {} after [store] retention): a report from {} on can be made",
+            ms_time(cutoff * 1000),
+            ms_time(at),
+            ms_time((cutoff + o.bucket_secs - 1).div_euclid(o.bucket_secs) * o.bucket_secs * 1000)
+        );
+    }
     let mut configurations = in_force(conn, first_bucket * 1000, end.max(first_bucket + 1) * 1000)?;
     if configurations.is_empty() {
         configurations.push(o.own.clone());

@@ -56,6 +56,15 @@ fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|| now - chrono::Duration::from_std(s.interval).unwrap_or_default());
+    // After an agent was away longer than the store's retention, from the first bucket kept:
+    // the report of a period whose rows are gone would be refused, every time.
+    let since = match crate::store::pruned_before(&conn)? {
+        Some((cutoff, _)) if since.timestamp() < cutoff => {
+            let first_kept = (cutoff + s.bucket_secs - 1).div_euclid(s.bucket_secs) * s.bucket_secs;
+            chrono::DateTime::from_timestamp(first_kept, 0).unwrap_or(since)
+        }
+        _ => since,
+    };
     let o = ReportOptions {
         host: s.host.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),

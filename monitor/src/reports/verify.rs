@@ -156,6 +156,18 @@ fn against_store(r: &Report, conn: &Connection) -> Vec<String> {
     let (Ok(first), Ok(until)) = (parse(&r.counted_from), parse(&r.counted_until)) else {
         return vec!["its period cannot be read".into()];
     };
+    if let Ok(Some((cutoff, at))) = crate::store::pruned_before(conn)
+        && first < cutoff
+    {
+        let time =
+            |ms| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
+        return vec![format!(
+            "its rows cannot be checked: the store pruned the rows before {} at {} ([store] retention), and the report sums rows from {}",
+            time(cutoff * 1000),
+            time(at),
+            r.counted_from
+        )];
+    }
     match rows_digest(conn, first, until, r.class_filter.as_deref()) {
         Err(e) => vec![format!("reading the store: {e}")],
         Ok((count, digest, _)) if digest != r.rows.digest => vec![format!(

@@ -237,8 +237,9 @@ const MIGRATIONS: &[&str] = &[
     // 11: the configurations the agent counted under (start, SIGHUP, a replaced database), so
     //     that a report names those in force over its period (classes and sources as JSON);
     //     each run's loss counters as they grew, so that a report counts those of its period,
-    //     not of whole runs; and which reports the agent made on its schedule (their periods
-    //     follow each other; one made by hand does not move the schedule).
+    //     not of whole runs; which reports the agent made on its schedule (their periods
+    //     follow each other; one made by hand does not move the schedule); and where retention
+    //     cut the store (a report of a period before it would miss rows).
     "
     CREATE TABLE run_counters (
         run_id INTEGER NOT NULL,
@@ -248,6 +249,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX run_counters_by_run ON run_counters (run_id, at_ms);
     ALTER TABLE reports ADD COLUMN scheduled INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE prunes (
+        at_ms INTEGER NOT NULL,
+        cutoff INTEGER NOT NULL,
+        rows INTEGER NOT NULL
+    );
     CREATE TABLE configurations (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,

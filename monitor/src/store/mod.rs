@@ -24,7 +24,7 @@ use anyhow::Context;
 pub use export::ExportReader;
 pub use groups::bytes_by_class_and_verdict;
 use rusqlite::{Connection, OpenFlags};
-pub use writer::StoreWriter;
+pub use writer::{StoreWriter, pruned_before};
 
 use crate::{record::KernelMark, status::Status};
 

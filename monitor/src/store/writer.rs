@@ -354,12 +354,33 @@ fn write_update(tx: &Transaction<'_>, u: &AlertUpdate) -> rusqlite::Result<u64> 
     Ok(n as u64)
 }
 
-/// Deletes flow summaries and alerts older than the retention.
+/// Deletes flow summaries, alerts and loss records older than the retention, and records
+/// where it cut (reports refuse periods before it). The last loss record before the cut
+/// stays: a report takes the growth of the loss totals from it.
 fn prune(conn: &Connection, retention: Duration) -> rusqlite::Result<u64> {
-    let cutoff = chrono::Utc::now().timestamp() - retention.as_secs() as i64;
+    let now = chrono::Utc::now();
+    let cutoff = now.timestamp() - retention.as_secs() as i64;
     let flows = conn.execute("DELETE FROM flows WHERE bucket < ?1", [cutoff])?;
     conn.execute("DELETE FROM flow_groups WHERE bucket < ?1", [cutoff])?;
     let alerts = conn.execute("DELETE FROM alerts WHERE time_unix < ?1", [cutoff])?;
-    let losses = conn.execute("DELETE FROM losses WHERE time_unix < ?1", [cutoff])?;
-    Ok((flows + alerts + losses) as u64)
+    let losses = conn.execute(
+        "DELETE FROM losses WHERE time_unix < ?1
+         AND rowid <> (SELECT rowid FROM losses WHERE time_unix < ?1 ORDER BY time_unix DESC, rowid DESC LIMIT 1)",
+        [cutoff],
+    )?;
+    let rows = flows + alerts + losses;
+    if flows + alerts > 0 {
+        conn.execute(
+            "INSERT INTO prunes (at_ms, cutoff, rows) VALUES (?1, ?2, ?3)",
+            rusqlite::params![now.timestamp_millis(), cutoff, rows as i64],
+        )?;
+    }
+    Ok(rows as u64)
+}
+
+/// The latest cut of [`prune`]: (rows before this Unix second are gone, when it cut in Unix ms).
+pub fn pruned_before(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    let mut stmt = conn.prepare("SELECT cutoff, at_ms FROM prunes ORDER BY cutoff DESC LIMIT 1")?;
+    let mut rows = stmt.query([])?;
+    rows.next()?.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose()
 }

@@ -251,3 +251,24 @@ fn kernel_losses_are_the_growth_over_the_period_across_a_new_program_set() {
     let e = build(&c, &options("2026-11-01T00:10:00Z", "2026-11-01T01:30:00Z", "2026-11-01T03:00:00Z"));
     assert!(e.unwrap_err().to_string().contains("loss record of 2026-11-01T00:50:00.000Z cannot be read"));
 }
+
+#[test]
+fn a_period_before_what_retention_pruned_is_refused() {
+    let c = crate::store::open_in_memory().unwrap();
+    c.execute(
+        "INSERT INTO prunes (at_ms, cutoff, rows) VALUES (?1, ?2, 10)",
+        params![t("2026-11-01T02:00:00Z").timestamp_millis(), t("2026-11-01T01:00:30Z").timestamp()],
+    )
+    .unwrap();
+    let e = build(&c, &options("2026-11-01T01:00:00Z", "2026-11-01T02:00:00Z", "2026-11-01T03:00:00Z"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no longer holds the rows before 2026-11-01T01:00:30.000Z")
+            && e.contains("a report from 2026-11-01T01:01:00.000Z on can be made"),
+        "{e}"
+    );
+    assert!(
+        build(&c, &options("2026-11-01T01:01:00Z", "2026-11-01T02:00:00Z", "2026-11-01T03:00:00Z")).is_ok()
+    );
+}
