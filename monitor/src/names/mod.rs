@@ -125,17 +125,30 @@ impl NameTable {
         for r in answer.addresses {
             let name =
                 Arc::new(DomainName { domain: answer.domain.clone(), cname_chain: r.cname_chain.into() });
-            let valid_until_ns = at_ns + u64::from(r.ttl) * 1_000_000_000 + self.grace_ns;
+            // RFC 2181, 8: a TTL with its top bit set is taken as 0.
+            let ttl = if r.ttl > i32::MAX as u32 { 0 } else { u64::from(r.ttl) };
+            let valid_until_ns = at_ns.saturating_add(ttl * 1_000_000_000).saturating_add(self.grace_ns);
             let answered = Answered { name, seen_ns: at_ns, valid_until_ns };
+            // Looked up so: an IPv4-mapped address in an AAAA answer names IPv4 flows.
+            let ip = canonical(r.ip);
             for scope in [Scope::Cgroup(cgroup_id), Scope::Host] {
-                let earlier = self
-                    .names
-                    .peek(&(scope, r.ip))
-                    .map(|e| e.latest.clone())
-                    .filter(|a| a.valid_until_ns >= at_ns);
-                let entry = Entry { latest: answered.clone(), earlier };
-                if let Some((key, old)) = self.names.push((scope, r.ip), entry)
-                    && key != (scope, r.ip)
+                let entry = match self.names.peek(&(scope, ip)) {
+                    // The same name again while valid: one answer, valid from the first to the
+                    // latest expiry (the different name before it is kept).
+                    Some(e) if e.latest.valid_until_ns >= at_ns && e.latest.name == answered.name => Entry {
+                        latest: Answered {
+                            valid_until_ns: e.latest.valid_until_ns.max(valid_until_ns),
+                            ..e.latest.clone()
+                        },
+                        earlier: e.earlier.clone(),
+                    },
+                    e => Entry {
+                        latest: answered.clone(),
+                        earlier: e.map(|e| e.latest.clone()).filter(|a| a.valid_until_ns >= at_ns),
+                    },
+                };
+                if let Some((key, old)) = self.names.push((scope, ip), entry)
+                    && key != (scope, ip)
                     && old.latest.valid_until_ns >= at_ns
                 {
                     self.counters.evicted += 1;

@@ -1,7 +1,8 @@
 //! DNS over TCP: each stream's segments (from the server, in order) joined and cut into the
 //! messages their two-byte length prefixes delimit. A stream is taken to start at a message
 //! boundary when its first data is seen; a gap (a segment missed, or copied short by the
-//! kernel) drops what the stream held, counted with its bytes.
+//! kernel) loses the stream: what it held and every later segment of it are counted with
+//! their bytes, never parsed (after a gap, where the next message starts is not known).
 
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ struct Stream {
     next_seq: u32,
     held: Vec<u8>,
     fed: u64,
+    /// A gap lost the stream's framing: its segments are counted, not parsed.
+    lost: bool,
 }
 
 /// Data a stream lost: its bytes are counted, never parsed.
@@ -48,27 +51,32 @@ impl Streams {
         let key = StreamKey { cookie: h.cookie, server: h.saddr, server_port: h.sport, client_port: h.dport };
         self.fed += 1;
         let len = h.payload_len;
-        if !complete {
-            self.drop_stream(&key, len as u64);
-            return Vec::new();
-        }
         let fed = self.fed;
         if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
             self.drop_oldest();
         }
-        let s = self.streams.entry(key).or_insert(Stream { next_seq: h.tcp_seq, held: Vec::new(), fed });
+        let s = self.streams.entry(key).or_insert(Stream {
+            next_seq: h.tcp_seq,
+            held: Vec::new(),
+            fed,
+            lost: false,
+        });
         s.fed = fed;
+        if s.lost {
+            self.dropped.segments += 1;
+            self.dropped.bytes += u64::from(len);
+            return Vec::new();
+        }
         let ahead = h.tcp_seq.wrapping_sub(s.next_seq) as i32;
-        if ahead < 0 {
-            // A retransmission of data already taken.
+        if !complete || ahead > 0 {
+            self.lose(&key, u64::from(len));
             return Vec::new();
         }
-        if ahead > 0 || s.held.len() + data.len() > MAX_HELD {
-            self.drop_stream(&key, len as u64);
-            return Vec::new();
-        }
-        s.next_seq = s.next_seq.wrapping_add(len);
-        s.held.extend_from_slice(data);
+        // A retransmission: only what it carries beyond the data already taken is new.
+        let old = ahead.unsigned_abs() as usize;
+        let Some(new) = data.get(old..).filter(|d| !d.is_empty()) else { return Vec::new() };
+        s.next_seq = h.tcp_seq.wrapping_add(len);
+        s.held.extend_from_slice(new);
         let mut messages = Vec::new();
         while let Some(prefix) = s.held.get(..2) {
             let n = u16::from_be_bytes([prefix[0], prefix[1]]) as usize;
@@ -78,12 +86,18 @@ impl Streams {
             messages.push(s.held[2..2 + n].to_vec());
             s.held.drain(..2 + n);
         }
+        if s.held.len() > MAX_HELD {
+            self.lose(&key, 0);
+        }
         messages
     }
 
-    /// Forgets a stream, counting what it held and `more` bytes that could not be added.
-    fn drop_stream(&mut self, key: &StreamKey, more: u64) {
-        let held = self.streams.remove(key).map_or(0, |s| s.held.len() as u64);
+    /// Marks a stream lost, counting what it held and `more` bytes that could not be added.
+    fn lose(&mut self, key: &StreamKey, more: u64) {
+        let held = self.streams.get_mut(key).map_or(0, |s| {
+            s.lost = true;
+            std::mem::take(&mut s.held).len() as u64
+        });
         self.dropped.segments += 1;
         self.dropped.bytes += held + more;
     }
@@ -145,11 +159,39 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_drops_the_stream_with_its_bytes() {
+    fn a_gap_loses_the_stream_and_every_later_segment_is_counted() {
         let mut s = Streams::default();
         s.segment(&header(1, 3), &[0, 9, 1], true);
         assert!(s.segment(&header(10, 2), &[5, 5], true).is_empty());
         assert_eq!(s.dropped, Dropped { segments: 1, bytes: 3 + 2 });
-        assert_eq!(s.len(), 0);
+        // The next segment would start mid-message: counted, not parsed.
+        assert!(s.segment(&header(12, 4), &[0, 2, 7, 7], true).is_empty());
+        assert_eq!(s.dropped, Dropped { segments: 2, bytes: 3 + 2 + 4 });
+    }
+
+    #[test]
+    fn a_retransmission_with_new_data_gives_the_new_part() {
+        let mut s = Streams::default();
+        assert!(s.segment(&header(100, 3), &[0, 4, b'a'], true).is_empty());
+        // Re-sent from 101 with two more bytes, then the rest.
+        assert!(s.segment(&header(101, 4), &[4, b'a', b'b', b'c'], true).is_empty());
+        assert_eq!(s.segment(&header(105, 1), b"d", true), vec![b"abcd".to_vec()]);
+        assert_eq!(s.dropped, Dropped::default());
+    }
+
+    #[test]
+    fn a_segment_ending_one_message_and_starting_the_next_is_not_too_much() {
+        let mut s = Streams::default();
+        let mut first = vec![0xff, 0xff];
+        first.extend(vec![1u8; 65535 - 10]);
+        assert!(s.segment(&header(0, first.len()), &first, true).is_empty());
+        // The first message's last 10 bytes and the next one's first 20.
+        let mut tail = vec![1u8; 10];
+        tail.extend([0, 30]);
+        tail.extend(vec![2u8; 18]);
+        let out = s.segment(&header(first.len() as u32, tail.len()), &tail, true);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), 65535);
+        assert_eq!(s.dropped, Dropped::default());
     }
 }

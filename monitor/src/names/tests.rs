@@ -150,3 +150,37 @@ fn an_answer_received_after_a_flow_started_does_not_name_it_but_the_one_before_s
     t.on_packet(&answer(1, 200, "later.example.", &["192.0.2.1"]));
     assert_eq!(domain(&mut t, 1, "192.0.2.1", 150), None);
 }
+
+#[test]
+fn the_same_name_again_keeps_the_different_one_before_it() {
+    let mut t = table(100);
+    t.on_packet(&answer(1, 100, "a.example.", &["192.0.2.1"]));
+    t.on_packet(&answer(1, 103, "b.example.", &["192.0.2.1"]));
+    // b again, twice: a flow opened at 102 is still a's, one at 112 is b's (b valid from 103
+    // to 108 + 15).
+    t.on_packet(&answer(1, 106, "b.example.", &["192.0.2.1"]));
+    t.on_packet(&answer(1, 108, "b.example.", &["192.0.2.1"]));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 102).as_deref(), Some("a.example"));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 104).as_deref(), Some("b.example"));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 123).as_deref(), Some("b.example"));
+    assert_eq!(domain(&mut t, 1, "192.0.2.1", 124), None);
+}
+
+#[test]
+fn an_ipv4_mapped_answer_names_ipv4_flows_and_a_ttl_with_its_top_bit_set_is_zero() {
+    let mut t = table(100);
+    t.on_packet(&answer(1, 100, "mapped.example.", &["::ffff:192.0.2.7"]));
+    assert_eq!(domain(&mut t, 1, "192.0.2.7", 101).as_deref(), Some("mapped.example"));
+    // TTL 2^31: taken as 0, so valid for the grace (5 s) only.
+    let mut m = Message::response(1, OpCode::Query);
+    m.add_query(Query::query(Name::from_str("huge.example.").unwrap(), RecordType::A));
+    let ip: std::net::Ipv4Addr = "192.0.2.8".parse().unwrap();
+    m.add_answer(Record::from_rdata(
+        Name::from_str("huge.example.").unwrap(),
+        1 << 31,
+        RData::A(rdata::A(ip)),
+    ));
+    t.on_packet(&packet(1, 200, 17, m.to_vec().unwrap()));
+    assert_eq!(domain(&mut t, 1, "192.0.2.8", 205).as_deref(), Some("huge.example"));
+    assert_eq!(domain(&mut t, 1, "192.0.2.8", 206), None);
+}
