@@ -62,8 +62,10 @@ pub struct Row {
 }
 
 /// The rows of a period, each folded into the digest as it is read: SHA-256 over each row's
-/// values, as text, separated by tabs, one row per line, in bucket and flow order. Returns the
-/// count, the digest and the rows.
+/// values, as text, separated by tabs, one row per line, in bucket and flow order (as
+/// PostgreSQL's COPY writes them: NULL as `\N`, a backslash, tab, newline or carriage return in
+/// a text as `\\`, `\t`, `\n`, `\r`; bytes as `\x` and hex), so that no two row sets share
+/// one text. Returns the count, the digest and the rows.
 pub fn rows_digest(
     conn: &Connection,
     first_bucket: i64,
@@ -82,8 +84,12 @@ pub fn rows_digest(
                 SqlValue::Null => "\\N".to_owned(),
                 SqlValue::Integer(n) => n.to_string(),
                 SqlValue::Real(f) => f.to_string(),
-                SqlValue::Text(t) => t.clone(),
-                SqlValue::Blob(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+                SqlValue::Text(t) => {
+                    t.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
+                }
+                SqlValue::Blob(b) => {
+                    "\\x".to_owned() + &b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                }
             })
             .collect();
         h.update(line.join("\t").as_bytes());

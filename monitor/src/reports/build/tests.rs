@@ -272,3 +272,20 @@ fn a_period_before_what_retention_pruned_is_refused() {
         build(&c, &options("2026-11-01T01:01:00Z", "2026-11-01T02:00:00Z", "2026-11-01T03:00:00Z")).is_ok()
     );
 }
+
+#[test]
+fn the_rows_digest_tells_a_null_from_its_text_and_a_tab_inside_a_value_from_a_separator() {
+    let c = crate::store::open_in_memory().unwrap();
+    let b = t("2026-11-01T00:00:00Z").timestamp();
+    row(&c, b, "f1", Some("us"), "allowed", ("country", "US"), 1000);
+    let digest = || rows_digest(&c, b, b + 60, None).unwrap().1;
+    let null = digest();
+    c.execute("UPDATE flows SET cloud_region = '\\N'", []).unwrap();
+    let text = digest();
+    assert_ne!(null, text);
+    // A tab inside one value or the other: the same text without escapes.
+    c.execute("UPDATE flows SET cloud_provider = 'x' || char(9) || 'y', cloud_region = 'z'", []).unwrap();
+    let first = digest();
+    c.execute("UPDATE flows SET cloud_provider = 'x', cloud_region = 'y' || char(9) || 'z'", []).unwrap();
+    assert_ne!(first, digest());
+}
