@@ -13,7 +13,7 @@ use super::{
 };
 use crate::store::{
     configs::{Configuration, in_force},
-    runs::{BEAT, counters_grown, runs},
+    runs::{BEAT, counters_grown, runs, writer_settled},
 };
 
 /// What a report is about and what it says of its host.
@@ -126,7 +126,13 @@ pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
     // a bucket still open would change after the report and fail `verify --store`.
     let floor = |t: i64| t.div_euclid(o.bucket_secs) * o.bucket_secs;
     let first_bucket = floor(o.since.timestamp());
-    let end = floor(o.until.timestamp().min(o.now.timestamp() - SETTLE_SECS)).max(first_bucket);
+    // While an agent runs, its writer may still hold records of the last seconds (a backlog):
+    // no bucket past what it has written.
+    let mut last = o.until.timestamp().min(o.now.timestamp() - SETTLE_SECS);
+    if let Some(settled) = writer_settled(conn, o.now.timestamp_millis())? {
+        last = last.min(settled.div_euclid(1000));
+    }
+    let end = floor(last).max(first_bucket);
     if let Some((cutoff, at)) = crate::store::pruned_before(conn)?
         && first_bucket < cutoff
     {

@@ -238,8 +238,9 @@ const MIGRATIONS: &[&str] = &[
     //     that a report names those in force over its period (classes and sources as JSON);
     //     each run's loss counters as they grew, so that a report counts those of its period,
     //     not of whole runs; which reports the agent made on its schedule (their periods
-    //     follow each other; one made by hand does not move the schedule); and where retention
-    //     cut the store (a report of a period before it would miss rows).
+    //     follow each other; one made by hand does not move the schedule); where retention
+    //     cut the store (a report of a period before it would miss rows); and until when the
+    //     writer has written every record (a report of a running agent ends there).
     "
     CREATE TABLE run_counters (
         run_id INTEGER NOT NULL,
@@ -254,6 +255,8 @@ const MIGRATIONS: &[&str] = &[
         cutoff INTEGER NOT NULL,
         rows INTEGER NOT NULL
     );
+    CREATE TABLE writer_progress (settled_ms INTEGER NOT NULL);
+    INSERT INTO writer_progress VALUES (0);
     CREATE TABLE configurations (
         id INTEGER PRIMARY KEY,
         at_ms INTEGER NOT NULL,

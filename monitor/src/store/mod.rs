@@ -47,6 +47,9 @@ pub struct StoreCounters {
     /// then is in the store (see [`StoreCounters::wait_settled`]).
     pub queued: AtomicU64,
     pub settled: AtomicU64,
+    /// Unix ms until which every record the agent made has been handed to the writer (see
+    /// [`StoreWriter::handed`]; 0: not yet).
+    pub handed_ms: std::sync::atomic::AtomicI64,
     /// Callers of [`StoreCounters::wait_settled`] waiting now: the writer does not linger.
     pub waiting: AtomicU64,
     /// The latest failure to open or write the store (cleared by the next good write).

@@ -149,6 +149,22 @@ pub fn runs(conn: &Connection, from_ms: i64, until_ms: i64) -> rusqlite::Result<
     rows.collect()
 }
 
+/// While an agent runs (its heartbeat recent at `now_ms`): until when its store writer has
+/// written every record made (Unix ms). None when no agent runs: then nothing more comes for
+/// the past.
+pub fn writer_settled(conn: &Connection, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+    let stale = 3 * BEAT.as_millis() as i64;
+    let running: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM agent_runs WHERE ended_ms IS NULL AND last_seen_ms >= ?1)",
+        [now_ms - stale],
+        |r| r.get(0),
+    )?;
+    if !running {
+        return Ok(None);
+    }
+    conn.query_row("SELECT settled_ms FROM writer_progress", [], |r| r.get(0))
+}
+
 /// How much a run's loss counters grew over (from_ms, until_ms]: (store dropped, geolocation
 /// errors), each counted in the heartbeat that first recorded it.
 pub fn counters_grown(

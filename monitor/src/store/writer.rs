@@ -29,6 +29,8 @@ const QUEUE: usize = 100_000;
 const BATCH: usize = 5_000;
 /// Longest a record waits before its batch is written.
 const LINGER: Duration = Duration::from_millis(200);
+/// How often, at most, the writer records that it has caught up (`writer_progress`).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 pub struct StoreWriter {
     tx: Option<SyncSender<Arc<Output>>>,
@@ -82,6 +84,11 @@ impl StoreWriter {
         }
     }
 
+    /// Says that every record made until now has been handed to [`StoreWriter::write`].
+    pub fn handed(&self) {
+        self.counters.handed_ms.store(chrono::Utc::now().timestamp_millis(), Ordering::Release);
+    }
+
     /// Writes what is queued and stops the thread.
     pub fn close(mut self) {
         drop(self.tx.take());
@@ -105,6 +112,7 @@ impl Writer {
     fn run(mut self, rx: Receiver<Arc<Output>>) {
         let mut batch: Vec<Arc<Output>> = Vec::with_capacity(BATCH);
         let mut last_prune = Instant::now() - self.settings.prune_every;
+        let mut last_progress = Instant::now() - PROGRESS_EVERY;
         loop {
             let done = match rx.recv_timeout(LINGER) {
                 Ok(first) => {
@@ -145,6 +153,20 @@ impl Writer {
                 }
                 self.counters.settled.fetch_add(batch.len() as u64, Ordering::Release);
                 batch.clear();
+            }
+            // Every record the agent made before `handed` was queued before it was set: once
+            // all queued then are settled, they are in the store (or counted as dropped). A
+            // report of a running agent sums no bucket past it.
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                let handed = self.counters.handed_ms.load(Ordering::Acquire);
+                let queued = self.counters.queued.load(Ordering::Acquire);
+                if handed > 0 && self.counters.settled.load(Ordering::Acquire) >= queued {
+                    last_progress = Instant::now();
+                    if let Err(e) = self.conn.execute("UPDATE writer_progress SET settled_ms = ?1", [handed])
+                    {
+                        error!(error = %e, "cannot record the store writer's progress");
+                    }
+                }
             }
             if last_prune.elapsed() >= self.settings.prune_every {
                 last_prune = Instant::now();

@@ -289,3 +289,17 @@ fn the_rows_digest_tells_a_null_from_its_text_and_a_tab_inside_a_value_from_a_se
     c.execute("UPDATE flows SET cloud_provider = 'x', cloud_region = 'y' || char(9) || 'z'", []).unwrap();
     assert_ne!(first, digest());
 }
+
+#[test]
+fn while_the_agent_runs_a_report_ends_where_its_writer_has_written_everything() {
+    let c = crate::store::open_in_memory().unwrap();
+    // Running now (its heartbeat fresh); its writer caught up with what was made until 00:05:30.
+    run(&c, "2026-11-01T00:00:00Z", "2026-11-01T00:09:01Z", None, "fresh");
+    c.execute("UPDATE writer_progress SET settled_ms = ?1", [t("2026-11-01T00:05:30Z").timestamp_millis()])
+        .unwrap();
+    let o = options("2026-11-01T00:00:00Z", "2026-11-01T00:10:00Z", "2026-11-01T00:09:02Z");
+    assert_eq!(build(&c, &o).unwrap().counted_until, "2026-11-01T00:05:00.000Z");
+    // Once no agent runs, nothing more comes: up to the last finished bucket.
+    c.execute("UPDATE agent_runs SET ended_ms = ?1", [t("2026-11-01T00:09:01Z").timestamp_millis()]).unwrap();
+    assert_eq!(build(&c, &o).unwrap().counted_until, "2026-11-01T00:08:00.000Z");
+}

@@ -205,6 +205,7 @@ fn migration_fills_the_groups_from_stored_flows() {
          ALTER TABLE flows DROP COLUMN cname_chain; ALTER TABLE alerts DROP COLUMN domain;
          ALTER TABLE alerts DROP COLUMN cname_chain; DROP TABLE agent_runs; DROP TABLE reports;
          DROP TABLE configurations; DROP TABLE run_counters; DROP TABLE prunes;
+         DROP TABLE writer_progress;
          PRAGMA user_version = 4;",
     )
     .unwrap();

@@ -274,3 +274,29 @@ fn a_store_that_fails_to_write_counts_the_records_and_shows_why() {
     assert_eq!((s.losses.store_write_errors, s.losses.store_dropped), (1, 1));
     assert!(s.databases.store_error.as_deref().is_some_and(|e| e.contains("flows")), "{:?}", s.databases);
 }
+
+#[test]
+fn the_writer_records_until_when_everything_handed_to_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::start(dir.path(), settings()).unwrap();
+    let progress = || -> i64 {
+        crate::store::open_for_writing(dir.path())
+            .unwrap()
+            .query_row("SELECT settled_ms FROM writer_progress", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Nothing handed yet: no progress.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(progress(), 0);
+    store.writer.write(&Arc::new(Output::Flow(FlowRecord::sample("175.16.199.1", 443, cn()))));
+    store.writer.handed();
+    let handed = store.counters.handed_ms.load(std::sync::atomic::Ordering::Acquire);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while progress() != handed {
+        assert!(std::time::Instant::now() < deadline, "progress {} never reached {handed}", progress());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reader = store.reader.clone();
+    store.writer.close();
+    assert_eq!(run(&reader, "since=1h").len(), 1, "what it says is written is there");
+}
