@@ -87,6 +87,28 @@ pub fn dns_answer(data: &[u8]) {
     let _ = table.name_of(1, "192.0.2.1".parse().expect("an address"), 1);
 }
 
+/// Reports as `verify` reads them (untrusted JSON, several in a chain, cut at lines `---`):
+/// parsed, then checked against a key and an empty store.
+pub fn report_verify(data: &[u8]) {
+    use crate::reports::{key::PublicKey, verify};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut reports: Vec<verify::Loaded> = text
+        .split("\n---\n")
+        .enumerate()
+        .filter_map(|(i, t)| verify::parse(std::path::Path::new(&format!("{i}.json")), t).ok())
+        .collect();
+    thread_local! {
+        // Made once: migrating a store per input would be most of the work.
+        static STORE: rusqlite::Connection = store::open_in_memory().expect("an empty store");
+    }
+    let key = PublicKey::parse("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=").expect("a valid key");
+    STORE.with(|store| verify::verify(&mut reports, &key, Some(store)));
+    for l in &reports {
+        let _ = crate::reports::render::text(&l.report);
+        let _ = crate::reports::render::html(&l.report);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every seed and every input a fuzz run once crashed on (fuzz/regressions/<target>/), through
@@ -95,13 +117,14 @@ mod tests {
     fn seeds_and_regression_inputs_pass_their_entry_points() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         type Entry = fn(&[u8]);
-        let targets: [(&str, Entry); 6] = [
+        let targets: [(&str, Entry); 7] = [
             ("config", super::config),
             ("cloud_ranges", super::cloud_ranges),
             ("mmdb", super::mmdb),
             ("api_query", super::api_query),
             ("kernel_event", super::kernel_event),
             ("dns_answer", super::dns_answer),
+            ("report_verify", super::report_verify),
         ];
         let mut replayed = 0;
         for (target, entry) in targets {

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use crate::setup::path_with_cargo_bin;
 
 /// Every target, named as in fuzz/Cargo.toml and after its entry point in monitor::fuzzing.
-pub const TARGETS: &[&str] = &["config", "cloud_ranges", "mmdb", "api_query", "kernel_event", "dns_answer"];
+pub const TARGETS: &[&str] =
+    &["config", "cloud_ranges", "mmdb", "api_query", "kernel_event", "dns_answer", "report_verify"];
 
 /// Runs every target (or `only`) for `seconds` each; returns (target, executions) pairs.
 /// `quick_build`: a debug build (a few minutes less to compile, fewer executions per second),

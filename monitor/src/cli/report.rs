@@ -76,7 +76,10 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let options = ReportOptions {
         host: config.host_name(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        own: config.recorded("report", sources),
+        own: store::configs::Configuration {
+            at_ms: now.timestamp_millis(),
+            ..config.recorded("report", sources)
+        },
         since,
         until,
         class: args.class.clone(),

@@ -19,8 +19,13 @@ pub struct Loaded {
 pub fn load(path: &Path) -> Result<Loaded, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    parse(path, &text)
+}
+
+/// A report's text, read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, String> {
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        serde_json::from_str(text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
     if let Some(f) = value.get("format").and_then(|f| f.as_u64())
         && f != u64::from(FORMAT)
     {
