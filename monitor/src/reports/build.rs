@@ -13,7 +13,7 @@ use super::{
 };
 use crate::store::{
     configs::{Configuration, in_force},
-    runs::{BEAT, counters_grown, runs, writer_settled},
+    runs::{STALE_MS, counters_grown, runs, writer_settled},
 };
 
 /// What a report is about and what it says of its host.
@@ -36,7 +36,12 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn ms_time(ms: i64) -> String {
+/// The first store bucket (Unix seconds) that pruning at `cutoff` left whole.
+pub fn first_kept_bucket(cutoff: i64, bucket_secs: i64) -> i64 {
+    (cutoff + bucket_secs - 1).div_euclid(bucket_secs) * bucket_secs
+}
+
+pub(super) fn ms_time(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms).map(rfc3339).unwrap_or_default()
 }
 
@@ -140,7 +145,7 @@ pub fn build(conn: &Connection, o: &ReportOptions) -> anyhow::Result<Report> {
             "the store no longer holds the rows before {} (pruned at {} after [store] retention): a report from {} on can be made",
             ms_time(cutoff * 1000),
             ms_time(at),
-            ms_time((cutoff + o.bucket_secs - 1).div_euclid(o.bucket_secs) * o.bucket_secs * 1000)
+            ms_time(first_kept_bucket(cutoff, o.bucket_secs) * 1000)
         );
     }
     let mut configurations = in_force(conn, first_bucket * 1000, end.max(first_bucket + 1) * 1000)?;
@@ -284,7 +289,6 @@ fn coverage(conn: &Connection, from: i64, until: i64, now: i64) -> anyhow::Resul
     let mut c = Coverage::default();
     let mut gaps = Vec::new();
     let mut cursor = from;
-    let stale = 3 * BEAT.as_millis() as i64;
     for (i, r) in runs.iter().enumerate() {
         if r.started_ms > cursor {
             // The programs counted meanwhile when this agent found them pinned and counting.
@@ -294,7 +298,7 @@ fn coverage(conn: &Connection, from: i64, until: i64, now: i64) -> anyhow::Resul
         let end = match r.ended_ms {
             Some(e) => e,
             // Running now (its heartbeat is recent): covered up to now.
-            None if last && now - r.last_seen_ms <= stale => now,
+            None if last && now - r.last_seen_ms <= STALE_MS => now,
             None => r.last_seen_ms,
         };
         cursor = cursor.max(end);

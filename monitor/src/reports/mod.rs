@@ -15,7 +15,8 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use build::{ReportOptions, SETTLE_SECS, build, rows_digest};
+use build::ms_time;
+pub use build::{ReportOptions, SETTLE_SECS, build, first_kept_bucket, rows_digest};
 
 /// The report's format version (2: `configurations` in force over the period, in place of
 /// the report maker's `config_digest` and `sources`).

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{Report, ReportOptions, key::HostKey, make};
+use super::{Report, ReportOptions, first_kept_bucket, key::HostKey, make};
 use crate::store::configs::Configuration;
 
 pub struct Schedule {
@@ -60,8 +60,7 @@ fn write_one(s: &Schedule, key: &HostKey) -> anyhow::Result<PathBuf> {
     // the report of a period whose rows are gone would be refused, every time.
     let since = match crate::store::pruned_before(&conn)? {
         Some((cutoff, _)) if since.timestamp() < cutoff => {
-            let first_kept = (cutoff + s.bucket_secs - 1).div_euclid(s.bucket_secs) * s.bucket_secs;
-            chrono::DateTime::from_timestamp(first_kept, 0).unwrap_or(since)
+            chrono::DateTime::from_timestamp(first_kept_bucket(cutoff, s.bucket_secs), 0).unwrap_or(since)
         }
         _ => since,
     };

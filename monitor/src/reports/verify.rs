@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use super::{FORMAT, KIND, Report, digest, key::PublicKey, rows_digest, signed_bytes};
+use super::{FORMAT, KIND, Report, digest, key::PublicKey, ms_time, rows_digest, signed_bytes};
 
 /// One report as read from its file: its text as JSON, and as a report.
 pub struct Loaded {
@@ -164,12 +164,10 @@ fn against_store(r: &Report, conn: &Connection) -> Vec<String> {
     if let Ok(Some((cutoff, at))) = crate::store::pruned_before(conn)
         && first < cutoff
     {
-        let time =
-            |ms| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default();
         return vec![format!(
             "its rows cannot be checked: the store pruned the rows before {} at {} ([store] retention), and the report sums rows from {}",
-            time(cutoff * 1000),
-            time(at),
+            ms_time(cutoff * 1000),
+            ms_time(at),
             r.counted_from
         )];
     }

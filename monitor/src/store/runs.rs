@@ -18,6 +18,9 @@ use rusqlite::{Connection, params};
 /// heartbeat (and, for a running agent, up to now).
 pub const BEAT: Duration = Duration::from_secs(2);
 
+/// A run whose last heartbeat is older than this (three beats) is not running any more.
+pub const STALE_MS: i64 = 3 * BEAT.as_millis() as i64;
+
 /// One agent run, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
@@ -153,10 +156,9 @@ pub fn runs(conn: &Connection, from_ms: i64, until_ms: i64) -> rusqlite::Result<
 /// written every record made (Unix ms). None when no agent runs: then nothing more comes for
 /// the past.
 pub fn writer_settled(conn: &Connection, now_ms: i64) -> rusqlite::Result<Option<i64>> {
-    let stale = 3 * BEAT.as_millis() as i64;
     let running: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM agent_runs WHERE ended_ms IS NULL AND last_seen_ms >= ?1)",
-        [now_ms - stale],
+        [now_ms - STALE_MS],
         |r| r.get(0),
     )?;
     if !running {
